@@ -1,0 +1,65 @@
+"""Entry points the worker (and the local CLI) call: one function per job kind.
+
+Contract (stable; the service is built against it):
+
+- ``run_search(spec, workdir, progress=..., should_cancel=..., lut_dir=...) -> dict``
+- ``run_retrain(spec, workdir, progress=..., should_cancel=...) -> dict``
+- ``run_benchmark(spec, workdir, progress=..., should_cancel=...) -> dict``
+
+``spec`` is the matching pydantic model of :mod:`core.specs` (or a plain dict of it).
+``workdir`` is a directory owned by the job across attempts: checkpoints live in
+``workdir/state`` and a second call with the same workdir resumes from the last checkpoint.
+Finished artifacts are written atomically into ``workdir/artifacts``:
+``genotype.json`` and ``report.json`` (search), ``checkpoint.safetensors`` and ``report.json``
+(retrain), ``report.json`` (benchmark). The returned dict is a JSON-able result summary.
+
+``progress(event: dict)`` receives ``{"phase", "epoch", "epochs", "step", "steps", "metrics",
+"expected_latency_ms", "op_probs"(search only), "message"}`` (keys may be missing when not
+applicable). ``should_cancel()`` is polled between steps; when it answers True the function
+raises :class:`Cancelled` after writing nothing further.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from .specs import BenchmarkJobSpec, RetrainJobSpec, SearchJobSpec
+
+ProgressFn = Callable[[dict[str, Any]], None]
+CancelFn = Callable[[], bool]
+
+
+class Cancelled(Exception):
+    """Raised by an entry point when ``should_cancel()`` answered True."""
+
+
+def _noop(_event: dict[str, Any]) -> None:
+    return None
+
+
+def _never() -> bool:
+    return False
+
+
+def run_search(spec: SearchJobSpec | dict, workdir: str | Path, *, progress: ProgressFn = _noop,
+               should_cancel: CancelFn = _never, lut_dir: str | Path | None = None) -> dict:
+    from .pipeline import search_pipeline
+
+    spec = SearchJobSpec.model_validate(spec)
+    return search_pipeline(spec, Path(workdir), progress, should_cancel, lut_dir)
+
+
+def run_retrain(spec: RetrainJobSpec | dict, workdir: str | Path, *, progress: ProgressFn = _noop,
+                should_cancel: CancelFn = _never) -> dict:
+    from .pipeline import retrain_pipeline
+
+    spec = RetrainJobSpec.model_validate(spec)
+    return retrain_pipeline(spec, Path(workdir), progress, should_cancel)
+
+
+def run_benchmark(spec: BenchmarkJobSpec | dict, workdir: str | Path, *, progress: ProgressFn = _noop,
+                  should_cancel: CancelFn = _never) -> dict:
+    from .pipeline import benchmark_pipeline
+
+    spec = BenchmarkJobSpec.model_validate(spec)
+    return benchmark_pipeline(spec, Path(workdir), progress, should_cancel)

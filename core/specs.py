@@ -1,0 +1,154 @@
+"""Typed settings of the GAS core: every [likely]/[ours] value of GAS.md is a named field here.
+
+This module imports only pydantic so that the API can validate requests with the same models
+without importing torch. Each field's ``description`` is its line of documentation
+(`python -m core settings` prints them all).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Precision = Literal["fp32", "fp16", "bf16"]
+Adjacency = Literal["similarity", "topology"]
+LatencyForm = Literal["budget", "paper"]
+Layout = Literal["camvid", "folder"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class NetworkConfig(_Strict):
+    """Macro architecture (GAS.md §2, [ours, configurable])."""
+
+    stem_channels: int = Field(32, ge=4, le=256, description="Channels of the stem's 3x3 convolutions (stem reduces to 1/4).")
+    init_channels: int = Field(24, ge=4, le=256, description="Per-node channels C of the first cell; doubles at each reduction cell.")
+    num_cells: int = Field(10, ge=2, le=24, description="Number of cells K.")
+    reduction_cells: list[int] = Field([3, 7], description="0-based indices of reduction cells (stride 2). Two give output stride 16.")
+    nodes: int = Field(4, ge=1, le=6, description="Intermediate nodes B per cell (each has 2 inputs after derivation).")
+    head_channels: int = Field(64, ge=8, le=512, description="Channels of the head's 1x1 conv-BN-ReLU.")
+    low_level_skip: bool = Field(True, description="Head fuses the 1/4-resolution stem feature before the classifier [ours].")
+    num_classes: int = Field(11, ge=2, le=1024, description="Segmentation classes (void is not a class).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "NetworkConfig":
+        bad = [r for r in self.reduction_cells if not 0 <= r < self.num_cells]
+        if bad:
+            raise ValueError(f"reduction_cells {bad} outside 0..{self.num_cells - 1}")
+        if len(set(self.reduction_cells)) != len(self.reduction_cells):
+            raise ValueError("reduction_cells has duplicates")
+        self.reduction_cells = sorted(self.reduction_cells)
+        return self
+
+
+class GGMConfig(_Strict):
+    """GCN-Guided Module (GAS.md §3)."""
+
+    enabled: bool = Field(True, description="Use the GGM; off gives plain independent cells.")
+    adjacency: Adjacency = Field("similarity", description="Graph over edges of cell k-1: learned 'similarity' or DAG 'topology'.")
+    gamma: float = Field(0.5, ge=0.0, le=10.0, description="Weight γ of the GCN term in α'_k = α_k + γ·Φ(GCN(α_{k-1})).")
+    hidden: int = Field(32, ge=4, le=512, description="Hidden width of the two graph-convolution layers.")
+    embed: bool = Field(True, description="Embed the α rows with a linear layer before the GCN.")
+
+
+class LatencyConfig(_Strict):
+    """Latency budget and its loss (GAS.md §4)."""
+
+    budget_ms: float = Field(10.0, gt=0.0, le=60_000.0, description="Latency budget T in milliseconds at batch 1.")
+    height: int = Field(360, ge=16, le=4096, description="Deployment input height for LUT and FPS.")
+    width: int = Field(480, ge=16, le=4096, description="Deployment input width for LUT and FPS.")
+    precision: Precision = Field("fp32", description="Deployment precision of the LUT and the budget (fp16/bf16 on CUDA only).")
+    weight: float = Field(0.5, ge=0.0, le=100.0, description="λ, the weight of the latency term in the architecture loss.")
+    form: LatencyForm = Field("budget", description="'budget': λ·f(LAT/T) pulling toward T; 'paper': λ·LAT/T (plain, minimising).")
+    under_budget_slope: float = Field(0.1, ge=0.0, le=1.0, description="Slope of f below the budget (f(r)=slope·(r-1) for r<1, r-1 above).")
+    warmup_runs: int = Field(10, ge=1, le=1000, description="Untimed runs before each LUT measurement.")
+    repeats: int = Field(30, ge=3, le=10_000, description="Timed runs per LUT entry; the median is kept, with p10/p90.")
+
+
+class SearchConfig(_Strict):
+    """Search procedure (GAS.md §5, DARTS first-order)."""
+
+    epochs: int = Field(20, ge=1, le=1000, description="Total search epochs, warm-up included.")
+    warmup_epochs: int = Field(5, ge=0, le=1000, description="Epochs training weights only, α frozen.")
+    steps_per_epoch: int = Field(0, ge=0, le=100_000, description="Steps per epoch; 0 means one pass over the weight half.")
+    batch_size: int = Field(8, ge=1, le=256, description="Batch size of both the weight and the architecture steps.")
+    crop_height: int = Field(0, ge=0, le=4096, description="Training crop height; 0 means the full image.")
+    crop_width: int = Field(0, ge=0, le=4096, description="Training crop width; 0 means the full image.")
+    w_lr: float = Field(0.05, gt=0.0, le=10.0, description="SGD learning rate of the weights (cosine to w_lr_min).")
+    w_lr_min: float = Field(0.001, ge=0.0, le=10.0, description="Final weight learning rate.")
+    w_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum of the weights.")
+    w_weight_decay: float = Field(3e-4, ge=0.0, le=1.0, description="Weight decay of the weights.")
+    w_grad_clip: float = Field(5.0, gt=0.0, le=1000.0, description="Gradient-norm clip of the weight step.")
+    a_lr: float = Field(3e-3, gt=0.0, le=10.0, description="Adam learning rate of α and the GGM.")
+    a_weight_decay: float = Field(1e-3, ge=0.0, le=1.0, description="Adam weight decay of α and the GGM.")
+    a_betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas of the architecture optimizer.")
+    shared_cells: bool = Field(False, description="Ablation: one α for all normal cells and one for all reduction cells (DARTS).")
+    gumbel: bool = Field(False, description="Gumbel-softmax relaxation of the mixed operation instead of softmax.")
+    gumbel_tau: float = Field(1.0, gt=0.0, le=100.0, description="Gumbel-softmax temperature.")
+    ops: list[str] | None = Field(None, description="Subset of the op registry to search over (None = all 8).")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of weights, data order and augmentation.")
+    flip: bool = Field(True, description="Random horizontal flips during search.")
+
+
+class RetrainConfig(_Strict):
+    """Retraining from scratch (GAS.md §8)."""
+
+    epochs: int = Field(100, ge=1, le=10_000, description="Training epochs (ignored when time_budget_s > 0 ends it first).")
+    time_budget_s: float = Field(0.0, ge=0.0, le=30 * 86400, description="Wall-clock training budget in s; 0 = epochs only.")
+    batch_size: int = Field(16, ge=1, le=512, description="Training batch size.")
+    lr: float = Field(2e-3, gt=0.0, le=10.0, description="Peak learning rate (poly decay).")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimizer.")
+    weight_decay: float = Field(1e-4, ge=0.0, le=1.0, description="Weight decay.")
+    poly_power: float = Field(0.9, ge=0.0, le=10.0, description="Exponent of the poly LR schedule.")
+    crop_height: int = Field(0, ge=0, le=4096, description="Crop height after scale jitter; 0 = full image.")
+    crop_width: int = Field(0, ge=0, le=4096, description="Crop width after scale jitter; 0 = full image.")
+    scale_min: float = Field(0.75, gt=0.0, le=4.0, description="Lower bound of random scale jitter.")
+    scale_max: float = Field(1.5, gt=0.0, le=4.0, description="Upper bound of random scale jitter.")
+    flip: bool = Field(True, description="Random horizontal flips.")
+    eval_every: int = Field(1, ge=1, le=10_000, description="Evaluate mIoU every this many epochs (and at the end).")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed.")
+    train_splits: list[str] = Field(["train"], description="Splits to train on (CamVid protocol: train+val).")
+    eval_split: str = Field("val", description="Split on which mIoU is reported.")
+
+
+class DatasetRef(_Strict):
+    """Where a dataset lies and what it holds (resolved by the service, or given on the command line)."""
+
+    root: str = Field(..., description="Directory of the dataset.")
+    layout: Layout = Field("camvid", description="Directory layout.")
+    num_classes: int = Field(11, ge=2, le=1024, description="Number of classes.")
+    class_names: list[str] | None = Field(None, description="Class names, index = class id.")
+    ignore_index: int = Field(11, ge=0, le=65535, description="Mask value ignored by loss and metrics.")
+    limit: int | None = Field(None, ge=1, description="Use at most this many images per split (tests, demos).")
+
+
+class SearchJobSpec(_Strict):
+    dataset: DatasetRef
+    network: NetworkConfig = NetworkConfig()
+    ggm: GGMConfig = GGMConfig()
+    latency: LatencyConfig = LatencyConfig()
+    search: SearchConfig = SearchConfig()
+    train_split: str = Field("train", description="Split the search draws both halves from.")
+    data_height: int = Field(0, ge=0, le=4096, description="Resolution the data is resized to for search; 0 = latency.height.")
+    data_width: int = Field(0, ge=0, le=4096, description="Width the data is resized to for search; 0 = latency.width.")
+    validate_lut_samples: int = Field(0, ge=0, le=1000, description="Random derived nets measured to validate the LUT (0 = skip).")
+    fps_iters: int = Field(50, ge=5, le=100_000, description="Timed iterations of the final end-to-end measurement.")
+
+
+class RetrainJobSpec(_Strict):
+    dataset: DatasetRef
+    genotype: dict = Field(..., description="Genotype JSON document (validated by core.genotype).")
+    train: RetrainConfig = RetrainConfig()
+    height: int = Field(360, ge=16, le=4096, description="Training/eval resolution height.")
+    width: int = Field(480, ge=16, le=4096, description="Training/eval resolution width.")
+    fps_iters: int = Field(50, ge=5, le=100_000, description="Timed iterations of the FPS report.")
+
+
+class BenchmarkJobSpec(_Strict):
+    genotype: dict = Field(..., description="Genotype JSON document.")
+    height: int = Field(360, ge=16, le=4096, description="Input height.")
+    width: int = Field(480, ge=16, le=4096, description="Input width.")
+    iters: int = Field(100, ge=5, le=100_000, description="Timed iterations.")
+    budget_ms: float | None = Field(None, gt=0.0, description="Budget to compare against, if any.")
