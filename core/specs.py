@@ -30,6 +30,7 @@ class NetworkConfig(_Strict):
     nodes: int = Field(4, ge=1, le=6, description="Intermediate nodes B per cell (each has 2 inputs after derivation).")
     head_channels: int = Field(64, ge=8, le=512, description="Channels of the head's 1x1 conv-BN-ReLU.")
     low_level_skip: bool = Field(True, description="Head fuses the 1/4-resolution stem feature before the classifier [ours].")
+    low_level_channels: int = Field(24, ge=4, le=256, description="Channels the stem feature is projected to for the head's fusion.")
     num_classes: int = Field(11, ge=2, le=1024, description="Segmentation classes (void is not a class).")
 
     @model_validator(mode="after")
@@ -65,6 +66,10 @@ class LatencyConfig(_Strict):
     under_budget_slope: float = Field(0.1, ge=0.0, le=1.0, description="Slope of f below the budget (f(r)=slope·(r-1) for r<1, r-1 above).")
     warmup_runs: int = Field(10, ge=1, le=1000, description="Untimed runs before each LUT measurement.")
     repeats: int = Field(30, ge=3, le=10_000, description="Timed runs per LUT entry; the median is kept, with p10/p90.")
+    e2e_repeats: int = Field(50, ge=3, le=100_000, description="Timed runs of an end-to-end network measurement.")
+    repair: bool = Field(True, description="Step weak edges to cheaper ops when the derived net measures over budget.")
+    repair_rounds: int = Field(4, ge=1, le=100, description="Measure-and-repair rounds before giving up.")
+    repair_steps_per_round: int = Field(64, ge=1, le=10_000, description="Op changes allowed per repair round.")
 
 
 class SearchConfig(_Strict):

@@ -1,0 +1,103 @@
+"""Cells (GAS.md §2): a DAG with 2 input nodes and B intermediate nodes.
+
+``SearchCell`` holds a mixed operation on every edge; ``DerivedCell`` holds the two kept
+(input, op) pairs per node of a genotype. Both share the edge enumeration of :func:`cell_edges`
+and the input preprocessing of :class:`CellInputs`.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from .genotype import Cell as CellGenotype
+from .ops import OPS, FactorizedReduce, ReLUConvBN, build_op
+
+
+@lru_cache(maxsize=None)
+def cell_edges(nodes: int) -> tuple[tuple[int, int], ...]:
+    """Edges of the cell DAG as (source node, intermediate node index), in α row order.
+
+    Node ids: 0 = cell k-2, 1 = cell k-1, 2+i = intermediate node i.
+    """
+    return tuple((j, i) for i in range(nodes) for j in range(2 + i))
+
+
+def edge_stride(source: int, reduction: bool) -> int:
+    """Every operation that touches an input node of a reduction cell has stride 2 [paper]."""
+    return 2 if reduction and source < 2 else 1
+
+
+class CellInputs(nn.Module):
+    """Brings the outputs of cells k-2 and k-1 to C channels (factorized reduce when k-2 is larger)."""
+
+    def __init__(self, c_prev_prev: int, c_prev: int, c: int, reduction_prev: bool, affine: bool):
+        super().__init__()
+        self.pre0 = (FactorizedReduce(c_prev_prev, c, affine) if reduction_prev
+                     else ReLUConvBN(c_prev_prev, c, 1, 1, 0, affine))
+        self.pre1 = ReLUConvBN(c_prev, c, 1, 1, 0, affine)
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.pre0(s0), self.pre1(s1)
+
+
+class MixedOp(nn.Module):
+    """ō(x) = Σ_o w_o · o(x) over the candidate ops of one edge."""
+
+    def __init__(self, ops: list[str], c: int, stride: int):
+        super().__init__()
+        # BN without affine parameters during search, as in DARTS.
+        self.ops = nn.ModuleList(build_op(o, c, stride, affine=False) for o in ops)
+        self.zero = [OPS[o].zero for o in ops]
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        out = None
+        for w, op, zero in zip(weights, self.ops, self.zero):
+            if zero:
+                continue  # contributes nothing but its share of the softmax
+            y = w * op(x)
+            out = y if out is None else out + y
+        return out
+
+
+class SearchCell(nn.Module):
+    def __init__(self, ops: list[str], nodes: int, c_prev_prev: int, c_prev: int, c: int,
+                 reduction: bool, reduction_prev: bool):
+        super().__init__()
+        self.reduction = reduction
+        self.nodes = nodes
+        self.inputs = CellInputs(c_prev_prev, c_prev, c, reduction_prev, affine=False)
+        self.edges = nn.ModuleList(MixedOp(ops, c, edge_stride(j, reduction)) for j, _ in cell_edges(nodes))
+        self.out_channels = nodes * c
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        states = list(self.inputs(s0, s1))
+        e = 0
+        for i in range(self.nodes):
+            acc = None
+            for j in range(2 + i):
+                y = self.edges[e](states[j], weights[e])
+                acc = y if acc is None else acc + y
+                e += 1
+            states.append(acc)
+        return torch.cat(states[2:], dim=1)
+
+
+class DerivedCell(nn.Module):
+    def __init__(self, genotype: CellGenotype, c_prev_prev: int, c_prev: int, c: int, reduction_prev: bool):
+        super().__init__()
+        self.reduction = genotype.reduction
+        self.inputs = CellInputs(c_prev_prev, c_prev, c, reduction_prev, affine=True)
+        self.sources = [tuple(e.input for e in pair) for pair in genotype.nodes]
+        self.ops = nn.ModuleList(
+            build_op(e.op, c, edge_stride(e.input, self.reduction), affine=True)
+            for pair in genotype.nodes for e in pair
+        )
+        self.out_channels = len(genotype.nodes) * c
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
+        states = list(self.inputs(s0, s1))
+        for i, (a, b) in enumerate(self.sources):
+            states.append(self.ops[2 * i](states[a]) + self.ops[2 * i + 1](states[b]))
+        return torch.cat(states[2:], dim=1)

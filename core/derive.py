@@ -1,0 +1,141 @@
+"""Derivation (GAS.md §6): α' -> genotype, random genotypes, and over-budget repair."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .cell import cell_edges
+from .genotype import Cell, Edge, Genotype, Provenance
+from .latency import LatencyModel
+from .ops import OPS
+from .specs import NetworkConfig
+
+EDGES_PER_NODE = 2  # each intermediate node keeps its two strongest inputs
+
+
+def derive_genotype(alphas: list[torch.Tensor], ops: list[str], cfg: NetworkConfig,
+                    provenance: Provenance | None = None) -> Genotype:
+    """Per cell: keep the 2 incoming edges with the largest max_{o≠none} softmax(α'), and on each
+    the strongest non-``none`` op."""
+    keep = torch.tensor([not OPS[o].zero for o in ops])
+    edges = cell_edges(cfg.nodes)
+    cells = []
+    for k, a in enumerate(alphas):
+        p = F.softmax(a.detach().float().cpu(), dim=-1).masked_fill(~keep, -1.0)
+        best_p, best_o = p.max(dim=-1)
+        nodes = []
+        for i in range(cfg.nodes):
+            rows = [e for e, (_, dst) in enumerate(edges) if dst == i]
+            # Stable ordering: strength descending, then the earlier source first.
+            top = sorted(rows, key=lambda e: (-float(best_p[e]), edges[e][0]))[:EDGES_PER_NODE]
+            top.sort(key=lambda e: edges[e][0])
+            nodes.append(tuple(Edge(input=edges[e][0], op=ops[int(best_o[e])]) for e in top))
+        cells.append(Cell(reduction=k in cfg.reduction_cells, nodes=nodes))
+    return Genotype(ops=list(ops), network=cfg, cells=cells, provenance=provenance or Provenance())
+
+
+def random_genotype(cfg: NetworkConfig, ops: list[str], generator: torch.Generator) -> Genotype:
+    """A uniformly random architecture of the search space (for LUT validation and baselines)."""
+    kept_ops = [o for o in ops if not OPS[o].zero]
+    cells = []
+    for k in range(cfg.num_cells):
+        nodes = []
+        for i in range(cfg.nodes):
+            sources = torch.randperm(2 + i, generator=generator)[:EDGES_PER_NODE].sort().values.tolist()
+            picks = torch.randint(len(kept_ops), (EDGES_PER_NODE,), generator=generator).tolist()
+            nodes.append(tuple(Edge(input=s, op=kept_ops[o]) for s, o in zip(sources, picks)))
+        cells.append(Cell(reduction=k in cfg.reduction_cells, nodes=nodes))
+    return Genotype(ops=list(ops), network=cfg, cells=cells, provenance=Provenance(source="random"))
+
+
+@dataclass
+class RepairReport:
+    budget_ms: float
+    measured_before_ms: float
+    measured_after_ms: float
+    predicted_before_ms: float
+    predicted_after_ms: float
+    rounds: int
+    edges_changed: list[dict] = field(default_factory=list)
+
+    @property
+    def repaired(self) -> bool:
+        return bool(self.edges_changed)
+
+    @property
+    def budget_met(self) -> bool:
+        return self.measured_after_ms <= self.budget_ms
+
+    def as_dict(self) -> dict:
+        return {"budget_ms": self.budget_ms, "measured_before_ms": self.measured_before_ms,
+                "measured_after_ms": self.measured_after_ms, "predicted_before_ms": self.predicted_before_ms,
+                "predicted_after_ms": self.predicted_after_ms, "rounds": self.rounds, "repaired": self.repaired,
+                "budget_met": self.budget_met, "edges_changed": self.edges_changed}
+
+
+def _cheapest_step(genotype: Genotype, alphas: list[torch.Tensor], lat: LatencyModel) -> tuple[int, int, int, str, float] | None:
+    """The (cell, node, slot, new op, ms saved) that gives up the least α' probability per ms saved."""
+    index = {o: n for n, o in enumerate(lat.ops)}
+    edges = {edge: e for e, edge in enumerate(cell_edges(genotype.network.nodes))}
+    best, best_score = None, float("inf")
+    for k, cell in enumerate(genotype.cells):
+        p = F.softmax(alphas[k].detach().float().cpu(), dim=-1)
+        for i, pair in enumerate(cell.nodes):
+            for slot, edge in enumerate(pair):
+                e = edges[(edge.input, i)]
+                cur_ms = float(lat.grid[k, e, index[edge.op]])
+                for o, name in enumerate(lat.ops):
+                    saved = cur_ms - float(lat.grid[k, e, o])
+                    if OPS[name].zero or saved <= 0:
+                        continue
+                    score = float(p[e, index[edge.op]] - p[e, o]) / saved
+                    if score < best_score:
+                        best, best_score = (k, i, slot, name, saved), score
+    return best
+
+
+def _replace(genotype: Genotype, k: int, i: int, slot: int, op: str) -> Genotype:
+    doc = genotype.model_dump(mode="json")
+    doc["cells"][k]["nodes"][i][slot]["op"] = op
+    return Genotype.model_validate(doc)
+
+
+def repair_to_budget(genotype: Genotype, alphas: list[torch.Tensor], lat: LatencyModel,
+                     measure_ms: Callable[[Genotype], float], budget_ms: float, max_rounds: int,
+                     max_steps: int) -> tuple[Genotype, RepairReport]:
+    """Step the weakest edges to cheaper ops (by the LUT) until the *measured* latency fits.
+
+    Each round converts the measured excess into a LUT-scale target (measured/predicted ratio),
+    applies the cheapest steps until the LUT predicts the target, then measures again.
+    """
+    measured = measured0 = measure_ms(genotype)
+    predicted0 = lat.genotype_ms(genotype)
+    report = RepairReport(budget_ms, measured0, measured0, predicted0, predicted0, 0)
+    rounds = 0
+    while measured > budget_ms and rounds < max_rounds:
+        rounds += 1
+        predicted = lat.genotype_ms(genotype)
+        target = predicted * budget_ms / measured
+        steps = 0
+        while lat.genotype_ms(genotype) > target and steps < max_steps:
+            step = _cheapest_step(genotype, alphas, lat)
+            if step is None:
+                break
+            k, i, slot, op, saved = step
+            old = genotype.cells[k].nodes[i][slot].op
+            genotype = _replace(genotype, k, i, slot, op)
+            report.edges_changed.append({"cell": k, "node": i, "slot": slot, "from": old, "to": op,
+                                         "saved_ms": round(saved, 4)})
+            steps += 1
+        if steps == 0:
+            break  # nothing cheaper left
+        measured = measure_ms(genotype)
+    report.rounds, report.measured_after_ms = rounds, measured
+    report.predicted_after_ms = lat.genotype_ms(genotype)
+    if report.repaired:
+        genotype.provenance.source = "repaired"
+        genotype.provenance.repaired_edges = len(report.edges_changed)
+    return genotype, report

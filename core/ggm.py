@@ -1,0 +1,58 @@
+"""GCN-Guided Module (GAS.md §3): α'_k = α_k + γ·Φ(GCN(α_{k-1})).
+
+The graph has one node per edge of cell k-1 with the rows of α_{k-1} as features. Two graph
+convolutions Z = A·ReLU(A·X·W1)·W2, then Φ, a linear map back to |O| columns, zero-initialised so
+that α' = α at the start [ours]. One module is shared by all cell pairs [ours]; its parameters are
+architecture-side (updated with α, never by the weight optimizer).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cell import cell_edges
+from .specs import GGMConfig
+
+
+def topology_adjacency(nodes: int) -> torch.Tensor:
+    """Edges that chain (one's target is the other's source) or share a node, with self-loops,
+    symmetric-normalised D^-1/2 (A + I) D^-1/2."""
+    edges = [(src, 2 + dst) for src, dst in cell_edges(nodes)]
+    n = len(edges)
+    a = torch.eye(n)
+    for p, (s1, t1) in enumerate(edges):
+        for q, (s2, t2) in enumerate(edges):
+            if p != q and (t1 == s2 or t2 == s1 or s1 == s2 or t1 == t2):
+                a[p, q] = 1.0
+    d = a.sum(1).rsqrt()
+    return d[:, None] * a * d[None, :]
+
+
+class GCNGuidedModule(nn.Module):
+    def __init__(self, n_ops: int, nodes: int, cfg: GGMConfig):
+        super().__init__()
+        self.adjacency = cfg.adjacency
+        width = cfg.hidden if cfg.embed else n_ops
+        self.embed = nn.Linear(n_ops, cfg.hidden) if cfg.embed else nn.Identity()
+        if cfg.adjacency == "similarity":
+            self.theta = nn.Linear(width, cfg.hidden, bias=False)
+            self.phi_sim = nn.Linear(width, cfg.hidden, bias=False)
+        else:
+            self.register_buffer("a_topo", topology_adjacency(nodes), persistent=False)
+        self.w1 = nn.Linear(width, cfg.hidden, bias=False)
+        self.w2 = nn.Linear(cfg.hidden, cfg.hidden, bias=False)
+        self.phi = nn.Linear(cfg.hidden, n_ops)
+        nn.init.zeros_(self.phi.weight)
+        nn.init.zeros_(self.phi.bias)
+
+    def adjacency_matrix(self, x: torch.Tensor) -> torch.Tensor:
+        if self.adjacency == "similarity":
+            return F.softmax(self.theta(x) @ self.phi_sim(x).t(), dim=-1)
+        return self.a_topo
+
+    def forward(self, alpha_prev: torch.Tensor) -> torch.Tensor:
+        x = self.embed(alpha_prev)
+        a = self.adjacency_matrix(x)
+        z = a @ self.w2(F.relu(a @ self.w1(x)))
+        return self.phi(z)

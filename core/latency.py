@@ -1,0 +1,268 @@
+"""Latency lookup tables and the differentiable expected latency (GAS.md §4).
+
+A :class:`LatencyTable` holds measured timings of every (part, op, channels, shape, stride) that a
+network of a given macro config sees at the deployment resolution, on this device, at this
+precision, batch 1. It is built by :func:`build_table` (a measurement step, never lazily inside a
+forward pass), saved as JSON, reused; a missing key raises :class:`MissingLatency`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cell import cell_edges, edge_stride
+from .network import STEM_STRIDE, Head, Stem, channel_plan
+from .ops import OPS, FactorizedReduce, ReLUConvBN, build_op
+from .specs import NetworkConfig
+from .timing import TimingStats, device_name, inference_mode, software_versions, time_callable
+
+LUT_FORMAT_VERSION = 1
+BATCH = 1  # the LUT and every FPS figure are batch 1
+
+
+class MissingLatency(KeyError):
+    """A latency the table does not hold: measure it (build_table) before asking for it."""
+
+
+@dataclass(frozen=True, order=True)
+class LutKey:
+    part: str  # "op" | "pre" | "stem" | "head"
+    name: str  # op name, or the module kind of a fixed part
+    c_in: int
+    c_out: int
+    height: int  # input height of the part
+    width: int
+    stride: int
+
+    def as_str(self) -> str:
+        return f"{self.part}/{self.name}/c{self.c_in}-{self.c_out}/{self.height}x{self.width}/s{self.stride}"
+
+
+@dataclass(frozen=True)
+class LutContext:
+    device: str
+    precision: str
+    batch: int
+    height: int
+    width: int
+    torch: str
+    cuda: str | None
+    cudnn: str | None
+    cudnn_benchmark: bool
+    channels_last: bool
+
+    def table_id(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def current_context(device: torch.device, precision: str, height: int, width: int) -> LutContext:
+    v = software_versions()
+    return LutContext(device_name(device), precision, BATCH, height, width, v["torch"], v["cuda"], v["cudnn"],
+                      bool(torch.backends.cudnn.benchmark), device.type == "cuda")
+
+
+@dataclass
+class LatencyTable:
+    context: LutContext
+    entries: dict[LutKey, TimingStats] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return self.context.table_id()
+
+    def ms(self, key: LutKey) -> float:
+        try:
+            return self.entries[key].median_ms
+        except KeyError:
+            raise MissingLatency(f"no latency for {key.as_str()} in table {self.id} ({self.context.device}, "
+                                 f"{self.context.precision}, {self.context.height}x{self.context.width})") from None
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "format_version": LUT_FORMAT_VERSION, "id": self.id, "context": asdict(self.context),
+            "entries": [{**asdict(k), **v.as_dict()} for k, v in sorted(self.entries.items())],
+        }, indent=1)
+
+    def save(self, path: str | Path) -> None:
+        from .checkpoint import atomic_write_bytes
+
+        atomic_write_bytes(path, self.to_json().encode())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LatencyTable":
+        doc = json.loads(Path(path).read_text())
+        if doc.get("format_version") != LUT_FORMAT_VERSION:
+            raise ValueError(f"{path}: LUT format_version {doc.get('format_version')!r}, expected {LUT_FORMAT_VERSION}")
+        ctx = LutContext(**doc["context"])
+        key_fields = set(LutKey.__dataclass_fields__)
+        entries = {LutKey(**{k: e[k] for k in key_fields}): TimingStats(e["median_ms"], e["p10_ms"], e["p90_ms"], e["count"])
+                   for e in doc["entries"]}
+        return cls(ctx, entries)
+
+
+# -- what a network needs ------------------------------------------------------------------------
+def _down(n: int) -> int:
+    return (n + 1) // 2  # every stride-2 op here maps n -> ceil(n / 2)
+
+
+@dataclass(frozen=True)
+class CellShapes:
+    h: int  # resolution of s1 and of the cell's edges' inputs
+    w: int
+    h0: int  # resolution of s0
+    w0: int
+
+
+def cell_shapes(cfg: NetworkConfig, height: int, width: int) -> list[CellShapes]:
+    h, w = height, width
+    for _ in range(STEM_STRIDE.bit_length() - 1):
+        h, w = _down(h), _down(w)
+    out, prev_in = [], (h, w)
+    for p in channel_plan(cfg):
+        h0, w0 = prev_in
+        out.append(CellShapes(h, w, h0, w0))
+        prev_in = (h, w)
+        if p.reduction:
+            h, w = _down(h), _down(w)
+    return out
+
+
+def stem_key(cfg: NetworkConfig, height: int, width: int) -> LutKey:
+    return LutKey("stem", "stem", 3, cfg.stem_channels, height, width, STEM_STRIDE)
+
+
+def head_key(cfg: NetworkConfig, height: int, width: int) -> LutKey:
+    last = cell_shapes(cfg, height, width)[-1]
+    plan = channel_plan(cfg)[-1]
+    h, w = (_down(last.h), _down(last.w)) if plan.reduction else (last.h, last.w)
+    return LutKey("head", "head" + ("_skip" if cfg.low_level_skip else ""), cfg.nodes * plan.c, cfg.num_classes, h, w, 1)
+
+
+def pre_keys(cfg: NetworkConfig, height: int, width: int) -> list[tuple[LutKey, LutKey]]:
+    keys = []
+    for p, s in zip(channel_plan(cfg), cell_shapes(cfg, height, width)):
+        k0 = LutKey("pre", "factorized_reduce" if p.reduction_prev else "relu_conv_bn_1x1", p.c_prev_prev, p.c, s.h0, s.w0,
+                    2 if p.reduction_prev else 1)
+        k1 = LutKey("pre", "relu_conv_bn_1x1", p.c_prev, p.c, s.h, s.w, 1)
+        keys.append((k0, k1))
+    return keys
+
+
+def op_key(op: str, c: int, shapes: CellShapes, stride: int) -> LutKey:
+    return LutKey("op", op, c, c, shapes.h, shapes.w, stride)
+
+
+def required_keys(cfg: NetworkConfig, ops: Iterable[str], height: int, width: int) -> list[LutKey]:
+    keys = {stem_key(cfg, height, width), head_key(cfg, height, width)}
+    for k0, k1 in pre_keys(cfg, height, width):
+        keys.update((k0, k1))
+    for p, s in zip(channel_plan(cfg), cell_shapes(cfg, height, width)):
+        for stride in ({1, 2} if p.reduction else {1}):
+            keys.update(op_key(o, p.c, s, stride) for o in ops if not OPS[o].zero)
+    return sorted(keys)
+
+
+# -- measurement -----------------------------------------------------------------------------
+class _HeadProbe(nn.Module):
+    def __init__(self, cfg: NetworkConfig, c_last: int, out_size: tuple[int, int]):
+        super().__init__()
+        self.head, self.out_size = Head(cfg, c_last), out_size
+
+    def forward(self, feat: torch.Tensor, stem: torch.Tensor) -> torch.Tensor:
+        return self.head(feat, stem, self.out_size)
+
+
+def _module_and_inputs(key: LutKey, cfg: NetworkConfig, height: int, width: int) -> tuple[nn.Module, list[torch.Tensor]]:
+    x = torch.randn(BATCH, key.c_in, key.height, key.width)
+    if key.part == "op":
+        return build_op(key.name, key.c_in, key.stride, affine=True), [x]
+    if key.part == "pre":
+        mod = FactorizedReduce(key.c_in, key.c_out) if key.name == "factorized_reduce" else ReLUConvBN(key.c_in, key.c_out, 1, 1, 0)
+        return mod, [x]
+    if key.part == "stem":
+        return Stem(cfg.stem_channels), [x]
+    if key.part == "head":
+        stem_hw = cell_shapes(cfg, height, width)[0]
+        stem = torch.randn(BATCH, cfg.stem_channels, stem_hw.h, stem_hw.w)
+        return _HeadProbe(cfg, key.c_in, (height, width)), [x, stem]
+    raise ValueError(f"unknown LUT part {key.part!r}")
+
+
+def measure_key(key: LutKey, cfg: NetworkConfig, height: int, width: int, device: torch.device, precision: str,
+                warmup: int, repeats: int) -> TimingStats:
+    mod, inputs = _module_and_inputs(key, cfg, height, width)
+    mod = mod.to(device).eval()
+    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    mod = mod.to(memory_format=fmt)
+    inputs = [t.to(device).contiguous(memory_format=fmt) for t in inputs]
+    with inference_mode(device, precision):
+        return time_callable(lambda: mod(*inputs), device, warmup, repeats)
+
+
+def build_table(cfg: NetworkConfig, ops: list[str], height: int, width: int, device: torch.device, precision: str,
+                warmup: int, repeats: int, cache_dir: str | Path | None = None,
+                progress: Callable[[int, int, LutKey], None] | None = None) -> LatencyTable:
+    """Measure every key the network needs (reusing a cached table of the same context)."""
+    ctx = current_context(device, precision, height, width)
+    path = Path(cache_dir) / f"lut-{ctx.table_id()}.json" if cache_dir else None
+    table = LatencyTable.load(path) if path and path.exists() else LatencyTable(ctx)
+    missing = [k for k in required_keys(cfg, ops, height, width) if k not in table.entries]
+    for i, key in enumerate(missing):
+        table.entries[key] = measure_key(key, cfg, height, width, device, precision, warmup, repeats)
+        if progress:
+            progress(i + 1, len(missing), key)
+    if path and missing:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table.save(path)
+    return table
+
+
+# -- expected latency ------------------------------------------------------------------------
+class LatencyModel(nn.Module):
+    """LAT(α') = const + Σ_k Σ_e w_e Σ_{o≠none} p_{k,e,o} · LAT_k(e, o)  (differentiable in α').
+
+    [ours] Two corrections make the expectation comparable to a derived network, which keeps 2 of
+    the 2+i inputs of node i and never keeps ``none``: w_e = 2/(2+i), and p is the softmax over the
+    non-``none`` ops.
+    """
+
+    def __init__(self, table: LatencyTable, cfg: NetworkConfig, ops: list[str], height: int, width: int):
+        super().__init__()
+        self.cfg, self.ops, self.height, self.width = cfg, list(ops), height, width
+        edges = cell_edges(cfg.nodes)
+        grid = torch.zeros(cfg.num_cells, len(edges), len(ops), dtype=torch.float64)
+        for k, (p, s) in enumerate(zip(channel_plan(cfg), cell_shapes(cfg, height, width))):
+            for e, (src, _) in enumerate(edges):
+                for o, name in enumerate(ops):
+                    if not OPS[name].zero:
+                        grid[k, e, o] = table.ms(op_key(name, p.c, s, edge_stride(src, p.reduction)))
+        const = table.ms(stem_key(cfg, height, width)) + table.ms(head_key(cfg, height, width))
+        const += sum(table.ms(k0) + table.ms(k1) for k0, k1 in pre_keys(cfg, height, width))
+        self.register_buffer("grid", grid.float(), persistent=False)
+        self.register_buffer("edge_weight", torch.tensor([2.0 / (2 + i) for _, i in edges]), persistent=False)
+        self.register_buffer("nonzero", torch.tensor([not OPS[o].zero for o in ops]), persistent=False)
+        self.const_ms = float(const)
+        self.table_id = table.id
+
+    def forward(self, alphas: list[torch.Tensor]) -> torch.Tensor:
+        a = torch.stack(alphas).float()
+        p = F.softmax(a.masked_fill(~self.nonzero, float("-inf")), dim=-1)
+        return self.const_ms + (p * self.grid * self.edge_weight[None, :, None]).sum()
+
+    def genotype_ms(self, genotype) -> float:
+        """LUT prediction for a derived network: const + Σ of its kept operations."""
+        index = {name: o for o, name in enumerate(self.ops)}
+        edges = {edge: e for e, edge in enumerate(cell_edges(self.cfg.nodes))}
+        total = self.const_ms
+        for k, cell in enumerate(genotype.cells):
+            for i, pair in enumerate(cell.nodes):
+                for edge in pair:
+                    total += float(self.grid[k, edges[(edge.input, i)], index[edge.op]])
+        return total

@@ -1,0 +1,176 @@
+"""The search procedure (GAS.md §5): warm-up, then first-order alternation of α and w steps.
+
+Checkpoints at every epoch end (weights, α, GGM, both optimizers, schedule, loaders, RNG) and
+resumes from the last one when run again in the same state directory.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import load_state, rng_state, save_state, set_rng_state
+from .data import Augment, DeviceLoader, SegData
+from .latency import LatencyModel
+from .latency_loss import LatencyPenalty
+from .metrics import confusion_matrix, mean_iou
+from .network import SuperNet
+from .specs import SearchConfig
+
+STATE_FILE = "search.pt"
+STATE_VERSION = 1
+EVAL_BATCH = 8  # batch size of the per-epoch supernet evaluation on D_α
+
+
+class SearchCancelled(Exception):
+    pass
+
+
+@dataclass
+class SearchResult:
+    alphas: list[torch.Tensor]  # α' at the end (what derivation reads)
+    expected_latency_ms: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from_epoch: int | None = None
+
+
+def autocast_ctx(device: torch.device):
+    """bf16 autocast on CUDA, nothing elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def split_halves(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Disjoint halves D_w (weights) and D_α (architecture) of n training images."""
+    if n < 2:
+        raise ValueError(f"search needs at least 2 training images, got {n}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[: n // 2], perm[n // 2:]
+
+
+def op_probabilities(model: SuperNet, alphas: list[torch.Tensor]) -> list[dict[str, float]]:
+    """Per cell: mean softmax probability of each op over the cell's edges."""
+    return [{o: round(float(v), 4) for o, v in zip(model.ops, F.softmax(a.detach().float(), -1).mean(0))}
+            for a in alphas]
+
+
+class Searcher:
+    def __init__(self, model: SuperNet, latency: LatencyModel, penalty: LatencyPenalty, cfg: SearchConfig,
+                 data: SegData, device: torch.device, state_dir: Path,
+                 progress: Callable[[dict], None], should_cancel: Callable[[], bool]):
+        self.model, self.latency, self.penalty, self.cfg = model.to(device), latency.to(device), penalty, cfg
+        self.device, self.state_path = device, Path(state_dir) / STATE_FILE
+        self.progress, self.should_cancel = progress, should_cancel
+        self.num_classes, self.ignore = data.num_classes, data.ignore_index
+        if device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        half_w, half_a = split_halves(len(data), cfg.seed)
+        aug = Augment(flip=cfg.flip, crop_height=cfg.crop_height, crop_width=cfg.crop_width)
+        self.loader_w = DeviceLoader(data, cfg.batch_size, device, indices=half_w, augment=aug, seed=cfg.seed)
+        self.loader_a = DeviceLoader(data, cfg.batch_size, device, indices=half_a, augment=aug, seed=cfg.seed + 1)
+        self.steps = cfg.steps_per_epoch or len(self.loader_w)
+        self.w_opt = torch.optim.SGD(model.weight_parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum,
+                                     weight_decay=cfg.w_weight_decay)
+        self.a_opt = torch.optim.Adam(model.arch_parameters(), lr=cfg.a_lr, betas=cfg.a_betas,
+                                      weight_decay=cfg.a_weight_decay)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs, eta_min=cfg.w_lr_min)
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 0
+
+    # -- the two-phase step -----------------------------------------------------------------
+    def arch_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Adam on α and the GGM with L_arch = CE + λ·f(LAT(α')/T) on a D_α batch."""
+        self.a_opt.zero_grad(set_to_none=True)
+        alphas = self.model.alpha_prime()
+        with autocast_ctx(self.device):
+            logits = self.model(x, alphas=alphas)
+        ce = F.cross_entropy(logits.float(), y, ignore_index=self.ignore)
+        lat = self.latency(alphas)
+        loss = ce + self.penalty(lat)
+        loss.backward()
+        self.a_opt.step()
+        return {"a_ce": float(ce), "a_loss": float(loss), "expected_latency_ms": float(lat)}
+
+    def weight_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """SGD on the weights with CE on a D_w batch, α' detached."""
+        self.w_opt.zero_grad(set_to_none=True)
+        with autocast_ctx(self.device):
+            logits = self.model(x, detach_arch=True)
+        loss = F.cross_entropy(logits.float(), y, ignore_index=self.ignore)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.weight_parameters(), self.cfg.w_grad_clip)
+        self.w_opt.step()
+        return {"w_loss": float(loss)}
+
+    # -- epochs ---------------------------------------------------------------------------
+    def run(self) -> SearchResult:
+        resumed = self._resume()
+        for epoch in range(self.start_epoch, self.cfg.epochs):
+            warm = epoch < self.cfg.warmup_epochs
+            phase = "warmup" if warm else "search"
+            self.model.train()
+            for step in range(self.steps):
+                if self.should_cancel():
+                    raise SearchCancelled(f"cancelled at epoch {epoch} step {step}")
+                metrics = {} if warm else self.arch_step(*self.loader_a.next_batch())
+                metrics.update(self.weight_step(*self.loader_w.next_batch()))
+                self.progress({"phase": phase, "epoch": epoch + 1, "epochs": self.cfg.epochs, "step": step + 1,
+                               "steps": self.steps, "metrics": metrics,
+                               "expected_latency_ms": metrics.get("expected_latency_ms")})
+            self.sched.step()
+            summary = self._epoch_summary(epoch, phase)
+            self.history.append(summary)
+            self._save(epoch + 1)
+            self.progress({"phase": phase, "epoch": epoch + 1, "epochs": self.cfg.epochs, "step": self.steps,
+                           "steps": self.steps, "metrics": {"supernet_miou": summary["supernet_miou"]},
+                           "expected_latency_ms": summary["expected_latency_ms"], "op_probs": summary["op_probs"],
+                           "message": f"epoch {epoch + 1}/{self.cfg.epochs} done"})
+        with torch.no_grad():
+            alphas = [a.detach().cpu() for a in self.model.alpha_prime()]
+            lat = float(self.latency([a.to(self.device) for a in alphas]))
+        return SearchResult(alphas, lat, self.history, resumed)
+
+    @torch.no_grad()
+    def _epoch_summary(self, epoch: int, phase: str) -> dict[str, Any]:
+        self.model.eval()
+        conf = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long, device=self.device)
+        for x, y in self.loader_a.ordered(EVAL_BATCH):
+            with autocast_ctx(self.device):
+                pred = self.model(x).argmax(1)
+            conf += confusion_matrix(pred, y, self.num_classes, self.ignore)
+        alphas = self.model.alpha_prime()
+        return {"epoch": epoch + 1, "phase": phase, "supernet_miou": round(mean_iou(conf), 4),
+                "expected_latency_ms": round(float(self.latency(alphas)), 4),
+                "w_lr": self.sched.get_last_lr()[0], "op_probs": op_probabilities(self.model, alphas)}
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def _save(self, epoch: int) -> None:
+        save_state(self.state_path, {
+            "version": STATE_VERSION, "epoch": epoch, "model": self.model.state_dict(),
+            "w_opt": self.w_opt.state_dict(), "a_opt": self.a_opt.state_dict(), "sched": self.sched.state_dict(),
+            "loader_w": self.loader_w.state_dict(), "loader_a": self.loader_a.state_dict(),
+            "rng": rng_state(), "history": self.history,
+        })
+
+    def _resume(self) -> int | None:
+        if not self.state_path.exists():
+            return None
+        state = load_state(self.state_path, map_location=self.device)
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"{self.state_path}: search state version {state.get('version')}, expected {STATE_VERSION}")
+        self.model.load_state_dict(state["model"])
+        self.w_opt.load_state_dict(state["w_opt"])
+        self.a_opt.load_state_dict(state["a_opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.loader_w.load_state_dict(state["loader_w"])
+        self.loader_a.load_state_dict(state["loader_a"])
+        set_rng_state(state["rng"])
+        self.history = list(state["history"])
+        self.start_epoch = int(state["epoch"])
+        return self.start_epoch
+

@@ -1,0 +1,79 @@
+"""Synchronised timing (GAS.md §4 timing rules): warm-up, sync around every timed run, median."""
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator
+
+import torch
+
+PRECISION_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class TimingStats:
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    count: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    if precision != "fp32" and device.type != "cuda":
+        raise ValueError(f"precision {precision!r} is measured on CUDA only; this device is {device.type}")
+
+
+@contextlib.contextmanager
+def inference_mode(device: torch.device, precision: str) -> Iterator[None]:
+    """no_grad plus autocast to the deployment precision (fp32: none)."""
+    check_precision(precision, device)
+    with torch.no_grad():
+        if precision == "fp32":
+            yield
+        else:
+            with torch.autocast(device.type, dtype=PRECISION_DTYPES[precision]):
+                yield
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _quantile(sorted_ms: list[float], q: float) -> float:
+    idx = min(len(sorted_ms) - 1, max(0, round(q * (len(sorted_ms) - 1))))
+    return sorted_ms[idx]
+
+
+def time_callable(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> TimingStats:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times each bracketed by device syncs."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    samples = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        samples.append((time.perf_counter() - t0) * 1e3)
+    samples.sort()
+    return TimingStats(statistics.median(samples), _quantile(samples, 0.1), _quantile(samples, 0.9), len(samples))
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu:{platform.processor() or platform.machine()}:{torch.get_num_threads()}threads"
+
+
+def software_versions() -> dict[str, str | None]:
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": str(cudnn) if cudnn else None}
