@@ -10,6 +10,8 @@ Contract (stable; the service is built against it):
 ``workdir`` is a directory owned by the job across attempts: checkpoints live in
 ``workdir/state`` and a second call with the same workdir resumes from the last checkpoint.
 Finished artifacts are written atomically into ``workdir/artifacts``:
+``lut_dir`` (search) and ``data_cache_dir`` (search, retrain) are shared caches across jobs:
+latency tables and prepared (decoded, resized uint8) datasets; default: inside ``workdir``.
 ``genotype.json`` and ``report.json`` (search), ``checkpoint.safetensors`` and ``report.json``
 (retrain), ``report.json`` (benchmark). The returned dict is a JSON-able result summary.
 
@@ -42,19 +44,20 @@ def _never() -> bool:
 
 
 def run_search(spec: SearchJobSpec | dict, workdir: str | Path, *, progress: ProgressFn = _noop,
-               should_cancel: CancelFn = _never, lut_dir: str | Path | None = None) -> dict:
+               should_cancel: CancelFn = _never, lut_dir: str | Path | None = None,
+               data_cache_dir: str | Path | None = None) -> dict:
     from .pipeline import search_pipeline
 
     spec = SearchJobSpec.model_validate(spec)
-    return search_pipeline(spec, Path(workdir), progress, should_cancel, lut_dir)
+    return search_pipeline(spec, Path(workdir), progress, should_cancel, lut_dir, data_cache_dir)
 
 
 def run_retrain(spec: RetrainJobSpec | dict, workdir: str | Path, *, progress: ProgressFn = _noop,
-                should_cancel: CancelFn = _never) -> dict:
+                should_cancel: CancelFn = _never, data_cache_dir: str | Path | None = None) -> dict:
     from .pipeline import retrain_pipeline
 
     spec = RetrainJobSpec.model_validate(spec)
-    return retrain_pipeline(spec, Path(workdir), progress, should_cancel)
+    return retrain_pipeline(spec, Path(workdir), progress, should_cancel, data_cache_dir)
 
 
 def run_benchmark(spec: BenchmarkJobSpec | dict, workdir: str | Path, *, progress: ProgressFn = _noop,

@@ -21,7 +21,7 @@ from .cell import cell_edges, edge_stride
 from .network import STEM_STRIDE, Head, Stem, channel_plan
 from .ops import OPS, FactorizedReduce, ReLUConvBN, build_op
 from .specs import NetworkConfig
-from .timing import TimingStats, device_name, inference_mode, software_versions, time_callable
+from .timing import TimingStats, device_name, prepare, software_versions, time_callable
 
 LUT_FORMAT_VERSION = 1
 BATCH = 1  # the LUT and every FPS figure are batch 1
@@ -33,7 +33,7 @@ class MissingLatency(KeyError):
 
 @dataclass(frozen=True, order=True)
 class LutKey:
-    part: str  # "op" | "pre" | "stem" | "head"
+    part: str  # "op" | "pre" | "glue" | "stem" | "head"
     name: str  # op name, or the module kind of a fixed part
     c_in: int
     c_out: int
@@ -155,6 +155,15 @@ def pre_keys(cfg: NetworkConfig, height: int, width: int) -> list[tuple[LutKey, 
     return keys
 
 
+def glue_keys(cfg: NetworkConfig, height: int, width: int) -> list[LutKey]:
+    """Per cell: the node sums and the output concatenation, at the cell's output resolution."""
+    keys = []
+    for p, s in zip(channel_plan(cfg), cell_shapes(cfg, height, width)):
+        h, w = (_down(s.h), _down(s.w)) if p.reduction else (s.h, s.w)
+        keys.append(LutKey("glue", "cell", p.c, cfg.nodes * p.c, h, w, 1))
+    return keys
+
+
 def op_key(op: str, c: int, shapes: CellShapes, stride: int) -> LutKey:
     return LutKey("op", op, c, c, shapes.h, shapes.w, stride)
 
@@ -163,6 +172,7 @@ def required_keys(cfg: NetworkConfig, ops: Iterable[str], height: int, width: in
     keys = {stem_key(cfg, height, width), head_key(cfg, height, width)}
     for k0, k1 in pre_keys(cfg, height, width):
         keys.update((k0, k1))
+    keys.update(glue_keys(cfg, height, width))
     for p, s in zip(channel_plan(cfg), cell_shapes(cfg, height, width)):
         for stride in ({1, 2} if p.reduction else {1}):
             keys.update(op_key(o, p.c, s, stride) for o in ops if not OPS[o].zero)
@@ -170,6 +180,13 @@ def required_keys(cfg: NetworkConfig, ops: Iterable[str], height: int, width: in
 
 
 # -- measurement -----------------------------------------------------------------------------
+class _GlueProbe(nn.Module):
+    """What a derived cell does besides its ops: one sum per node, then the concatenation."""
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return torch.cat([xs[i] + xs[i + 1] for i in range(0, len(xs), 2)], dim=1)
+
+
 class _HeadProbe(nn.Module):
     def __init__(self, cfg: NetworkConfig, c_last: int, out_size: tuple[int, int]):
         super().__init__()
@@ -186,6 +203,9 @@ def _module_and_inputs(key: LutKey, cfg: NetworkConfig, height: int, width: int)
     if key.part == "pre":
         mod = FactorizedReduce(key.c_in, key.c_out) if key.name == "factorized_reduce" else ReLUConvBN(key.c_in, key.c_out, 1, 1, 0)
         return mod, [x]
+    if key.part == "glue":
+        n_inputs = 2 * (key.c_out // key.c_in)
+        return _GlueProbe(), [torch.randn(BATCH, key.c_in, key.height, key.width) for _ in range(n_inputs)]
     if key.part == "stem":
         return Stem(cfg.stem_channels), [x]
     if key.part == "head":
@@ -198,11 +218,8 @@ def _module_and_inputs(key: LutKey, cfg: NetworkConfig, height: int, width: int)
 def measure_key(key: LutKey, cfg: NetworkConfig, height: int, width: int, device: torch.device, precision: str,
                 warmup: int, repeats: int) -> TimingStats:
     mod, inputs = _module_and_inputs(key, cfg, height, width)
-    mod = mod.to(device).eval()
-    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    mod = mod.to(memory_format=fmt)
-    inputs = [t.to(device).contiguous(memory_format=fmt) for t in inputs]
-    with inference_mode(device, precision):
+    mod, inputs = prepare(mod, inputs, device, precision)
+    with torch.no_grad():
         return time_callable(lambda: mod(*inputs), device, warmup, repeats)
 
 
@@ -245,6 +262,7 @@ class LatencyModel(nn.Module):
                         grid[k, e, o] = table.ms(op_key(name, p.c, s, edge_stride(src, p.reduction)))
         const = table.ms(stem_key(cfg, height, width)) + table.ms(head_key(cfg, height, width))
         const += sum(table.ms(k0) + table.ms(k1) for k0, k1 in pre_keys(cfg, height, width))
+        const += sum(table.ms(k) for k in glue_keys(cfg, height, width))
         self.register_buffer("grid", grid.float(), persistent=False)
         self.register_buffer("edge_weight", torch.tensor([2.0 / (2 + i) for _, i in edges]), persistent=False)
         self.register_buffer("nonzero", torch.tensor([not OPS[o].zero for o in ops]), persistent=False)

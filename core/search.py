@@ -5,7 +5,6 @@ resumes from the last one when run again in the same state directory.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -17,9 +16,9 @@ from .checkpoint import load_state, rng_state, save_state, set_rng_state
 from .data import Augment, DeviceLoader, SegData
 from .latency import LatencyModel
 from .latency_loss import LatencyPenalty
-from .metrics import confusion_matrix, mean_iou
 from .network import SuperNet
 from .specs import SearchConfig
+from .train import autocast_for, evaluate, segmentation_loss
 
 STATE_FILE = "search.pt"
 STATE_VERSION = 1
@@ -36,13 +35,6 @@ class SearchResult:
     expected_latency_ms: float
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from_epoch: int | None = None
-
-
-def autocast_ctx(device: torch.device):
-    """bf16 autocast on CUDA, nothing elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def split_halves(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,25 +79,25 @@ class Searcher:
         """Adam on α and the GGM with L_arch = CE + λ·f(LAT(α')/T) on a D_α batch."""
         self.a_opt.zero_grad(set_to_none=True)
         alphas = self.model.alpha_prime()
-        with autocast_ctx(self.device):
+        with autocast_for(self.device):
             logits = self.model(x, alphas=alphas)
-        ce = F.cross_entropy(logits.float(), y, ignore_index=self.ignore)
+        ce = segmentation_loss(logits, y, self.ignore)
         lat = self.latency(alphas)
         loss = ce + self.penalty(lat)
         loss.backward()
         self.a_opt.step()
-        return {"a_ce": float(ce), "a_loss": float(loss), "expected_latency_ms": float(lat)}
+        return {"a_ce": ce.item(), "a_loss": loss.item(), "expected_latency_ms": lat.item()}
 
     def weight_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """SGD on the weights with CE on a D_w batch, α' detached."""
         self.w_opt.zero_grad(set_to_none=True)
-        with autocast_ctx(self.device):
+        with autocast_for(self.device):
             logits = self.model(x, detach_arch=True)
-        loss = F.cross_entropy(logits.float(), y, ignore_index=self.ignore)
+        loss = segmentation_loss(logits, y, self.ignore)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.weight_parameters(), self.cfg.w_grad_clip)
         self.w_opt.step()
-        return {"w_loss": float(loss)}
+        return {"w_loss": loss.item()}
 
     # -- epochs ---------------------------------------------------------------------------
     def run(self) -> SearchResult:
@@ -137,14 +129,9 @@ class Searcher:
 
     @torch.no_grad()
     def _epoch_summary(self, epoch: int, phase: str) -> dict[str, Any]:
-        self.model.eval()
-        conf = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long, device=self.device)
-        for x, y in self.loader_a.ordered(EVAL_BATCH):
-            with autocast_ctx(self.device):
-                pred = self.model(x).argmax(1)
-            conf += confusion_matrix(pred, y, self.num_classes, self.ignore)
+        miou = evaluate(self.model, self.loader_a, self.device, EVAL_BATCH)["miou"]
         alphas = self.model.alpha_prime()
-        return {"epoch": epoch + 1, "phase": phase, "supernet_miou": round(mean_iou(conf), 4),
+        return {"epoch": epoch + 1, "phase": phase, "supernet_miou": round(miou, 4),
                 "expected_latency_ms": round(float(self.latency(alphas)), 4),
                 "w_lr": self.sched.get_last_lr()[0], "op_probs": op_probabilities(self.model, alphas)}
 

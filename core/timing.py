@@ -1,11 +1,10 @@
 """Synchronised timing (GAS.md §4 timing rules): warm-up, sync around every timed run, median."""
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
@@ -28,16 +27,15 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise ValueError(f"precision {precision!r} is measured on CUDA only; this device is {device.type}")
 
 
-@contextlib.contextmanager
-def inference_mode(device: torch.device, precision: str) -> Iterator[None]:
-    """no_grad plus autocast to the deployment precision (fp32: none)."""
+def prepare(module: torch.nn.Module, inputs: list[torch.Tensor], device: torch.device,
+            precision: str) -> tuple[torch.nn.Module, list[torch.Tensor]]:
+    """Deployment form of a module and its inputs: eval mode, on ``device``, cast to ``precision``
+    (the whole model, not autocast), channels_last on CUDA. The module is moved in place."""
     check_precision(precision, device)
-    with torch.no_grad():
-        if precision == "fp32":
-            yield
-        else:
-            with torch.autocast(device.type, dtype=PRECISION_DTYPES[precision]):
-                yield
+    dtype = PRECISION_DTYPES.get(precision, torch.float32)
+    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    module = module.to(device=device, dtype=dtype).eval().to(memory_format=fmt)
+    return module, [t.to(device=device, dtype=dtype).contiguous(memory_format=fmt) for t in inputs]
 
 
 def _sync(device: torch.device) -> None:

@@ -1,0 +1,251 @@
+"""End-to-end speed of a network at batch 1 (GAS.md §8): eager and optimised, with the context.
+
+Every timed iteration is one forward pass of a ``[1, 3, H, W]`` input in eval mode under
+``torch.no_grad()``, timed alone: on CUDA between two CUDA events with the stream drained after
+each pass (so passes never overlap), on CPU with ``time.perf_counter``. Warm-up passes come first
+and are not timed. Reduced precision (fp16/bf16) means the whole model and input cast to that dtype
+(deployment style, not autocast) and is measured on CUDA only.
+
+Optimised path: CUDA graphs on CUDA (falling back to ``torch.compile``); on CPU a frozen
+``torch.jit.trace`` (``torch.compile`` on CPU needs a C++ toolchain and minutes of compilation, so
+it is not attempted there). A path that fails is reported as ``"unavailable: <reason>"``.
+"""
+from __future__ import annotations
+
+import copy
+import platform
+import statistics
+import time
+import warnings
+from typing import Callable, Literal
+
+import torch
+from torch import nn
+
+DEFAULT_WARMUP = 10
+"""Untimed forward passes before measuring."""
+DEFAULT_ITERS = 50
+"""Timed forward passes of one measurement."""
+PERCENTILE_HIGH = 0.9
+"""The tail percentile reported beside the median (p90)."""
+CUDA_GRAPH_WARMUP = 3
+"""Passes on a side stream before a CUDA graph is captured (lets cuDNN pick its algorithms)."""
+
+Precision = Literal["fp32", "fp16", "bf16"]
+_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _percentile(sorted_ms: list[float], q: float) -> float:
+    """Linear-interpolated percentile of an ascending list."""
+    pos = q * (len(sorted_ms) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_ms) - 1)
+    return sorted_ms[lo] + (sorted_ms[hi] - sorted_ms[lo]) * (pos - lo)
+
+
+def latency_stats(times_ms: list[float]) -> dict:
+    """``{"median_ms", "p90_ms", "mean_ms", "min_ms", "count", "fps"}`` (fps = 1000 / median)."""
+    if not times_ms:
+        raise ValueError("no timings")
+    s = sorted(times_ms)
+    med = statistics.median(s)
+    return {"median_ms": med, "p90_ms": _percentile(s, PERCENTILE_HIGH), "mean_ms": statistics.fmean(s),
+            "min_ms": s[0], "count": len(s), "fps": 1000.0 / med if med > 0 else float("inf")}
+
+
+def _time_calls(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> list[float]:
+    if iters < 1:
+        raise ValueError("iters must be >= 1")
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        for _ in range(iters):
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    else:
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1000.0)
+    return times
+
+
+def _prepared(model: nn.Module, height: int, width: int, device: torch.device,
+              precision: str) -> tuple[nn.Module, torch.Tensor]:
+    """An eval-mode copy of ``model`` in ``precision`` on ``device`` and a matching random input."""
+    if precision not in _DTYPES:
+        raise ValueError(f"unknown precision {precision!r}")
+    if precision != "fp32" and device.type != "cuda":
+        raise ValueError(f"{precision} latency is measured on CUDA only; use fp32 on {device.type}")
+    dtype = _DTYPES[precision]
+    m = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+    x = torch.randn(1, 3, height, width, device=device, dtype=dtype)
+    if device.type == "cuda":
+        m = m.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    return m, x
+
+
+def measure_latency(model: nn.Module, height: int, width: int, device: torch.device | str,
+                    precision: Precision = "fp32", warmup: int = DEFAULT_WARMUP, iters: int = DEFAULT_ITERS) -> dict:
+    """Eager batch-1 latency: :func:`latency_stats` plus precision, resolution and batch."""
+    device = torch.device(device)
+    m, x = _prepared(model, height, width, device, precision)
+    with torch.no_grad():
+        times = _time_calls(lambda: m(x), device, warmup, iters)
+    return {**latency_stats(times), "precision": precision, "height": height, "width": width, "batch": 1,
+            "mode": "eager"}
+
+
+# --------------------------------------------------------------------------------------------
+# Optimised paths
+# --------------------------------------------------------------------------------------------
+
+def _cuda_graph(m: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    stream = torch.cuda.Stream(device=x.device)
+    stream.wait_stream(torch.cuda.current_stream(x.device))
+    with torch.cuda.stream(stream):
+        for _ in range(CUDA_GRAPH_WARMUP):
+            m(x)
+    torch.cuda.current_stream(x.device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        m(x)
+    graph.replay()
+    torch.cuda.synchronize(x.device)
+    return graph.replay
+
+
+def _compiled(m: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    if not hasattr(torch, "compile"):
+        raise RuntimeError("torch.compile is not available in this torch")
+    cm = torch.compile(m)
+    cm(x)  # compilation happens (and fails) here
+    return lambda: cm(x)
+
+
+def _jit(m: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.freeze(torch.jit.trace(m, x, check_trace=False))
+        traced(x)
+    return lambda: traced(x)
+
+
+_OPTIMISERS: dict[str, Callable[[nn.Module, torch.Tensor], Callable[[], object]]] = {
+    "cuda_graphs": _cuda_graph, "torch_compile": _compiled, "jit_trace_freeze": _jit}
+
+
+def optimised_methods(device: torch.device) -> list[str]:
+    """The optimised paths tried in order on ``device``."""
+    return ["cuda_graphs", "torch_compile"] if device.type == "cuda" else ["jit_trace_freeze"]
+
+
+def measure_optimised(model: nn.Module, height: int, width: int, device: torch.device | str,
+                      precision: Precision = "fp32", warmup: int = DEFAULT_WARMUP, iters: int = DEFAULT_ITERS,
+                      methods: list[str] | None = None) -> dict:
+    """Latency of the first optimised path that works, and why the others did not.
+
+    Returns ``{"method", "status": "ok" | "unavailable: <reasons>", "attempts": {method: status}, ...stats}``.
+    """
+    device = torch.device(device)
+    attempts: dict[str, str] = {}
+    for name in methods or optimised_methods(device):
+        m, x = _prepared(model, height, width, device, precision)
+        try:
+            with torch.no_grad():
+                fn = _OPTIMISERS[name](m, x)
+                times = _time_calls(fn, device, warmup, iters)
+        except Exception as exc:  # reported, never silent
+            attempts[name] = f"unavailable: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            continue
+        attempts[name] = "ok"
+        return {**latency_stats(times), "method": name, "status": "ok", "attempts": attempts,
+                "precision": precision, "mode": "optimised"}
+    reasons = "; ".join(f"{k}: {v}" for k, v in attempts.items())
+    return {"method": None, "status": f"unavailable: {reasons}", "attempts": attempts, "precision": precision,
+            "mode": "optimised"}
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def environment(device: torch.device | str) -> dict:
+    """Device name and software versions a speed number depends on."""
+    device = torch.device(device)
+    is_cuda = device.type == "cuda"
+    return {
+        "device": torch.cuda.get_device_name(device) if is_cuda else _cpu_name(),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "cpu_threads": torch.get_num_threads(),
+    }
+
+
+def fps_report(model: nn.Module, height: int, width: int, device: torch.device | str, iters: int = DEFAULT_ITERS,
+               lut_prediction_ms: float | None = None, budget_ms: float | None = None, *,
+               precision: Precision = "fp32", warmup: int = DEFAULT_WARMUP, optimise: bool = True) -> dict:
+    """Batch-1 speed report: eager and optimised, fp32 (and fp16 on CUDA), with the LUT beside it.
+
+    ``precision`` is the one the LUT and the budget refer to; ``budget_met`` compares the eager
+    median at that precision (the way the LUT is measured) with ``budget_ms``. The optimised
+    median's verdict is ``budget_met_optimised``.
+    """
+    device = torch.device(device)
+    is_cuda = device.type == "cuda"
+    precisions: list[str] = ["fp32", "fp16"] if is_cuda else ["fp32"]
+    if is_cuda and precision not in precisions:
+        precisions.append(precision)
+    note = ("fp32 and fp16 (model cast, channels_last)" if is_cuda
+            else "fp32 only: reduced precision is measured on CUDA only")
+    measurements: dict[str, dict] = {}
+    for p in precisions:
+        entry = {"eager": measure_latency(model, height, width, device, p, warmup, iters)}  # type: ignore[arg-type]
+        if optimise:
+            entry["optimised"] = measure_optimised(model, height, width, device, p, warmup, iters)  # type: ignore[arg-type]
+        measurements[p] = entry
+    ref_precision = precision if precision in measurements else "fp32"
+    measured = measurements[ref_precision]["eager"]["median_ms"]
+    opt = measurements[ref_precision].get("optimised") or {}
+    opt_ms = opt.get("median_ms")
+    report = {
+        **environment(device),
+        "height": height, "width": width, "batch": 1, "warmup": warmup, "iters": iters,
+        "precisions": precisions, "precision_note": note,
+        "measurements": measurements,
+        "optimised_path": {"method": opt.get("method"), "status": opt.get("status", "not requested")},
+        "reference_precision": ref_precision,
+        "measured_ms": measured,
+        "measured_fps": 1000.0 / measured if measured > 0 else None,
+        "optimised_ms": opt_ms,
+        "lut_prediction_ms": lut_prediction_ms,
+        "lut_error_pct": (100.0 * (lut_prediction_ms - measured) / measured
+                          if lut_prediction_ms is not None and measured > 0 else None),
+        "budget_ms": budget_ms,
+        "budget_met": (measured <= budget_ms) if budget_ms is not None else None,
+        "budget_met_optimised": (opt_ms <= budget_ms) if budget_ms is not None and opt_ms is not None else None,
+    }
+    if ref_precision != precision:
+        report["reference_precision_note"] = f"{precision} cannot be measured on {device.type}; fp32 used"
+    return report

@@ -1,0 +1,174 @@
+"""Whole jobs: search -> derive -> measure -> repair; retrain -> evaluate -> FPS; benchmark.
+
+Called through :mod:`core.jobs`. Every phase reports progress; everything a job hands back is
+written atomically into ``workdir/artifacts``; state for resuming lives in ``workdir/state``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .checkpoint import save_json, save_weights
+from .data import load_split
+from .derive import derive_genotype, repair_to_budget
+from .fps import fps_report, measure_latency
+from .genotype import Genotype, Provenance, parse_genotype
+from .jobs import Cancelled
+from .latency import LatencyModel, build_table
+from .latency_loss import LatencyPenalty
+from .lut_check import validate_table
+from .network import DerivedNet, SuperNet
+from .search import Searcher, SearchCancelled
+from .specs import BenchmarkJobSpec, RetrainJobSpec, SearchJobSpec
+from .train import train
+
+ARTIFACTS, STATE = "artifacts", "state"
+Progress = Callable[[dict], None]
+CancelCheck = Callable[[], bool]
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def settings_hash(spec) -> str:
+    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _dirs(workdir: Path) -> tuple[Path, Path]:
+    art, state = workdir / ARTIFACTS, workdir / STATE
+    art.mkdir(parents=True, exist_ok=True)
+    state.mkdir(parents=True, exist_ok=True)
+    return art, state
+
+
+def _check(should_cancel: CancelCheck, where: str) -> None:
+    if should_cancel():
+        raise Cancelled(f"cancelled {where}")
+
+
+def end_to_end_ms(genotype: Genotype, height: int, width: int, device: torch.device, precision: str,
+                  warmup: int, repeats: int) -> float:
+    model = DerivedNet(genotype)
+    return float(measure_latency(model, height, width, device, precision, warmup, repeats)["median_ms"])
+
+
+def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, should_cancel: CancelCheck,
+                    lut_dir: str | Path | None, data_cache_dir: str | Path | None = None) -> dict:
+    art, state = _dirs(workdir)
+    device = pick_device()
+    lat_cfg, net_cfg = spec.latency, spec.network.model_copy(update={"num_classes": spec.dataset.num_classes})
+    t0 = time.perf_counter()
+    torch.manual_seed(spec.search.seed)
+    progress({"phase": "data", "message": "loading and caching the training split"})
+    data = load_split(spec.dataset, spec.train_split, spec.data_height or lat_cfg.height,
+                      spec.data_width or lat_cfg.width, Path(data_cache_dir) if data_cache_dir else workdir / "cache")
+    model = SuperNet(net_cfg, spec.ggm, spec.search.ops, spec.search.shared_cells, spec.search.gumbel,
+                     spec.search.gumbel_tau)
+    _check(should_cancel, "before the latency table")
+
+    def lut_progress(i: int, n: int, key) -> None:
+        progress({"phase": "latency_table", "step": i, "steps": n, "message": key.as_str()})
+
+    table = build_table(net_cfg, model.ops, lat_cfg.height, lat_cfg.width, device, lat_cfg.precision,
+                        lat_cfg.warmup_runs, lat_cfg.repeats, lut_dir or workdir / "lut", lut_progress)
+    latency = LatencyModel(table, net_cfg, model.ops, lat_cfg.height, lat_cfg.width)
+    searcher = Searcher(model, latency, LatencyPenalty(lat_cfg), spec.search, data, device, state, progress,
+                        should_cancel)
+    try:
+        result = searcher.run()
+    except SearchCancelled as exc:
+        raise Cancelled(str(exc)) from None
+
+    latency = latency.cpu()
+    provenance = Provenance(lut_id=table.id, budget_ms=lat_cfg.budget_ms, settings_hash=settings_hash(spec),
+                            seed=spec.search.seed, source="search")
+    genotype = derive_genotype(result.alphas, model.ops, net_cfg, provenance)
+    progress({"phase": "measure", "message": "measuring the derived network end to end"})
+
+    def measure(g: Genotype) -> float:
+        _check(should_cancel, "while measuring")
+        return end_to_end_ms(g, lat_cfg.height, lat_cfg.width, device, lat_cfg.precision, lat_cfg.warmup_runs,
+                             lat_cfg.e2e_repeats)
+
+    if lat_cfg.repair:
+        genotype, repair = repair_to_budget(genotype, result.alphas, latency, measure, lat_cfg.budget_ms,
+                                            lat_cfg.repair_rounds, lat_cfg.repair_steps_per_round)
+        repair_doc = repair.as_dict()
+    else:
+        measured = measure(genotype)
+        repair_doc = {"repaired": False, "measured_before_ms": measured, "measured_after_ms": measured,
+                      "budget_met": measured <= lat_cfg.budget_ms, "budget_ms": lat_cfg.budget_ms}
+    validation = None
+    if spec.validate_lut_samples:
+        progress({"phase": "validate_lut", "message": f"measuring {spec.validate_lut_samples} random networks"})
+        validation = validate_table(latency, spec.validate_lut_samples, device, lat_cfg.precision,
+                                    lat_cfg.warmup_runs, lat_cfg.e2e_repeats, spec.search.seed, should_cancel)
+    progress({"phase": "fps", "message": "FPS report"})
+    fps = fps_report(DerivedNet(genotype), lat_cfg.height, lat_cfg.width, device, spec.fps_iters,
+                     lut_prediction_ms=latency.genotype_ms(genotype), budget_ms=lat_cfg.budget_ms,
+                     precision=lat_cfg.precision)
+    genotype.save(art / "genotype.json")
+    report = {
+        "kind": "search", "genotype_hash": genotype.arch_hash(), "budget_ms": lat_cfg.budget_ms,
+        "resolution": [lat_cfg.height, lat_cfg.width], "precision": lat_cfg.precision, "batch": 1,
+        "device": table.context.device, "lut": {"id": table.id, "entries": len(table.entries),
+                                                 "context": table.context.__dict__},
+        "expected_latency_ms": result.expected_latency_ms, "predicted_latency_ms": latency.genotype_ms(genotype),
+        "measured_latency_ms": repair_doc["measured_after_ms"], "budget_met": repair_doc["budget_met"],
+        "repair": repair_doc, "lut_validation": validation, "fps": fps, "history": result.history,
+        "resumed_from_epoch": result.resumed_from_epoch, "wall_s": round(time.perf_counter() - t0, 2),
+        "settings": spec.model_dump(mode="json"),
+    }
+    save_json(art / "report.json", report)
+    return {"genotype_hash": genotype.arch_hash(), "expected_latency_ms": round(result.expected_latency_ms, 4),
+            "predicted_latency_ms": round(report["predicted_latency_ms"], 4),
+            "measured_latency_ms": round(report["measured_latency_ms"], 4), "budget_ms": lat_cfg.budget_ms,
+            "budget_met": report["budget_met"], "repaired": repair_doc["repaired"], "lut_id": table.id,
+            "device": table.context.device, "supernet_miou": result.history[-1]["supernet_miou"] if result.history else None,
+            "fps": fps.get("measured_fps")}
+
+
+def retrain_pipeline(spec: RetrainJobSpec, workdir: Path, progress: Progress, should_cancel: CancelCheck,
+                     data_cache_dir: str | Path | None = None) -> dict:
+    art, _ = _dirs(workdir)
+    device = pick_device()
+    genotype = parse_genotype(spec.genotype)
+    if genotype.network.num_classes != spec.dataset.num_classes:
+        raise ValueError(f"genotype network.num_classes {genotype.network.num_classes} != dataset num_classes "
+                         f"{spec.dataset.num_classes}")
+    cache = Path(data_cache_dir) if data_cache_dir else workdir / "cache"
+    progress({"phase": "data", "message": "loading and caching the data"})
+    train_data = load_split(spec.dataset, "+".join(spec.train.train_splits), spec.height, spec.width, cache)
+    eval_data = load_split(spec.dataset, spec.train.eval_split, spec.height, spec.width, cache)
+    torch.manual_seed(spec.train.seed)
+    model = DerivedNet(genotype)
+    result = train(model, train_data, eval_data, spec.train, workdir, device, progress, should_cancel)
+    save_weights(model, art / "checkpoint.safetensors",
+                 metadata={"genotype_hash": genotype.arch_hash(), "checkpoint": "last"})
+    progress({"phase": "fps", "message": "FPS report"})
+    fps = fps_report(model, spec.height, spec.width, device, spec.fps_iters,
+                     budget_ms=genotype.provenance.budget_ms)
+    genotype.save(art / "genotype.json")
+    report = {"kind": "retrain", "genotype_hash": genotype.arch_hash(), "train": result, "fps": fps,
+              "resolution": [spec.height, spec.width], "settings": spec.model_dump(mode="json", exclude={"genotype"})}
+    save_json(art / "report.json", report)
+    return {"genotype_hash": genotype.arch_hash(), "miou": result["best"]["miou"], "last_miou": result["last"]["miou"],
+            "best_epoch": result["best"]["epoch"], "fps": fps.get("measured_fps"),
+            "device": fps.get("device")}
+
+
+def benchmark_pipeline(spec: BenchmarkJobSpec, workdir: Path, progress: Progress, should_cancel: CancelCheck) -> dict:
+    art, _ = _dirs(workdir)
+    device = pick_device()
+    genotype = parse_genotype(spec.genotype)
+    _check(should_cancel, "before measuring")
+    progress({"phase": "fps", "message": f"measuring at {spec.height}x{spec.width}"})
+    fps = fps_report(DerivedNet(genotype), spec.height, spec.width, device, spec.iters, budget_ms=spec.budget_ms)
+    save_json(art / "report.json", {"kind": "benchmark", "genotype_hash": genotype.arch_hash(), "fps": fps})
+    return {"genotype_hash": genotype.arch_hash(), "fps": fps.get("measured_fps"), "device": fps.get("device")}
