@@ -1,0 +1,44 @@
+"""Application factory: ``uvicorn api.app:create_app --factory``."""
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from storage.artifacts import get_store
+from storage.db import get_sessionmaker
+from storage.settings import ServiceSettings, get_settings
+
+from . import problems
+from .metrics import JobsCollector, Metrics, MetricsMiddleware
+from .routes import api, system
+from .services import jobs_by_status
+
+
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    settings.ensure_dirs()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    app = FastAPI(title="GAS as a service", version="1.0.0",
+                  description="Graph-guided architecture search for real-time segmentation, as jobs. "
+                              "Errors are application/problem+json.")
+    app.state.settings = settings
+    app.state.store = get_store(settings.artifacts_path)
+    metrics = Metrics()
+
+    def count():
+        try:
+            with get_sessionmaker(settings.db_url, settings.db_pool_size)() as s:
+                return jobs_by_status(s)
+        except Exception:  # noqa: BLE001 - a scrape while the DB is down reports no job gauges
+            logging.getLogger("gas.api").warning("job gauge: database unreachable")
+            return {}
+
+    metrics.registry.register(JobsCollector(count))
+    app.state.metrics = metrics
+    problems.install(app)
+    app.include_router(api)
+    app.include_router(system)
+    app.include_router(system, prefix="/api/v1", include_in_schema=False)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app

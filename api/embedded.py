@@ -1,0 +1,111 @@
+"""Embedded mode: ONE command runs the whole service on one machine with no servers to install.
+
+``gas-serve`` (or ``python -m api.embedded``) migrates the SQLite database, starts a real Celery
+worker on kombu's SQLAlchemy transport (broker = a SQLite file), the sweeper loop, and the API
+(uvicorn) bound to 127.0.0.1. Everything lives under ``GAS_DATA_DIR`` (default ./var). The worker
+and the sweeper are child processes (started by module name; api never imports worker) and are
+restarted if they die. Ctrl-C stops all of them.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import uvicorn
+
+from storage.migrate import upgrade
+from storage.settings import ServiceSettings
+
+from .app import create_app
+
+log = logging.getLogger("gas.embedded")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Supervised:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path):
+        self.name, self.argv, self.env, self.log_path = name, argv, env, log_path
+        self.proc: subprocess.Popen | None = None
+        self.stopping = False
+        self.started_at = 0.0
+
+    def start(self) -> None:
+        self.started_at = time.monotonic()
+        out = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                     cwd=str(REPO_ROOT), start_new_session=True)
+        out.close()
+        log.info("%s started (pid %d, log %s)", self.name, self.proc.pid, self.log_path)
+
+    def watch(self) -> None:
+        while not self.stopping:
+            time.sleep(1.0)
+            if self.proc is not None and self.proc.poll() is not None and not self.stopping:
+                quick = time.monotonic() - self.started_at < 10.0
+                log.warning("%s exited with %s; restarting%s", self.name, self.proc.returncode,
+                            " in 5 s (it died quickly)" if quick else "")
+                if quick:
+                    time.sleep(5.0)
+                if not self.stopping:
+                    self.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stopping = True
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="gas-serve", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--port", type=int, default=None, help="API port (default GAS_API_PORT)")
+    ap.add_argument("--data-dir", default=None, help="data directory (default GAS_DATA_DIR)")
+    args = ap.parse_args(argv)
+    if args.data_dir:
+        os.environ["GAS_DATA_DIR"] = args.data_dir
+    if args.port:
+        os.environ["GAS_API_PORT"] = str(args.port)
+    settings = ServiceSettings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings.ensure_dirs()
+    data = Path(settings.data_dir).resolve()
+    env = dict(os.environ)
+    # Children must agree on every path even when defaults are relative.
+    env.update(GAS_DATA_DIR=str(data), GAS_DATABASE_URL=settings.db_url, GAS_BROKER_URL=settings.broker,
+               GAS_ARTIFACT_DIR=str(settings.artifacts_path), GAS_WORK_DIR=str(settings.work_path),
+               GAS_LUT_DIR=str(settings.lut_path))
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    upgrade(settings.db_url)
+    logs = data / "logs"
+    logs.mkdir(exist_ok=True)
+    children = [Supervised("worker", [sys.executable, "-m", "worker"], env, logs / "worker.log"),
+                Supervised("sweeper", [sys.executable, "-m", "worker.sweeper"], env, logs / "sweeper.log")]
+    for c in children:
+        c.start()
+        threading.Thread(target=c.watch, daemon=True).start()
+    app_settings = ServiceSettings(_env_file=None, **{k[4:].lower(): v for k, v in env.items()
+                                                       if k.startswith("GAS_") and k[4:].lower() in ServiceSettings.model_fields})
+    try:
+        log.info("API on http://%s:%d (data in %s)", app_settings.api_host, app_settings.api_port, data)
+        uvicorn.run(create_app(app_settings), host=app_settings.api_host, port=app_settings.api_port,
+                    log_level=settings.log_level.lower(), access_log=False)
+    finally:
+        for c in children:
+            c.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

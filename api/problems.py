@@ -1,0 +1,83 @@
+"""application/problem+json errors (RFC 9457) for every 4xx/5xx the API answers."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM = "application/problem+json"
+log = logging.getLogger("gas.api")
+TITLES = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
+          413: "Payload Too Large", 415: "Unsupported Media Type", 416: "Range Not Satisfiable",
+          422: "Unprocessable Content", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+class Problem(Exception):
+    def __init__(self, status: int, detail: str, *, type_: str = "about:blank", errors: list[dict] | None = None,
+                 headers: dict[str, str] | None = None, **extra: Any):
+        super().__init__(detail)
+        self.status, self.detail, self.type, self.errors, self.headers, self.extra = status, detail, type_, errors, headers, extra
+
+
+def problem_response(status: int, detail: str, *, instance: str | None = None, type_: str = "about:blank",
+                     errors: list[dict] | None = None, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    body: dict[str, Any] = {"type": type_, "title": TITLES.get(status, "Error"), "status": status, "detail": detail}
+    if instance:
+        body["instance"] = instance
+    if errors:
+        body["errors"] = errors
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def validation_errors(exc: ValidationError | RequestValidationError, prefix: tuple = ()) -> list[dict]:
+    out = []
+    for e in exc.errors():
+        loc = [*prefix, *e.get("loc", ())]
+        out.append({"loc": [str(x) for x in loc], "field": ".".join(str(x) for x in loc if x != "body"),
+                    "msg": e.get("msg", ""), "type": e.get("type", "")})
+    return out
+
+
+def _summary(errors: list[dict]) -> str:
+    parts = [f"{e['field'] or '(body)'}: {e['msg']}" for e in errors[:5]]
+    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem):
+        return problem_response(exc.status, exc.detail, instance=request.url.path, type_=exc.type,
+                                errors=exc.errors, headers=exc.headers, **exc.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        errors = validation_errors(exc)
+        return problem_response(422, f"invalid request: {_summary(errors)}", instance=request.url.path,
+                                type_="/problems/validation", errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return problem_response(exc.status_code, str(exc.detail), instance=request.url.path,
+                                headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(500, "internal error (logged)", instance=request.url.path)
+
+
+def invalid(field: str, msg: str, type_: str = "value_error") -> Problem:
+    errors = [{"loc": ["body", *field.split(".")], "field": field, "msg": msg, "type": type_}]
+    return Problem(422, f"invalid request: {field}: {msg}", type_="/problems/validation", errors=errors)
+
+
+def from_spec_error(exc: ValidationError, prefix: str) -> Problem:
+    errors = validation_errors(exc, ("body", prefix))
+    return Problem(422, f"invalid request: {_summary(errors)}", type_="/problems/validation", errors=errors)

@@ -1,0 +1,198 @@
+"""Route handlers (thin: parse, call a service, shape the response)."""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from storage.db import get_sessionmaker
+
+from . import services as svc
+from .deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from .problems import PROBLEM, Problem, problem_response
+from .schemas import (ArtifactList, BenchmarkJobCreate, DatasetCreate, DatasetList, DatasetOut, EventList, Health,
+                      JobList, JobOut, RetrainJobCreate, SearchJobCreate)
+
+PROBLEM_RESPONSES = {code: {"content": {PROBLEM: {}}, "description": desc} for code, desc in
+                     {403: "Forbidden (problem+json)", 404: "Unknown id (problem+json)",
+                      409: "Conflict (problem+json)", 422: "Invalid request (problem+json)"}.items()}
+IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
+                                       description="Retrying a POST with the same key returns the same job.")]
+Limit = Annotated[int | None, Query(ge=1, description="Page size (default GAS_PAGE_SIZE_DEFAULT, capped at GAS_PAGE_SIZE_MAX).")]
+Offset = Annotated[int, Query(ge=0, le=10_000_000)]
+
+api = APIRouter(prefix="/api/v1", responses=PROBLEM_RESPONSES)
+system = APIRouter()
+
+
+def _limit(settings, limit: int | None) -> int:
+    if limit is None:
+        return settings.page_size_default
+    if limit > settings.page_size_max:
+        raise Problem(422, f"limit: at most {settings.page_size_max}", type_="/problems/validation",
+                      errors=[{"loc": ["query", "limit"], "field": "limit",
+                               "msg": f"at most {settings.page_size_max}", "type": "less_than_equal"}])
+    return limit
+
+
+# ------------------------------------------------------------------------------------------ datasets
+@api.post("/datasets", status_code=201, response_model=DatasetOut, tags=["datasets"])
+def register_dataset(body: DatasetCreate, s: SessionDep, settings: SettingsDep, tenant: TenantDep, response: Response):
+    ds = svc.register_dataset(s, settings, tenant, body)
+    response.headers["Location"] = f"/api/v1/datasets/{ds.id}"
+    return svc.dataset_out(ds, settings)
+
+
+@api.get("/datasets", response_model=DatasetList, tags=["datasets"])
+def list_datasets(s: SessionDep, settings: SettingsDep, tenant: TenantDep, limit: Limit = None, offset: Offset = 0):
+    n = _limit(settings, limit)
+    items = svc.list_datasets(s, tenant, n, offset)
+    return dict(items=[svc.dataset_out(d, settings) for d in items], limit=n, offset=offset,
+                next_offset=offset + n if len(items) == n else None)
+
+
+@api.get("/datasets/{dataset_id}", response_model=DatasetOut, tags=["datasets"])
+def get_dataset(dataset_id: str, s: SessionDep, settings: SettingsDep, tenant: TenantDep):
+    return svc.dataset_out(svc.get_dataset(s, tenant, dataset_id), settings)
+
+
+# -------------------------------------------------------------------------------------------- jobs
+def _accepted(job, created: bool) -> JSONResponse:
+    headers = {"Location": f"/api/v1/jobs/{job.id}"}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(JobOut.model_validate(svc.job_out(job)).model_dump(mode="json"), status_code=202,
+                        headers=headers)
+
+
+@api.post("/jobs/search", status_code=202, response_model=JobOut, tags=["jobs"],
+          summary="Submit a search job (202 + Location)")
+def submit_search(body: SearchJobCreate, s: SessionDep, settings: SettingsDep, tenant: TenantDep,
+                  idempotency_key: IdemKey = None):
+    payload = body.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    if (job := svc.find_idempotent(s, tenant, idempotency_key, "search", payload)) is not None:
+        return _accepted(job, False)
+    spec, ds = svc.build_search_spec(s, tenant, body)
+    job, created = svc.create_job(s, settings, tenant, kind="search", spec=spec, payload=payload,
+                                  idem_key=idempotency_key, dataset_id=ds.id)
+    return _accepted(job, created)
+
+
+@api.post("/jobs/retrain", status_code=202, response_model=JobOut, tags=["jobs"],
+          summary="Submit a retrain job for a search job's genotype or an inline genotype")
+def submit_retrain(body: RetrainJobCreate, s: SessionDep, settings: SettingsDep, tenant: TenantDep,
+                   idempotency_key: IdemKey = None):
+    payload = body.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    if (job := svc.find_idempotent(s, tenant, idempotency_key, "retrain", payload)) is not None:
+        return _accepted(job, False)
+    spec, ds, parent = svc.build_retrain_spec(s, tenant, body)
+    job, created = svc.create_job(s, settings, tenant, kind="retrain", spec=spec, payload=payload,
+                                  idem_key=idempotency_key, dataset_id=ds.id, parent_job_id=parent)
+    return _accepted(job, created)
+
+
+@api.post("/jobs/benchmark", status_code=202, response_model=JobOut, tags=["jobs"],
+          summary="Measure a genotype's latency/FPS at a resolution")
+def submit_benchmark(body: BenchmarkJobCreate, s: SessionDep, settings: SettingsDep, tenant: TenantDep,
+                     idempotency_key: IdemKey = None):
+    payload = body.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    if (job := svc.find_idempotent(s, tenant, idempotency_key, "benchmark", payload)) is not None:
+        return _accepted(job, False)
+    spec, parent = svc.build_benchmark_spec(s, tenant, body)
+    job, created = svc.create_job(s, settings, tenant, kind="benchmark", spec=spec, payload=payload,
+                                  idem_key=idempotency_key, parent_job_id=parent)
+    return _accepted(job, created)
+
+
+@api.get("/jobs", response_model=JobList, tags=["jobs"])
+def list_jobs(s: SessionDep, settings: SettingsDep, tenant: TenantDep,
+              kind: Literal["search", "retrain", "benchmark"] | None = None,
+              status: Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"] | None = None,
+              limit: Limit = None, offset: Offset = 0):
+    n = _limit(settings, limit)
+    items = svc.list_jobs(s, tenant, kind, status, n, offset)
+    return dict(items=[svc.job_out(j) for j in items], limit=n, offset=offset,
+                next_offset=offset + n if len(items) == n else None)
+
+
+@api.get("/jobs/{job_id}", response_model=JobOut, tags=["jobs"])
+def get_job(job_id: str, s: SessionDep, tenant: TenantDep):
+    return svc.job_out(svc.get_job(s, tenant, job_id))
+
+
+@api.post("/jobs/{job_id}/cancel", response_model=JobOut, tags=["jobs"],
+          responses={200: {"description": "Cancelled at once (was queued)"},
+                     202: {"description": "Cancel requested; the job stops at its next step boundary"}})
+def cancel_job(job_id: str, s: SessionDep, tenant: TenantDep):
+    out = svc.cancel_job(s, tenant, job_id)
+    code = 200 if out.job.status == "cancelled" else 202
+    return JSONResponse(JobOut.model_validate(svc.job_out(out.job)).model_dump(mode="json"), status_code=code)
+
+
+@api.get("/jobs/{job_id}/events", response_model=EventList, tags=["jobs"])
+def job_events(job_id: str, s: SessionDep, settings: SettingsDep, tenant: TenantDep,
+               after: Annotated[int, Query(ge=0, description="Return events with id > after.")] = 0,
+               limit: Limit = None):
+    n = _limit(settings, limit)
+    items = svc.list_events(s, tenant, job_id, after, n)
+    return dict(items=[dict(id=e.id, ts=e.ts, attempt=e.attempt, type=e.type, message=e.message, data=e.data)
+                       for e in items], next_after=items[-1].id if items else after)
+
+
+@api.get("/jobs/{job_id}/artifacts", response_model=ArtifactList, tags=["artifacts"])
+def job_artifacts(job_id: str, s: SessionDep, tenant: TenantDep):
+    return dict(items=[dict(name=a.name, size=a.size, sha256=a.sha256, content_type=a.content_type,
+                            created_at=a.created_at, url=f"/api/v1/jobs/{job_id}/artifacts/{a.name}")
+                       for a in svc.list_artifacts(s, tenant, job_id)])
+
+
+@api.get("/jobs/{job_id}/artifacts/{name}", tags=["artifacts"], response_class=FileResponse,
+         responses={200: {"content": {"application/octet-stream": {}}, "description": "The file (Range supported)"},
+                    206: {"description": "Partial content"}, 416: {"description": "Range not satisfiable"}})
+def download_artifact(job_id: str, name: str, s: SessionDep, tenant: TenantDep, store: StoreDep):
+    art = svc.get_artifact(s, tenant, job_id, name)
+    headers = {"ETag": f'"{art.sha256}"', "X-Checksum-Sha256": art.sha256}
+    path = store.local_path(art.key)
+    if path is not None:
+        if not path.is_file():
+            raise Problem(404, f"artifact {name!r} of job {job_id} is missing from the store")
+        return FileResponse(path, media_type=art.content_type, filename=art.name, headers=headers)
+    f = store.open(art.key)
+    return StreamingResponse(iter(lambda: f.read(1 << 20), b""), media_type=art.content_type, headers=headers)
+
+
+# ------------------------------------------------------------------------------------------ system
+@system.get("/healthz", response_model=Health, tags=["system"], summary="Liveness")
+async def healthz():
+    return {"status": "ok", "checks": {}}
+
+
+@system.get("/readyz", response_model=Health, tags=["system"], summary="Readiness: database and broker",
+            responses={503: {"content": {PROBLEM: {}}, "description": "A dependency is down"}})
+async def readyz(request: Request):
+    settings = request.app.state.settings
+    checks: dict[str, str] = {}
+
+    def db():
+        with get_sessionmaker(settings.db_url, settings.db_pool_size)() as s:
+            svc.check_database(s)
+
+    for name, fn in (("database", db), ("broker", lambda: svc.check_broker(settings))):
+        try:
+            await run_in_threadpool(fn)
+            checks[name] = "ok"
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready; reported in the body
+            checks[name] = f"down: {type(exc).__name__}: {str(exc)[:200]}"
+    if all(v == "ok" for v in checks.values()):
+        return {"status": "ready", "checks": checks}
+    down = ", ".join(k for k, v in checks.items() if v != "ok")
+    return problem_response(503, f"not ready: {down} unreachable", instance="/readyz", checks=checks)
+
+
+@system.get("/metrics", tags=["system"], summary="Prometheus metrics",
+            response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+def metrics(request: Request):
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

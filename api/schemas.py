@@ -1,0 +1,224 @@
+"""Request and response schemas of the HTTP API (separate from the tables in storage.models)."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from core.specs import Layout, Precision
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ------------------------------------------------------------------------------------------ datasets
+class DatasetCreate(_In):
+    name: str = Field(..., min_length=1, max_length=200, description="Display name.")
+    path: str = Field(..., min_length=1, max_length=4096,
+                      description="Directory relative to the server's datasets root (GAS_DATASETS_ROOT).")
+    layout: Layout = Field("camvid", description="Directory layout (camvid: train/, trainannot/, val/, valannot/, ...).")
+    num_classes: int | None = Field(None, ge=2, le=1024, description="Classes; default 11 for camvid.")
+    class_names: list[str] | None = Field(None, description="Class names (index = class id); default: CamVid's for camvid.")
+    ignore_index: int | None = Field(None, ge=0, le=65535, description="Mask value ignored; default = num_classes.")
+
+    @model_validator(mode="after")
+    def _names(self) -> "DatasetCreate":
+        if self.class_names is not None and self.num_classes is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}")
+        return self
+
+
+class DatasetOut(BaseModel):
+    id: str
+    name: str
+    layout: str
+    path: str = Field(description="Path relative to the datasets root.")
+    num_classes: int
+    class_names: list[str] | None
+    ignore_index: int
+    stats: dict[str, Any]
+    created_at: datetime
+
+
+class DatasetList(BaseModel):
+    items: list[DatasetOut]
+    limit: int
+    offset: int
+    next_offset: int | None
+
+
+# -------------------------------------------------------------------------------------------- jobs
+class BudgetIn(_In):
+    latency_ms: float | None = Field(None, ge=0.1, le=60_000.0, description="Latency budget in ms at batch 1 (or give fps).")
+    fps: float | None = Field(None, gt=0.0, le=10_000.0, description="Frames-per-second budget (converted to 1000/fps ms).")
+    height: int = Field(360, ge=16, le=4096, description="Deployment input height.")
+    width: int = Field(480, ge=16, le=4096, description="Deployment input width.")
+    precision: Precision = Field("fp32", description="Deployment precision.")
+
+    @model_validator(mode="after")
+    def _one(self) -> "BudgetIn":
+        if (self.latency_ms is None) == (self.fps is None):
+            raise ValueError("give exactly one of latency_ms or fps")
+        return self
+
+    @property
+    def budget_ms(self) -> float:
+        return self.latency_ms if self.latency_ms is not None else 1000.0 / float(self.fps)
+
+
+class SearchSettingsIn(_In):
+    epochs: int | None = Field(None, ge=1, le=1000, description="Search epochs, warm-up included.")
+    warmup_epochs: int | None = Field(None, ge=0, le=1000, description="Warm-up epochs (weights only).")
+    cells: int | None = Field(None, ge=2, le=24, description="Number of cells K.")
+    reduction_cells: list[int] | None = Field(None, description="0-based indices of the reduction cells.")
+    nodes: int | None = Field(None, ge=1, le=6, description="Intermediate nodes per cell.")
+    init_channels: int | None = Field(None, ge=4, le=256, description="Channels of the first cell.")
+    ggm: bool | None = Field(None, description="GCN-Guided Module on/off.")
+    gamma: float | None = Field(None, ge=0.0, le=10.0, description="Weight of the GCN term.")
+    lambda_: float | None = Field(None, alias="lambda", ge=0.0, le=100.0, description="Weight of the latency loss.")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Seed.")
+    batch_size: int | None = Field(None, ge=1, le=256, description="Batch size.")
+    crop_height: int | None = Field(None, ge=0, le=4096, description="Training crop height (0 = full image).")
+    crop_width: int | None = Field(None, ge=0, le=4096, description="Training crop width (0 = full image).")
+    dataset_limit: int | None = Field(None, ge=1, description="Use at most this many images per split (demos, tests).")
+    advanced: dict[str, Any] | None = Field(None, description="Partial core SearchJobSpec (network, ggm, latency, search, data_height, ...) merged under the fields above; validated by core.specs.")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SearchJobCreate(_In):
+    dataset_id: str = Field(..., min_length=1, max_length=64)
+    budget: BudgetIn
+    settings: SearchSettingsIn = Field(default_factory=SearchSettingsIn)
+
+
+class RetrainSettingsIn(_In):
+    epochs: int | None = Field(None, ge=1, le=10_000, description="Training epochs.")
+    time_budget_s: float | None = Field(None, ge=0.0, le=30 * 86400, description="Wall-clock training budget (0 = epochs only).")
+    batch_size: int | None = Field(None, ge=1, le=512, description="Batch size.")
+    lr: float | None = Field(None, gt=0.0, le=10.0, description="Peak learning rate.")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Seed.")
+    crop_height: int | None = Field(None, ge=0, le=4096, description="Crop height (0 = full image).")
+    crop_width: int | None = Field(None, ge=0, le=4096, description="Crop width (0 = full image).")
+    height: int | None = Field(None, ge=16, le=4096, description="Train/eval resolution height (default: the search budget's).")
+    width: int | None = Field(None, ge=16, le=4096, description="Train/eval resolution width (default: the search budget's).")
+    dataset_limit: int | None = Field(None, ge=1, description="Use at most this many images per split (demos, tests).")
+    advanced: dict[str, Any] | None = Field(None, description="Partial core RetrainJobSpec (train, fps_iters, ...) merged under the fields above.")
+
+
+class RetrainJobCreate(_In):
+    dataset_id: str = Field(..., min_length=1, max_length=64)
+    search_job_id: str | None = Field(None, description="A succeeded search job whose genotype is retrained.")
+    genotype: dict[str, Any] | None = Field(None, description="An inline genotype document instead of search_job_id.")
+    settings: RetrainSettingsIn = Field(default_factory=RetrainSettingsIn)
+
+    @model_validator(mode="after")
+    def _one(self) -> "RetrainJobCreate":
+        if (self.search_job_id is None) == (self.genotype is None):
+            raise ValueError("give exactly one of search_job_id or genotype")
+        return self
+
+
+class BenchmarkJobCreate(_In):
+    job_id: str | None = Field(None, description="A succeeded search/retrain job whose genotype is measured.")
+    genotype: dict[str, Any] | None = Field(None, description="An inline genotype document instead of job_id.")
+    height: int = Field(360, ge=16, le=4096)
+    width: int = Field(480, ge=16, le=4096)
+    iters: int = Field(100, ge=5, le=100_000, description="Timed iterations.")
+    budget_ms: float | None = Field(None, ge=0.1, le=60_000.0, description="Budget to compare against.")
+
+    @model_validator(mode="after")
+    def _one(self) -> "BenchmarkJobCreate":
+        if (self.job_id is None) == (self.genotype is None):
+            raise ValueError("give exactly one of job_id or genotype")
+        return self
+
+
+class ProgressOut(BaseModel):
+    phase: str | None = None
+    epoch: int | None = None
+    epochs: int | None = None
+    step: int | None = None
+    steps: int | None = None
+    metrics: dict[str, Any] | None = None
+    expected_latency_ms: float | None = None
+    message: str | None = None
+    attempt: int | None = None
+
+
+class ResultSummary(BaseModel):
+    miou: float | None = None
+    latency_ms: float | None = Field(None, description="Measured end-to-end latency (batch 1).")
+    fps: float | None = None
+    expected_latency_ms: float | None = Field(None, description="LUT-predicted latency of the derived network.")
+    budget_ms: float | None = None
+    budget_met: bool | None = None
+    device: str | None = None
+    genotype_id: str | None = None
+
+
+class JobLinks(BaseModel):
+    self: str
+    events: str
+    artifacts: str
+    cancel: str
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: Literal["search", "retrain", "benchmark"] | str
+    status: Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"] | str
+    progress: ProgressOut
+    attempts: int
+    max_attempts: int
+    cancel_requested: bool
+    error: str | None
+    result: ResultSummary | None
+    dataset_id: str | None
+    parent_job_id: str | None
+    budget: dict[str, Any] | None = Field(None, description="The requested budget (search jobs).")
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    links: JobLinks
+
+
+class JobList(BaseModel):
+    items: list[JobOut]
+    limit: int
+    offset: int
+    next_offset: int | None
+
+
+class EventOut(BaseModel):
+    id: int
+    ts: datetime
+    attempt: int
+    type: str
+    message: str
+    data: dict[str, Any]
+
+
+class EventList(BaseModel):
+    items: list[EventOut]
+    next_after: int | None = Field(description="Pass as ?after= to read newer events.")
+
+
+class ArtifactOut(BaseModel):
+    name: str
+    size: int
+    sha256: str
+    content_type: str
+    created_at: datetime
+    url: str
+
+
+class ArtifactList(BaseModel):
+    items: list[ArtifactOut]
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,348 @@
+"""Services below the route handlers: datasets, job submission, queries, cancel, artifacts, health.
+
+Handlers stay thin: they parse, call one function here, and shape the response."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core.specs import BenchmarkJobSpec, DatasetRef, RetrainJobSpec, SearchJobSpec
+from storage import jobs as sm
+from storage.artifacts import safe_name
+from storage.dispatch import send_job
+from storage.models import Artifact, Dataset, Genotype, Job, JobEvent
+from storage.settings import ServiceSettings
+
+from .problems import Problem, from_spec_error, invalid
+from .schemas import (BenchmarkJobCreate, DatasetCreate, RetrainJobCreate, SearchJobCreate)
+
+log = logging.getLogger("gas.api")
+CAMVID_CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car",
+                  "pedestrian", "bicyclist"]
+IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp"}
+API = "/api/v1"
+
+
+# ------------------------------------------------------------------------------------------ datasets
+def _count(img_dir: Path, mask_dir: Path) -> tuple[int, int]:
+    images = [p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXT and p.is_file()]
+    missing = sum(1 for p in images if not (mask_dir / f"{p.stem}.png").is_file())
+    return len(images), missing
+
+
+def register_dataset(s: Session, settings: ServiceSettings, tenant: str, body: DatasetCreate) -> Dataset:
+    root = Path(settings.datasets_root).resolve()
+    if "\x00" in body.path:
+        raise invalid("path", "contains a NUL byte")
+    cand = Path(body.path)
+    real = (cand if cand.is_absolute() else root / cand).resolve()
+    if real != root and root not in real.parents:
+        raise Problem(403, "path is outside the datasets root of this server", type_="/problems/path-outside-root",
+                      errors=[{"loc": ["body", "path"], "field": "path", "msg": "outside the datasets root",
+                               "type": "forbidden_path"}])
+    if not real.is_dir():
+        raise invalid("path", "no such directory under the datasets root")
+    stats: dict[str, Any] = {}
+    for split in ("train", "val", "test"):
+        if body.layout == "camvid":
+            img_dir, mask_dir = real / split, real / f"{split}annot"
+        else:
+            img_dir, mask_dir = real / split / "images", real / split / "masks"
+        if not img_dir.is_dir():
+            continue
+        if not mask_dir.is_dir():
+            raise invalid("path", f"{body.layout} layout: split {split!r} has images but no mask directory "
+                                  f"{mask_dir.relative_to(real)}")
+        n, missing = _count(img_dir, mask_dir)
+        if missing:
+            raise invalid("path", f"split {split!r}: {missing} of {n} images have no mask")
+        stats[split] = n
+    if not stats.get("train"):
+        raise invalid("path", f"{body.layout} layout: no training images (expected "
+                              f"{'train/ and trainannot/' if body.layout == 'camvid' else 'train/images and train/masks'})")
+    num_classes = body.num_classes or (len(body.class_names) if body.class_names else 11 if body.layout == "camvid" else None)
+    if num_classes is None:
+        raise invalid("num_classes", "required for the folder layout (or give class_names)")
+    names = body.class_names or (CAMVID_CLASSES if body.layout == "camvid" and num_classes == 11 else None)
+    ignore = body.ignore_index if body.ignore_index is not None else num_classes
+    if ignore < num_classes:
+        raise invalid("ignore_index", f"must not be a class id (0..{num_classes - 1})")
+    ds = Dataset(tenant_id=tenant, name=body.name, layout=body.layout, root=str(real), num_classes=num_classes,
+                 class_names=names, ignore_index=ignore, stats={"images": stats})
+    s.add(ds)
+    s.commit()
+    return ds
+
+
+def dataset_out(ds: Dataset, settings: ServiceSettings) -> dict:
+    root = Path(settings.datasets_root).resolve()
+    try:
+        rel = str(Path(ds.root).relative_to(root))
+    except ValueError:
+        rel = ds.root
+    return dict(id=ds.id, name=ds.name, layout=ds.layout, path=rel, num_classes=ds.num_classes,
+                class_names=ds.class_names, ignore_index=ds.ignore_index, stats=ds.stats, created_at=ds.created_at)
+
+
+def get_dataset(s: Session, tenant: str, dataset_id: str) -> Dataset:
+    ds = s.get(Dataset, dataset_id)
+    if ds is None or ds.tenant_id != tenant:
+        raise Problem(404, f"no dataset {dataset_id}")
+    return ds
+
+
+def list_datasets(s: Session, tenant: str, limit: int, offset: int) -> list[Dataset]:
+    return list(s.scalars(select(Dataset).where(Dataset.tenant_id == tenant)
+                          .order_by(Dataset.created_at.desc(), Dataset.id).limit(limit).offset(offset)))
+
+
+def _dataset_ref(s: Session, tenant: str, dataset_id: str, limit: int | None) -> tuple[Dataset, dict]:
+    ds = s.get(Dataset, dataset_id)
+    if ds is None or ds.tenant_id != tenant:
+        raise invalid("dataset_id", f"no dataset {dataset_id}", "not_found")
+    ref = DatasetRef(root=ds.root, layout=ds.layout, num_classes=ds.num_classes, class_names=ds.class_names,
+                     ignore_index=ds.ignore_index, limit=limit)
+    return ds, ref.model_dump(mode="json")
+
+
+# -------------------------------------------------------------------------------------------- jobs
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_search_spec(s: Session, tenant: str, body: SearchJobCreate) -> tuple[dict, Dataset]:
+    st = body.settings
+    ds, ref = _dataset_ref(s, tenant, body.dataset_id, st.dataset_limit)
+    spec: dict[str, Any] = _merge({}, st.advanced or {})
+    for section in ("network", "ggm", "latency", "search"):
+        spec.setdefault(section, {})
+        if not isinstance(spec[section], dict):
+            raise invalid(f"settings.advanced.{section}", "must be an object")
+    b = body.budget
+    spec["latency"].update(budget_ms=b.budget_ms, height=b.height, width=b.width, precision=b.precision)
+    pairs = {("search", "epochs"): st.epochs, ("search", "warmup_epochs"): st.warmup_epochs,
+             ("network", "num_cells"): st.cells, ("network", "reduction_cells"): st.reduction_cells,
+             ("network", "nodes"): st.nodes, ("network", "init_channels"): st.init_channels,
+             ("ggm", "enabled"): st.ggm, ("ggm", "gamma"): st.gamma, ("latency", "weight"): st.lambda_,
+             ("search", "seed"): st.seed, ("search", "batch_size"): st.batch_size,
+             ("search", "crop_height"): st.crop_height, ("search", "crop_width"): st.crop_width}
+    for (section, key), value in pairs.items():
+        if value is not None:
+            spec[section][key] = value
+    if st.cells is not None and st.reduction_cells is None and "reduction_cells" not in spec["network"]:
+        spec["network"]["reduction_cells"] = sorted({st.cells // 3, (2 * st.cells) // 3} - {0}) or [1]
+    spec["network"]["num_classes"] = ds.num_classes
+    spec["dataset"] = ref
+    try:
+        model = SearchJobSpec.model_validate(spec)
+    except ValidationError as exc:
+        raise from_spec_error(exc, "settings") from None
+    if model.search.warmup_epochs > model.search.epochs:
+        raise invalid("settings.warmup_epochs", f"must not exceed epochs ({model.search.epochs})")
+    return model.model_dump(mode="json"), ds
+
+
+def _genotype_of_job(s: Session, tenant: str, job_id: str, field: str) -> tuple[dict, Job]:
+    src = s.get(Job, job_id)
+    if src is None or src.tenant_id != tenant:
+        raise invalid(field, f"no job {job_id}", "not_found")
+    if src.status != sm.SUCCEEDED:
+        raise Problem(409, f"job {job_id} is {src.status}; it has no genotype yet", type_="/problems/not-ready")
+    g = s.scalar(select(Genotype).where(Genotype.job_id == src.id).order_by(Genotype.created_at.desc()))
+    if g is None and src.kind == "retrain":
+        return (src.spec or {}).get("genotype") or {}, src
+    if g is None:
+        raise Problem(409, f"job {job_id} ({src.kind}) produced no genotype", type_="/problems/not-ready")
+    return g.document, src
+
+
+def _check_genotype(doc: dict, field: str) -> None:
+    if not doc:
+        raise invalid(field, "empty genotype document")
+    if len(json.dumps(doc)) > 1_000_000:
+        raise invalid(field, "genotype document larger than 1 MB")
+
+
+def build_retrain_spec(s: Session, tenant: str, body: RetrainJobCreate) -> tuple[dict, Dataset, str | None]:
+    st = body.settings
+    ds, ref = _dataset_ref(s, tenant, body.dataset_id, st.dataset_limit)
+    parent = None
+    height, width = 360, 480
+    if body.search_job_id is not None:
+        genotype, src = _genotype_of_job(s, tenant, body.search_job_id, "search_job_id")
+        parent = src.id
+        lat = (src.spec or {}).get("latency") or {}
+        height, width = lat.get("height", height), lat.get("width", width)
+    else:
+        genotype = body.genotype or {}
+        _check_genotype(genotype, "genotype")
+    spec: dict[str, Any] = _merge({}, st.advanced or {})
+    spec.setdefault("train", {})
+    if not isinstance(spec["train"], dict):
+        raise invalid("settings.advanced.train", "must be an object")
+    for key in ("epochs", "time_budget_s", "batch_size", "lr", "seed", "crop_height", "crop_width"):
+        if getattr(st, key) is not None:
+            spec["train"][key] = getattr(st, key)
+    spec.setdefault("height", st.height or height)
+    spec.setdefault("width", st.width or width)
+    spec.update(dataset=ref, genotype=genotype)
+    try:
+        model = RetrainJobSpec.model_validate(spec)
+    except ValidationError as exc:
+        raise from_spec_error(exc, "settings") from None
+    return model.model_dump(mode="json"), ds, parent
+
+
+def build_benchmark_spec(s: Session, tenant: str, body: BenchmarkJobCreate) -> tuple[dict, str | None]:
+    parent = None
+    if body.job_id is not None:
+        genotype, src = _genotype_of_job(s, tenant, body.job_id, "job_id")
+        parent = src.id
+    else:
+        genotype = body.genotype or {}
+        _check_genotype(genotype, "genotype")
+    try:
+        model = BenchmarkJobSpec(genotype=genotype, height=body.height, width=body.width, iters=body.iters,
+                                 budget_ms=body.budget_ms)
+    except ValidationError as exc:
+        raise from_spec_error(exc, "") from None
+    return model.model_dump(mode="json"), parent
+
+
+def request_hash(kind: str, payload: dict) -> str:
+    return hashlib.sha256(json.dumps([kind, payload], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def find_idempotent(s: Session, tenant: str, key: str | None, kind: str, payload: dict) -> Job | None:
+    if key is None:
+        return None
+    job = s.scalar(select(Job).where(Job.tenant_id == tenant, Job.idempotency_key == key))
+    if job is not None and job.request_hash != request_hash(kind, payload):
+        raise Problem(409, "Idempotency-Key was already used with a different request", type_="/problems/idempotency-key-reused")
+    return job
+
+
+def create_job(s: Session, settings: ServiceSettings, tenant: str, *, kind: str, spec: dict, payload: dict,
+               idem_key: str | None, dataset_id: str | None = None, parent_job_id: str | None = None) -> tuple[Job, bool]:
+    """Insert the row (committed: the job now exists), then enqueue its wake-up. Returns (job, created)."""
+    job = Job(tenant_id=tenant, kind=kind, status=sm.QUEUED, spec=spec, request=payload, dataset_id=dataset_id,
+              parent_job_id=parent_job_id, idempotency_key=idem_key,
+              request_hash=request_hash(kind, payload) if idem_key else None, max_attempts=settings.max_attempts)
+    s.add(job)
+    try:
+        s.flush()
+        sm.add_event(s, job, "queued", f"{kind} job accepted")
+        s.commit()
+    except IntegrityError:
+        s.rollback()
+        existing = find_idempotent(s, tenant, idem_key, kind, payload)
+        if existing is None:
+            raise
+        return existing, False
+    if send_job(settings.broker, settings.queue_name, settings.broker_key_prefix, job.id):
+        sm.mark_dispatched(s, job.id)
+        s.commit()
+    return job, True
+
+
+def get_job(s: Session, tenant: str, job_id: str) -> Job:
+    job = s.get(Job, job_id)
+    if job is None or job.tenant_id != tenant:
+        raise Problem(404, f"no job {job_id}")
+    return job
+
+
+def list_jobs(s: Session, tenant: str, kind: str | None, status: str | None, limit: int, offset: int) -> list[Job]:
+    q = select(Job).where(Job.tenant_id == tenant)
+    if kind:
+        q = q.where(Job.kind == kind)
+    if status:
+        q = q.where(Job.status == status)
+    return list(s.scalars(q.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)))
+
+
+def job_out(job: Job) -> dict:
+    p = job.progress or {}
+    summary = None
+    if job.result:
+        summary = dict(job.result.get("summary") or {})
+        if job.result.get("genotype_id"):
+            summary["genotype_id"] = job.result["genotype_id"]
+    base = f"{API}/jobs/{job.id}"
+    budget = (job.request or {}).get("budget") if job.kind == "search" else None
+    return dict(
+        id=job.id, kind=job.kind, status=job.status,
+        progress={k: p.get(k) for k in ("phase", "epoch", "epochs", "step", "steps", "metrics",
+                                        "expected_latency_ms", "message", "attempt")},
+        attempts=job.attempts, max_attempts=job.max_attempts, cancel_requested=job.cancel_requested_at is not None,
+        error=job.error, result=summary, dataset_id=job.dataset_id, parent_job_id=job.parent_job_id, budget=budget,
+        created_at=job.created_at, updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
+        links=dict(self=base, events=f"{base}/events", artifacts=f"{base}/artifacts", cancel=f"{base}/cancel"))
+
+
+def cancel_job(s: Session, tenant: str, job_id: str) -> sm.CancelOutcome:
+    job = get_job(s, tenant, job_id)
+    out = sm.request_cancel(s, job)
+    if out.conflict:
+        raise Problem(409, f"job {job_id} is already {out.job.status}", type_="/problems/job-finished")
+    return out
+
+
+def list_events(s: Session, tenant: str, job_id: str, after: int, limit: int) -> list[JobEvent]:
+    get_job(s, tenant, job_id)
+    return list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after)
+                          .order_by(JobEvent.id).limit(limit)))
+
+
+def list_artifacts(s: Session, tenant: str, job_id: str) -> list[Artifact]:
+    get_job(s, tenant, job_id)
+    return list(s.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name)))
+
+
+def get_artifact(s: Session, tenant: str, job_id: str, name: str) -> Artifact:
+    get_job(s, tenant, job_id)
+    art = None
+    if safe_name(name):
+        art = s.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
+    if art is None:
+        raise Problem(404, f"job {job_id} has no artifact {name!r}")
+    return art
+
+
+# ------------------------------------------------------------------------------------------ health
+def check_database(s: Session) -> None:
+    s.execute(text("SELECT 1"))
+
+
+def check_broker(settings: ServiceSettings) -> None:
+    url = settings.broker
+    if url.startswith(("redis://", "rediss://")):
+        import redis
+
+        r = redis.Redis.from_url(url, socket_timeout=settings.readiness_timeout_s,
+                                 socket_connect_timeout=settings.readiness_timeout_s)
+        try:
+            r.ping()
+        finally:
+            r.close()
+        return
+    from kombu import Connection
+
+    with Connection(url, connect_timeout=settings.readiness_timeout_s) as conn:
+        conn.ensure_connection(max_retries=1, timeout=settings.readiness_timeout_s)
+        conn.default_channel  # noqa: B018 - opens the transport channel (sqla: the broker tables)
+
+
+def jobs_by_status(s: Session) -> dict[str, int]:
+    return {st: n for st, n in s.execute(select(Job.status, func.count()).group_by(Job.status))}

@@ -1,0 +1,97 @@
+"""Typed service settings (environment variables prefixed ``GAS_``).
+
+Every field has a name, a default and a one-line description; ``python -m storage.settings``
+prints them as the markdown table that docs/SERVICE.md embeds.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GAS_", extra="ignore")
+
+    # --- where things live -------------------------------------------------------------------
+    data_dir: Path = Field(Path("var"), description="Base directory of the embedded defaults (database, broker, artifacts, work dirs).")
+    database_url: str = Field("", description="SQLAlchemy URL of the job database; empty = SQLite file `<data_dir>/gas.db`.")
+    broker_url: str = Field("", description="Celery broker URL (e.g. redis://redis:6379/0); empty = `sqla+sqlite:///<data_dir>/broker.db` (no server).")
+    queue_name: str = Field("gas-jobs", description="Celery queue the job messages go to.")
+    broker_key_prefix: str = Field("", description="Redis key prefix of the broker (isolates deployments/tests sharing one Redis).")
+    artifact_dir: Path | None = Field(None, description="Root of the local artifact store; empty = `<data_dir>/artifacts`.")
+    work_dir: Path | None = Field(None, description="Root of per-job work dirs (checkpoints; must be shared by all workers); empty = `<data_dir>/work`.")
+    lut_dir: Path | None = Field(None, description="Directory of latency lookup tables reused across jobs; empty = `<data_dir>/luts`.")
+    datasets_root: Path = Field(Path("datasets"), description="Only directories under this root can be registered as datasets.")
+    default_tenant: str = Field("default", description="Tenant id written on rows until authentication exists.")
+
+    # --- job lifecycle ------------------------------------------------------------------------
+    max_attempts: int = Field(3, ge=1, le=100, description="Attempts per job before it ends `failed` (worker loss or child crash counts).")
+    heartbeat_interval_s: float = Field(5.0, gt=0, description="How often a worker stamps the heartbeat of the job it runs.")
+    heartbeat_timeout_s: float = Field(60.0, gt=0, description="A running job whose heartbeat is older than this is reclaimed by the sweeper.")
+    redispatch_after_s: float = Field(120.0, gt=0, description="A queued job not claimed this long after its last dispatch is re-enqueued (doubling per re-dispatch, capped at 1 h).")
+    sweep_interval_s: float = Field(15.0, gt=0, description="Period of the sweeper loop.")
+    cancel_grace_s: float = Field(30.0, gt=0, description="After a cancel request, seconds a running job gets to stop at a step boundary before it is killed.")
+    progress_min_interval_s: float = Field(1.0, ge=0, description="Minimum seconds between two progress writes of one job (events are always written).")
+    job_kind_overrides: str = Field("", description="TESTS ONLY: JSON map kind -> 'module:function' replacing the core entry point of a job kind.")
+    worker_pool: str = Field("solo", description="Celery pool of `python -m worker` (solo: one job per worker process, the GPU-per-worker model).")
+    worker_concurrency: int = Field(1, ge=1, description="Celery concurrency of `python -m worker` (keep 1 per GPU).")
+
+    # --- API ----------------------------------------------------------------------------------
+    api_host: str = Field("127.0.0.1", description="Bind address of the API (embedded mode binds to loopback only).")
+    api_port: int = Field(8000, ge=1, le=65535, description="Port of the API.")
+    api_workers: int = Field(1, ge=1, le=64, description="Uvicorn worker processes of the API.")
+    page_size_default: int = Field(50, ge=1, description="Default page size of list endpoints.")
+    page_size_max: int = Field(200, ge=1, description="Cap on the page size of list endpoints.")
+    db_pool_size: int = Field(10, ge=1, description="SQLAlchemy connection pool size (PostgreSQL).")
+    readiness_timeout_s: float = Field(2.0, gt=0, description="Timeout of each /readyz probe (database, broker).")
+    log_level: str = Field("info", description="Log level of API, worker and sweeper.")
+
+    # --- derived ------------------------------------------------------------------------------
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'gas.db').resolve()}"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
+
+    @property
+    def artifacts_path(self) -> Path:
+        return (self.artifact_dir or self.data_dir / "artifacts").resolve()
+
+    @property
+    def work_path(self) -> Path:
+        return (self.work_dir or self.data_dir / "work").resolve()
+
+    @property
+    def lut_path(self) -> Path:
+        return (self.lut_dir or self.data_dir / "luts").resolve()
+
+    def kind_overrides(self) -> dict[str, str]:
+        return json.loads(self.job_kind_overrides) if self.job_kind_overrides else {}
+
+    def ensure_dirs(self) -> None:
+        for p in (self.data_dir, self.artifacts_path, self.work_path, self.lut_path):
+            Path(p).mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> ServiceSettings:
+    return ServiceSettings()
+
+
+def settings_table() -> str:
+    rows = ["| Variable | Default | Description |", "|---|---|---|"]
+    for name, f in ServiceSettings.model_fields.items():
+        default = f.default
+        shown = "(empty)" if default in ("", None) else f"`{default}`"
+        rows.append(f"| `GAS_{name.upper()}` | {shown} | {f.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

@@ -1,0 +1,13 @@
+"""The Celery application of the workers: JSON only, prefetch 1, late acks."""
+from __future__ import annotations
+
+from celery import Celery
+
+from storage.dispatch import celery_config
+from storage.settings import get_settings
+
+settings = get_settings()
+app = Celery("gas", include=["worker.tasks"])
+app.conf.update(celery_config(settings.broker, settings.queue_name, settings.broker_key_prefix))
+app.conf.update(worker_concurrency=settings.worker_concurrency, worker_pool=settings.worker_pool,
+                worker_send_task_events=False, task_track_started=False)

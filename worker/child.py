@@ -1,0 +1,69 @@
+"""The supervised child process that runs one job attempt (``python -m worker.child``).
+
+Protocol: the parent writes one JSON line on stdin (``kind``, ``target``, ``spec``, ``workdir``,
+``lut_dir``); later stdin lines ``cancel`` ask for a cooperative stop. End-of-file on stdin means
+the parent died: the child cancels itself and exits (hard after ``orphan_grace_s``). The child
+answers JSON lines on its original stdout (``progress``, then one of ``result``/``cancelled``/
+``error``); anything the job itself prints goes to stderr (the attempt log). Torch/CUDA are only
+ever initialised here, never in the worker parent.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+
+from worker.kinds import NEEDS_LUT_DIR, resolve
+
+
+def main() -> int:
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # stray prints of the job go to the log, not into the protocol
+    sys.stdout = sys.stderr
+    lock = threading.Lock()
+
+    def send(msg: dict) -> None:
+        line = json.dumps(msg, default=str)
+        with lock:
+            proto.write(line + "\n")
+            proto.flush()
+
+    job = json.loads(sys.stdin.readline())
+    cancel = threading.Event()
+    orphan_grace = float(job.get("orphan_grace_s", 30.0))
+
+    def watch_stdin() -> None:
+        for line in sys.stdin:
+            if line.strip() == "cancel":
+                cancel.set()
+        cancel.set()  # EOF: the parent is gone; stop, and exit hard if the job does not
+        time.sleep(orphan_grace)
+        os._exit(75)
+
+    threading.Thread(target=watch_stdin, daemon=True).start()
+
+    fn = resolve(job["target"])
+    kwargs = dict(progress=lambda ev: send({"t": "progress", "event": ev}), should_cancel=cancel.is_set)
+    if job["kind"] in NEEDS_LUT_DIR:
+        kwargs["lut_dir"] = job["lut_dir"]
+    try:
+        from core.jobs import Cancelled
+    except Exception:  # noqa: BLE001 - core not importable: its entry point will fail below anyway
+        Cancelled = None  # type: ignore[assignment]
+    try:
+        result = fn(job["spec"], job["workdir"], **kwargs)
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which owns the row
+        if (Cancelled is not None and isinstance(exc, Cancelled)) or type(exc).__name__ == "Cancelled":
+            send({"t": "cancelled"})
+            return 0
+        send({"t": "error", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
+        return 1
+    send({"t": "result", "result": result if isinstance(result, dict) else {"value": result}})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,29 @@
+"""Registry: job kind -> 'module:function' of the entry point the child process calls.
+
+The defaults are the core's contract (core/jobs.py). ``GAS_JOB_KIND_OVERRIDES`` (documented as for
+tests only) can replace an entry, e.g. with a fast fake used by the fault-injection tests.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+DEFAULT_KINDS: dict[str, str] = {
+    "search": "core.jobs:run_search",
+    "retrain": "core.jobs:run_retrain",
+    "benchmark": "core.jobs:run_benchmark",
+}
+# Extra keyword arguments a kind's entry point accepts (beyond progress/should_cancel).
+NEEDS_LUT_DIR = {"search"}
+
+
+def target_for(kind: str, overrides: dict[str, str] | None = None) -> str:
+    table = {**DEFAULT_KINDS, **(overrides or {})}
+    if kind not in table:
+        raise KeyError(f"unknown job kind {kind!r}")
+    return table[kind]
+
+
+def resolve(target: str) -> Callable:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
