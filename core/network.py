@@ -140,11 +140,9 @@ class SuperNet(nn.Module):
                 detach_arch: bool = False) -> torch.Tensor:
         """``alphas``: α' already computed by the caller (reused for the latency term)."""
         if alphas is None:
+            alphas = self.alpha_prime()
             if detach_arch:
-                with torch.no_grad():
-                    alphas = self.alpha_prime()
-            else:
-                alphas = self.alpha_prime()
+                alphas = [a.detach() for a in alphas]
         weights = self.op_weights(alphas)
         stem = self.stem(x)
         s0 = s1 = stem

@@ -1,0 +1,109 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.cell import cell_edges, edge_stride
+from core.derive import random_genotype
+from core.latency import (LatencyModel, LatencyTable, LutKey, MissingLatency, build_table, cell_shapes, glue_keys,
+                          head_key, op_key, pre_keys, required_keys, stem_key)
+from core.latency_loss import LatencyPenalty
+from core.network import channel_plan
+from core.ops import OPS, op_names
+from core.specs import LatencyConfig, NetworkConfig
+
+CFG = NetworkConfig(num_cells=3, reduction_cells=[1], init_channels=8, stem_channels=8, head_channels=16,
+                    low_level_channels=8, nodes=2)
+H, W = 36, 50
+OPS_ = op_names()
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("lut")
+    return build_table(CFG, OPS_, H, W, torch.device("cpu"), "fp32", 1, 3, cache_dir=cache), cache
+
+
+def test_table_holds_every_required_key_with_context(table):
+    t, _ = table
+    assert set(required_keys(CFG, OPS_, H, W)) <= set(t.entries)
+    assert t.context.batch == 1 and (t.context.height, t.context.width) == (H, W)
+    assert t.context.precision == "fp32" and t.context.torch == torch.__version__
+
+
+def test_saved_table_is_reused_without_measuring(table):
+    t, cache = table
+    files = list(cache.glob("lut-*.json"))
+    assert len(files) == 1 and t.id in files[0].name
+    measured = []
+    again = build_table(CFG, OPS_, H, W, torch.device("cpu"), "fp32", 1, 3, cache_dir=cache,
+                        progress=lambda i, n, k: measured.append(k))
+    assert measured == [] and again.entries == t.entries
+    # a wider network needs new keys: only those are measured, and added to the same file
+    wider = CFG.model_copy(update={"init_channels": 16})
+    build_table(wider, OPS_, H, W, torch.device("cpu"), "fp32", 1, 3, cache_dir=cache,
+                progress=lambda i, n, k: measured.append(k))
+    assert measured and all(k.c_in in (16, 32) or k.part in ("pre", "head", "glue") for k in measured)
+    assert len(LatencyTable.load(files[0]).entries) > len(t.entries)
+
+
+def test_missing_key_raises_loudly(table):
+    t, _ = table
+    with pytest.raises(MissingLatency, match="op/conv_3x3/c999-999"):
+        t.ms(LutKey("op", "conv_3x3", 999, 999, H, W, 1))
+    with pytest.raises(MissingLatency):
+        LatencyModel(t, CFG.model_copy(update={"init_channels": 12}), OPS_, H, W)
+
+
+def test_expected_latency_equals_hand_computed_sum(table):
+    t, _ = table
+    lat = LatencyModel(t, CFG, OPS_, H, W)
+    torch.manual_seed(0)
+    alphas = [torch.randn(len(cell_edges(CFG.nodes)), len(OPS_), requires_grad=True) for _ in range(CFG.num_cells)]
+    expected = lat(alphas)
+    total = t.ms(stem_key(CFG, H, W)) + t.ms(head_key(CFG, H, W))
+    total += sum(t.ms(a) + t.ms(b) for a, b in pre_keys(CFG, H, W)) + sum(t.ms(k) for k in glue_keys(CFG, H, W))
+    keep = [o for o in OPS_ if not OPS[o].zero]
+    for k, (plan, shapes) in enumerate(zip(channel_plan(CFG), cell_shapes(CFG, H, W))):
+        for e, (src, node) in enumerate(cell_edges(CFG.nodes)):
+            logits = torch.stack([alphas[k][e, OPS_.index(o)] for o in keep]).detach()
+            probs = F.softmax(logits, 0)
+            for p, o in zip(probs, keep):
+                total += 2 / (2 + node) * float(p) * t.ms(op_key(o, plan.c, shapes, edge_stride(src, plan.reduction)))
+    assert float(expected) == pytest.approx(total, rel=1e-5)
+    expected.backward()
+    assert all(a.grad is not None and a.grad.abs().sum() > 0 for a in alphas)
+    assert all(float(a.grad[:, OPS_.index("none")].abs().sum()) == 0 for a in alphas)
+
+
+def test_genotype_prediction_is_the_sum_of_its_parts(table):
+    t, _ = table
+    lat = LatencyModel(t, CFG, OPS_, H, W)
+    g = random_genotype(CFG, OPS_, torch.Generator().manual_seed(1))
+    parts = lat.const_ms
+    for k, (cell, plan, shapes) in enumerate(zip(g.cells, channel_plan(CFG), cell_shapes(CFG, H, W))):
+        for pair in cell.nodes:
+            for edge in pair:
+                parts += t.ms(op_key(edge.op, plan.c, shapes, edge_stride(edge.input, plan.reduction)))
+    assert lat.genotype_ms(g) == pytest.approx(parts, rel=1e-5)
+
+
+def test_half_precision_needs_cuda():
+    with pytest.raises(ValueError, match="CUDA"):
+        build_table(CFG, OPS_, H, W, torch.device("cpu"), "fp16", 1, 3)
+
+
+@pytest.mark.parametrize("latency, sign", [(15.0, 1), (5.0, -1)])
+def test_budget_penalty_pulls_toward_the_budget(latency, sign):
+    pen = LatencyPenalty(LatencyConfig(budget_ms=10.0, weight=1.0, under_budget_slope=0.1))
+    x = torch.tensor(latency, requires_grad=True)
+    pen(x).backward()
+    # above budget the gradient says "go down" (positive), below it says "go up" (negative, small)
+    assert torch.sign(x.grad) == sign
+    assert abs(float(x.grad)) == pytest.approx(0.1 if latency == 15.0 else 0.01)
+    assert float(pen(torch.tensor(10.0))) == 0.0
+
+
+def test_paper_form_is_plain_weighted_latency():
+    pen = LatencyPenalty(LatencyConfig(form="paper", weight=0.3, budget_ms=10.0))
+    assert float(pen(torch.tensor(5.0))) == pytest.approx(1.5)
+    assert float(pen(torch.tensor(20.0))) == pytest.approx(6.0)
