@@ -44,13 +44,13 @@ def _percentile(sorted_ms: list[float], q: float) -> float:
 
 
 def latency_stats(times_ms: list[float]) -> dict:
-    """``{"median_ms", "p90_ms", "mean_ms", "min_ms", "count", "fps"}`` (fps = 1000 / median)."""
+    """``{"median_ms", "p90_ms", "mean_ms", "min_ms", "count", "fps"}`` (fps = 1000 / median; None if the median is 0, keeping reports valid JSON)."""
     if not times_ms:
         raise ValueError("no timings")
     s = sorted(times_ms)
     med = statistics.median(s)
     return {"median_ms": med, "p90_ms": _percentile(s, PERCENTILE_HIGH), "mean_ms": statistics.fmean(s),
-            "min_ms": s[0], "count": len(s), "fps": 1000.0 / med if med > 0 else float("inf")}
+            "min_ms": s[0], "count": len(s), "fps": 1000.0 / med if med > 0 else None}
 
 
 def _time_calls(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> list[float]:
