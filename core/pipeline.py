@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from .checkpoint import save_json, save_weights
+from .checkpoint import load_weights, save_json, save_weights
 from .data import load_split
 from .derive import derive_genotype, repair_to_budget
 from .fps import fps_report, measure_latency
@@ -149,8 +149,11 @@ def retrain_pipeline(spec: RetrainJobSpec, workdir: Path, progress: Progress, sh
     torch.manual_seed(spec.train.seed)
     model = DerivedNet(genotype)
     result = train(model, train_data, eval_data, spec.train, workdir, device, progress, should_cancel)
+    # The shipped checkpoint is the best evaluated epoch (the one "miou" refers to); weights only.
+    load_weights(model, result["checkpoints"]["best"])
     save_weights(model, art / "checkpoint.safetensors",
-                 metadata={"genotype_hash": genotype.arch_hash(), "checkpoint": "last"})
+                 metadata={"genotype_hash": genotype.arch_hash(), "checkpoint": "best",
+                           "epoch": str(result["best"]["epoch"]), "miou": repr(result["best"]["miou"])})
     progress({"phase": "fps", "message": "FPS report"})
     fps = fps_report(model, spec.height, spec.width, device, spec.fps_iters,
                      budget_ms=genotype.provenance.budget_ms)

@@ -1,12 +1,13 @@
 """Shared fixtures of the core tests: a tiny real CamVid subset copied out of the read-only share."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-CAMVID = Path("/work/shared/datasets/camvid")
+CAMVID = Path(os.environ.get("GAS_SHARED", Path(__file__).resolve().parents[3] / "shared")) / "datasets" / "camvid"
 TRAIN_STEMS = 6
 VAL_STEMS = 4
 TEST_H, TEST_W = 48, 64
@@ -16,7 +17,7 @@ TEST_H, TEST_W = 48, 64
 def camvid_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A writable CamVid-layout copy with the first few train and val frames."""
     if not CAMVID.is_dir():
-        pytest.skip("shared CamVid copy not available")
+        pytest.fail(f"CamVid not found at {CAMVID} (set GAS_SHARED)")
     root = tmp_path_factory.mktemp("camvid")
     for split, n in (("train", TRAIN_STEMS), ("val", VAL_STEMS)):
         (root / split).mkdir()
