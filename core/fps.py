@@ -15,12 +15,13 @@ from __future__ import annotations
 import copy
 import platform
 import statistics
-import time
 import warnings
 from typing import Callable, Literal
 
 import torch
 from torch import nn
+
+from .timing import PRECISION_DTYPES, percentile, prepare, time_calls
 
 DEFAULT_WARMUP = 10
 """Untimed forward passes before measuring."""
@@ -32,15 +33,6 @@ CUDA_GRAPH_WARMUP = 3
 """Passes on a side stream before a CUDA graph is captured (lets cuDNN pick its algorithms)."""
 
 Precision = Literal["fp32", "fp16", "bf16"]
-_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def _percentile(sorted_ms: list[float], q: float) -> float:
-    """Linear-interpolated percentile of an ascending list."""
-    pos = q * (len(sorted_ms) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_ms) - 1)
-    return sorted_ms[lo] + (sorted_ms[hi] - sorted_ms[lo]) * (pos - lo)
 
 
 def latency_stats(times_ms: list[float]) -> dict:
@@ -49,46 +41,16 @@ def latency_stats(times_ms: list[float]) -> dict:
         raise ValueError("no timings")
     s = sorted(times_ms)
     med = statistics.median(s)
-    return {"median_ms": med, "p90_ms": _percentile(s, PERCENTILE_HIGH), "mean_ms": statistics.fmean(s),
+    return {"median_ms": med, "p90_ms": percentile(s, PERCENTILE_HIGH), "mean_ms": statistics.fmean(s),
             "min_ms": s[0], "count": len(s), "fps": 1000.0 / med if med > 0 else None}
-
-
-def _time_calls(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> list[float]:
-    if iters < 1:
-        raise ValueError("iters must be >= 1")
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        for _ in range(iters):
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-    else:
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1000.0)
-    return times
 
 
 def _prepared(model: nn.Module, height: int, width: int, device: torch.device,
               precision: str) -> tuple[nn.Module, torch.Tensor]:
     """An eval-mode copy of ``model`` in ``precision`` on ``device`` and a matching random input."""
-    if precision not in _DTYPES:
+    if precision not in ("fp32", *PRECISION_DTYPES):
         raise ValueError(f"unknown precision {precision!r}")
-    if precision != "fp32" and device.type != "cuda":
-        raise ValueError(f"{precision} latency is measured on CUDA only; use fp32 on {device.type}")
-    dtype = _DTYPES[precision]
-    m = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
-    x = torch.randn(1, 3, height, width, device=device, dtype=dtype)
-    if device.type == "cuda":
-        m = m.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
+    m, (x,) = prepare(copy.deepcopy(model), [torch.randn(1, 3, height, width)], device, precision)
     return m, x
 
 
@@ -98,7 +60,7 @@ def measure_latency(model: nn.Module, height: int, width: int, device: torch.dev
     device = torch.device(device)
     m, x = _prepared(model, height, width, device, precision)
     with torch.no_grad():
-        times = _time_calls(lambda: m(x), device, warmup, iters)
+        times = time_calls(lambda: m(x), device, warmup, iters)
     return {**latency_stats(times), "precision": precision, "height": height, "width": width, "batch": 1,
             "mode": "eager"}
 
@@ -161,7 +123,7 @@ def measure_optimised(model: nn.Module, height: int, width: int, device: torch.d
         try:
             with torch.no_grad():
                 fn = _OPTIMISERS[name](m, x)
-                times = _time_calls(fn, device, warmup, iters)
+                times = time_calls(fn, device, warmup, iters)
         except Exception as exc:  # reported, never silent
             attempts[name] = f"unavailable: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             continue

@@ -38,30 +38,43 @@ def prepare(module: torch.nn.Module, inputs: list[torch.Tensor], device: torch.d
     return module, [t.to(device=device, dtype=dtype).contiguous(memory_format=fmt) for t in inputs]
 
 
-def _sync(device: torch.device) -> None:
+def percentile(sorted_ms: list[float], q: float) -> float:
+    """Linear-interpolated percentile of an ascending list."""
+    pos = q * (len(sorted_ms) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_ms) - 1)
+    return sorted_ms[lo] + (sorted_ms[hi] - sorted_ms[lo]) * (pos - lo)
+
+
+def time_calls(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> list[float]:
+    """Milliseconds of ``iters`` calls of ``fn`` after ``warmup`` untimed ones, each timed alone:
+    on CUDA between two CUDA events with the stream drained after each call, on CPU by the clock."""
+    if iters < 1:
+        raise ValueError("iters must be >= 1")
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _quantile(sorted_ms: list[float], q: float) -> float:
-    idx = min(len(sorted_ms) - 1, max(0, round(q * (len(sorted_ms) - 1))))
-    return sorted_ms[idx]
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        for _ in range(iters):
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    else:
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1000.0)
+    return times
 
 
 def time_callable(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> TimingStats:
-    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times each bracketed by device syncs."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    samples = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        samples.append((time.perf_counter() - t0) * 1e3)
-    samples.sort()
-    return TimingStats(statistics.median(samples), _quantile(samples, 0.1), _quantile(samples, 0.9), len(samples))
+    """Median, p10 and p90 of :func:`time_calls`."""
+    samples = sorted(time_calls(fn, device, warmup, repeats))
+    return TimingStats(statistics.median(samples), percentile(samples, 0.1), percentile(samples, 0.9), len(samples))
 
 
 def device_name(device: torch.device) -> str:
