@@ -1,0 +1,189 @@
+"""Helpers of the service tests (imported by conftest.py and the test modules)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PY = sys.executable
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+REDIS_URL = os.environ.get("GAS_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+CAMVID = Path(os.environ.get("GAS_TEST_CAMVID", "/work/shared/datasets/camvid"))
+TINY_SEARCH = {  # the tiny real search of the end-to-end tests
+    "epochs": 2, "warmup_epochs": 1, "cells": 3, "reduction_cells": [1], "nodes": 2, "init_channels": 8,
+    "batch_size": 2, "dataset_limit": 8,
+    "advanced": {"network": {"stem_channels": 8, "head_channels": 16},
+                 "latency": {"repeats": 3, "warmup_runs": 1}, "fps_iters": 5},
+}
+TINY_BUDGET = {"latency_ms": 50.0, "height": 64, "width": 96}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------ databases
+def create_pg_db() -> tuple[str, str]:
+    name = f"gas_t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    return name, f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+
+def drop_pg_db(name: str) -> None:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def redis_cleanup(prefix: str) -> None:
+    import redis
+
+    r = redis.Redis.from_url(REDIS_URL)
+    keys = list(r.scan_iter(match=f"{prefix}*"))
+    if keys:
+        r.delete(*keys)
+    r.close()
+
+
+# --------------------------------------------------------------------------------------- data
+# ------------------------------------------------------------------------------------- stacks
+class Stack:
+    """A running service: API (uvicorn subprocess), Celery worker subprocess, optional sweeper loop."""
+
+    def __init__(self, name: str, base: Path, env: dict[str, str]):
+        self.name, self.base, self.env = name, base, env
+        self.port = int(env["GAS_API_PORT"])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs = base / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+
+    def _spawn(self, key: str, argv: list[str]) -> subprocess.Popen:
+        out = open(self.logs / f"{key}.log", "ab")
+        p = subprocess.Popen(argv, env=self.env, cwd=str(REPO), stdout=out, stderr=subprocess.STDOUT)
+        out.close()
+        self.procs[key] = p
+        return p
+
+    def migrate(self) -> None:
+        subprocess.run([PY, "-m", "storage.migrate", "upgrade", "head"], env=self.env, cwd=str(REPO), check=True,
+                       capture_output=True)
+
+    def start_api(self) -> None:
+        self._spawn("api", [PY, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1",
+                            "--port", str(self.port), "--log-level", "warning"])
+        wait_until(lambda: self._up(), 30, "API up")
+
+    def _up(self) -> bool:
+        try:
+            return self.http.get("/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def start_worker(self) -> subprocess.Popen:
+        log = self.logs / "worker.log"
+        before = log.read_bytes().count(b" ready.") if log.exists() else 0
+        p = self._spawn("worker", [PY, "-m", "worker", "--hostname", f"{self.name}-{uuid.uuid4().hex[:6]}@%h"])
+        wait_until(lambda: log.read_bytes().count(b" ready.") > before, 30, "worker ready",
+                   lambda: self.log_tail("worker", 1500))
+        return p
+
+    def stop_worker(self, sig: int = signal.SIGTERM) -> None:
+        p = self.procs.pop("worker", None)
+        if p is not None and p.poll() is None:
+            p.send_signal(sig)
+            p.wait(30)
+
+    def start_sweeper(self) -> None:
+        self._spawn("sweeper", [PY, "-m", "worker.sweeper"])
+
+    def sweep_once(self) -> None:
+        subprocess.run([PY, "-m", "worker.sweeper", "--once"], env=self.env, cwd=str(REPO), check=True,
+                       capture_output=True, timeout=60)
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.http.close()
+
+    # helpers
+    def job(self, job_id: str) -> dict:
+        r = self.http.get(f"/api/v1/jobs/{job_id}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait_status(self, job_id: str, statuses, timeout: float = 120) -> dict:
+        statuses = {statuses} if isinstance(statuses, str) else set(statuses)
+        box = {}
+
+        def check():
+            box["job"] = self.job(job_id)
+            return box["job"]["status"] in statuses
+        wait_until(check, timeout, f"job {job_id} in {statuses}", lambda: box.get("job"))
+        return box["job"]
+
+    def events(self, job_id: str) -> list[dict]:
+        return self.http.get(f"/api/v1/jobs/{job_id}/events", params={"limit": 200}).json()["items"]
+
+    def log_tail(self, key: str, n: int = 4000) -> str:
+        p = self.logs / f"{key}.log"
+        return p.read_text(errors="replace")[-n:] if p.exists() else ""
+
+
+def wait_until(cond, timeout: float, what: str, state=None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last state: {state() if state else None}")
+
+
+def make_stack(name: str, tmp_path_factory, datasets_root: Path, lut_dir: Path | None, **overrides) -> tuple[Stack, str, str]:
+    db_name, db_url = create_pg_db()
+    prefix = f"gas-test-{uuid.uuid4().hex[:8]}:"
+    base = tmp_path_factory.mktemp(name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GAS_")}
+    env.update({
+        "PYTHONPATH": str(REPO), "GAS_DATA_DIR": str(base / "data"), "GAS_DATABASE_URL": db_url,
+        "GAS_BROKER_URL": REDIS_URL, "GAS_BROKER_KEY_PREFIX": prefix, "GAS_QUEUE_NAME": f"jobs-{name}",
+        "GAS_DATASETS_ROOT": str(datasets_root), "GAS_API_PORT": str(free_port()),
+        "GAS_HEARTBEAT_INTERVAL_S": "0.5", "GAS_HEARTBEAT_TIMEOUT_S": "4", "GAS_REDISPATCH_AFTER_S": "3",
+        "GAS_SWEEP_INTERVAL_S": "1", "GAS_CANCEL_GRACE_S": "3", "GAS_PROGRESS_MIN_INTERVAL_S": "0.2",
+        "GAS_LOG_LEVEL": "info", "OMP_NUM_THREADS": "2",
+    })
+    if lut_dir is not None:
+        env["GAS_LUT_DIR"] = str(lut_dir)
+    env.update({f"GAS_{k.upper()}": str(v) for k, v in overrides.items()})
+    stack = Stack(name, base, env)
+    stack.migrate()
+    stack.start_api()
+    return stack, db_name, prefix
+
+
+def register_tiny(http: httpx.Client) -> str:
+    r = http.post("/api/v1/datasets", json={"name": "tiny", "path": "camvid_tiny"})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]

@@ -1,0 +1,218 @@
+"""HTTP API over real HTTP against a real stack: validation (4xx problem+json naming the problem and
+changing nothing), 404s, datasets root confinement, idempotency, pagination, OpenAPI, health."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import uuid
+
+import httpx
+import pytest
+
+from svc_helpers import PY, REPO, free_port, register_tiny, wait_until
+
+pytestmark = pytest.mark.services
+PROBLEM = "application/problem+json"
+
+
+def _problem(r: httpx.Response, status: int) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith(PROBLEM), r.headers
+    body = r.json()
+    assert body["status"] == status and body["title"] and body["detail"]
+    return body
+
+
+def _fields(body: dict) -> set[str]:
+    return {e["field"] for e in body.get("errors", [])}
+
+
+@pytest.fixture(scope="module")
+def api(fake_stack):
+    return fake_stack.http
+
+
+@pytest.fixture(scope="module")
+def dataset_id(api):
+    return register_tiny(api)
+
+
+def _count_jobs(api) -> int:
+    n, offset = 0, 0
+    while True:
+        page = api.get("/api/v1/jobs", params={"limit": 200, "offset": offset}).json()
+        n += len(page["items"])
+        if page["next_offset"] is None:
+            return n
+        offset = page["next_offset"]
+
+
+def test_register_dataset_defaults_and_get(api, dataset_id):
+    ds = api.get(f"/api/v1/datasets/{dataset_id}").json()
+    assert ds["num_classes"] == 11 and ds["ignore_index"] == 11 and ds["class_names"][0] == "sky"
+    assert ds["stats"]["images"] == {"train": 8, "val": 8, "test": 8}
+    assert ds["path"] == "camvid_tiny"
+    assert any(d["id"] == dataset_id for d in api.get("/api/v1/datasets").json()["items"])
+
+
+@pytest.mark.parametrize("path,status", [("../", 403), ("/etc", 403), ("camvid_tiny/../../..", 403),
+                                         ("does_not_exist", 422), ("camvid_tiny/train", 422)])
+def test_register_dataset_path_confinement(api, path, status):
+    before = len(api.get("/api/v1/datasets", params={"limit": 200}).json()["items"])
+    body = _problem(api.post("/api/v1/datasets", json={"name": "x", "path": path}), status)
+    assert "path" in _fields(body)
+    assert len(api.get("/api/v1/datasets", params={"limit": 200}).json()["items"]) == before
+
+
+def test_register_dataset_symlink_escape_is_403(api, fake_stack, tmp_path):
+    root = fake_stack.env["GAS_DATASETS_ROOT"]
+    link = os.path.join(root, f"escape-{uuid.uuid4().hex[:6]}")
+    os.symlink(str(tmp_path), link)
+    _problem(api.post("/api/v1/datasets", json={"name": "x", "path": os.path.basename(link)}), 403)
+
+
+def test_register_dataset_bad_class_names_422(api):
+    body = _problem(api.post("/api/v1/datasets", json={"name": "x", "path": "camvid_tiny", "num_classes": 3,
+                                                       "class_names": ["a", "b"]}), 422)
+    assert "class_names" in body["detail"]
+
+
+@pytest.mark.parametrize("budget,field", [
+    ({"latency_ms": -5, "height": 64, "width": 96}, "budget.latency_ms"),
+    ({"latency_ms": 0, "height": 64, "width": 96}, "budget.latency_ms"),
+    ({"latency_ms": 1e12, "height": 64, "width": 96}, "budget.latency_ms"),
+    ({"fps": 0, "height": 64, "width": 96}, "budget.fps"),
+    ({"fps": 1e9, "height": 64, "width": 96}, "budget.fps"),
+    ({"latency_ms": 10, "height": 0, "width": 96}, "budget.height"),
+    ({"latency_ms": 10, "height": 64, "width": 99999}, "budget.width"),
+    ({"latency_ms": 10, "height": 64, "width": 96, "precision": "int3"}, "budget.precision"),
+    ({"latency_ms": "fast", "height": 64, "width": 96}, "budget.latency_ms"),
+    ({"latency_ms": 10, "fps": 30}, "budget"),
+    ({"height": 64, "width": 96}, "budget"),
+])
+def test_impossible_budgets_are_422_naming_the_field(api, dataset_id, budget, field):
+    before = _count_jobs(api)
+    body = _problem(api.post("/api/v1/jobs/search", json={"dataset_id": dataset_id, "budget": budget}), 422)
+    assert field in _fields(body), body
+    assert _count_jobs(api) == before
+
+
+@pytest.mark.parametrize("settings,field", [
+    ({"epochs": 0}, "settings.epochs"), ({"nodes": 9}, "settings.nodes"), ({"gamma": -1}, "settings.gamma"),
+    ({"lambda": -1}, "settings.lambda"), ({"batch_size": "big"}, "settings.batch_size"),
+    ({"warmup_epochs": 5, "epochs": 2}, "settings.warmup_epochs"), ({"unknown_knob": 1}, "settings.unknown_knob"),
+    ({"cells": 3, "reduction_cells": [7]}, "settings.network"),
+    ({"advanced": {"search": {"w_lr": -1}}}, "settings.search.w_lr"),
+])
+def test_invalid_search_settings_are_422(api, dataset_id, settings, field):
+    before = _count_jobs(api)
+    body = _problem(api.post("/api/v1/jobs/search", json={"dataset_id": dataset_id, "settings": settings,
+                                                          "budget": {"latency_ms": 10}}), 422)
+    assert any(f.startswith(field) for f in _fields(body)), body
+    assert _count_jobs(api) == before
+
+
+def test_unknown_dataset_and_malformed_json(api):
+    body = _problem(api.post("/api/v1/jobs/search", json={"dataset_id": str(uuid.uuid4()), "budget": {"fps": 30}}), 422)
+    assert "dataset_id" in _fields(body)
+    _problem(api.post("/api/v1/jobs/search", content=b"{not json", headers={"content-type": "application/json"}), 422)
+    body = _problem(api.post("/api/v1/jobs/search", json={"budget": {"fps": 30}}), 422)
+    assert "dataset_id" in _fields(body)
+
+
+def test_retrain_and_benchmark_validation(api, dataset_id):
+    body = _problem(api.post("/api/v1/jobs/retrain", json={"dataset_id": dataset_id}), 422)
+    assert "search_job_id" in body["detail"]
+    body = _problem(api.post("/api/v1/jobs/retrain", json={"dataset_id": dataset_id, "search_job_id": "nope"}), 422)
+    assert "search_job_id" in _fields(body)
+    body = _problem(api.post("/api/v1/jobs/retrain", json={"dataset_id": dataset_id, "genotype": {}}), 422)
+    assert "genotype" in _fields(body)
+    body = _problem(api.post("/api/v1/jobs/benchmark", json={"job_id": "nope", "height": 64, "width": 96}), 422)
+    assert "job_id" in _fields(body)
+    body = _problem(api.post("/api/v1/jobs/benchmark", json={"genotype": {"a": 1}, "iters": 1}), 422)
+    assert "iters" in _fields(body)
+
+
+@pytest.mark.parametrize("path", ["/api/v1/jobs/{x}", "/api/v1/jobs/{x}/events", "/api/v1/jobs/{x}/artifacts",
+                                  "/api/v1/jobs/{x}/artifacts/genotype.json", "/api/v1/datasets/{x}"])
+def test_unknown_ids_are_404(api, path):
+    _problem(api.get(path.format(x=uuid.uuid4())), 404)
+
+
+def test_cancel_unknown_is_404(api):
+    _problem(api.post(f"/api/v1/jobs/{uuid.uuid4()}/cancel"), 404)
+
+
+def test_idempotency_key_returns_the_same_job(api, dataset_id):
+    key = f"k-{uuid.uuid4()}"
+    req = {"dataset_id": dataset_id, "budget": {"latency_ms": 50, "height": 64, "width": 96},
+           "settings": {"epochs": 1, "warmup_epochs": 0, "batch_size": 1}}
+    r1 = api.post("/api/v1/jobs/search", json=req, headers={"Idempotency-Key": key})
+    assert r1.status_code == 202 and r1.headers["location"] == f"/api/v1/jobs/{r1.json()['id']}"
+    before = _count_jobs(api)
+    r2 = api.post("/api/v1/jobs/search", json=req, headers={"Idempotency-Key": key})
+    assert r2.status_code == 202 and r2.json()["id"] == r1.json()["id"]
+    assert r2.headers["location"] == r1.headers["location"] and r2.headers["idempotent-replayed"] == "true"
+    other = dict(req, settings={"epochs": 2, "warmup_epochs": 0, "batch_size": 1})
+    _problem(api.post("/api/v1/jobs/search", json=other, headers={"Idempotency-Key": key}), 409)
+    assert _count_jobs(api) == before
+
+
+def test_list_jobs_pagination_filters_and_cap(api, dataset_id):
+    for _ in range(3):
+        assert api.post("/api/v1/jobs/search", json={"dataset_id": dataset_id, "budget": {"latency_ms": 50},
+                                                    "settings": {"epochs": 1, "warmup_epochs": 0, "batch_size": 1}}).status_code == 202
+    page = api.get("/api/v1/jobs", params={"limit": 2, "kind": "search"}).json()
+    assert len(page["items"]) == 2 and page["next_offset"] == 2
+    page2 = api.get("/api/v1/jobs", params={"limit": 2, "offset": 2, "kind": "search"}).json()
+    assert not {j["id"] for j in page["items"]} & {j["id"] for j in page2["items"]}
+    assert api.get("/api/v1/jobs", params={"kind": "retrain"}).json()["items"] == [] or all(
+        j["kind"] == "retrain" for j in api.get("/api/v1/jobs", params={"kind": "retrain"}).json()["items"])
+    body = _problem(api.get("/api/v1/jobs", params={"limit": 100000}), 422)
+    assert "limit" in _fields(body)
+    _problem(api.get("/api/v1/jobs", params={"status": "sleeping"}), 422)
+
+
+def test_openapi_is_served_and_accurate(api):
+    spec = api.get("/openapi.json").json()
+    paths = spec["paths"]
+    for p in ("/api/v1/datasets", "/api/v1/jobs/search", "/api/v1/jobs/retrain", "/api/v1/jobs/benchmark",
+              "/api/v1/jobs", "/api/v1/jobs/{job_id}", "/api/v1/jobs/{job_id}/cancel", "/api/v1/jobs/{job_id}/events",
+              "/api/v1/jobs/{job_id}/artifacts", "/api/v1/jobs/{job_id}/artifacts/{name}", "/healthz", "/readyz", "/metrics"):
+        assert p in paths, p
+    post = paths["/api/v1/jobs/search"]["post"]
+    assert "202" in post["responses"] and "422" in post["responses"]
+    assert any(prm["name"] == "Idempotency-Key" for prm in post["parameters"])
+    assert "BudgetIn" in spec["components"]["schemas"]
+
+
+def test_health_ready_metrics(api):
+    assert api.get("/healthz").json()["status"] == "ok"
+    r = api.get("/readyz")
+    assert r.status_code == 200 and r.json()["checks"] == {"database": "ok", "broker": "ok"}
+    m = api.get("/metrics")
+    assert m.status_code == 200 and "gas_http_requests_total" in m.text and 'gas_jobs{status=' in m.text
+
+
+def test_readyz_is_503_when_database_and_broker_are_down(fake_stack):
+    env = dict(fake_stack.env, GAS_DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:1/nope",
+               GAS_BROKER_URL="redis://127.0.0.1:1/0", GAS_READINESS_TIMEOUT_S="1")
+    port = free_port()
+    p = subprocess.Popen([PY, "-m", "uvicorn", "api.app:create_app", "--factory", "--port", str(port),
+                          "--log-level", "warning"], env=env, cwd=str(REPO), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=20) as c:
+            def up():
+                try:
+                    return c.get("/healthz").status_code == 200
+                except httpx.TransportError:
+                    return False
+            wait_until(up, 30, "API up")
+            body = _problem(c.get("/readyz"), 503)
+            assert body["checks"]["database"].startswith("down") and body["checks"]["broker"].startswith("down")
+            assert "database" in body["detail"] and "broker" in body["detail"]
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(15)
