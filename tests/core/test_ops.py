@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from core.latency import LutKey, build_table, op_key, cell_shapes
+from core.latency import build_table, op_key, cell_shapes
 from core.ops import OPS, build_op, op_names
 from core.specs import NetworkConfig
 

@@ -62,7 +62,7 @@ def test_ggm_off_gives_plain_independent_cells():
 
 
 def test_weight_optimizer_never_holds_arch_parameters():
-    from core.search import Searcher  # noqa: F401  (the search builds its optimizers from these groups)
+
 
     net = SuperNet(CFG, GGMConfig())
     arch = {id(p) for p in net.arch_parameters()}
