@@ -23,7 +23,6 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core.data import load_split  # noqa: E402
 from core.derive import random_genotype  # noqa: E402
 from core.genotype import load_genotype  # noqa: E402
 from core.jobs import run_retrain, run_search  # noqa: E402
