@@ -53,3 +53,14 @@ def camvid_val(camvid_ref):
 def camvid_meta() -> dict:
     """Sizes of the CamVid subset: train/val image counts and the test resolution."""
     return {"train": TRAIN_STEMS, "val": VAL_STEMS, "h": TEST_H, "w": TEST_W}
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: tiny convolutions gain nothing from more, and lose a lot on a shared host."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

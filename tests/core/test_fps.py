@@ -8,17 +8,12 @@ from torch import nn
 import core.fps as fps
 from core.fps import fps_report, latency_stats, measure_latency, measure_optimised
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 H, W = 32, 48
 ITERS = 7
 WARMUP = 2
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _net() -> nn.Module:

@@ -13,6 +13,8 @@ from core.jobs import Cancelled
 from core.specs import RetrainConfig
 from core.train import BEST_WEIGHTS, LAST_WEIGHTS, STATE_FILE, STATE_SUBDIR, poly_lr, train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 NUM_CLASSES = 11
 
 
@@ -30,14 +32,6 @@ class TinySeg(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)  # half resolution: train upsamples to the target
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny convolutions gain nothing from more, and lose a lot on a shared host."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _model(seed: int = 0) -> TinySeg:
