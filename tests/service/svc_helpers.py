@@ -95,16 +95,16 @@ class Stack:
         except httpx.TransportError:
             return False
 
-    def start_worker(self) -> subprocess.Popen:
-        log = self.logs / "worker.log"
+    def start_worker(self, key: str = "worker") -> subprocess.Popen:
+        log = self.logs / f"{key}.log"
         before = log.read_bytes().count(b" ready.") if log.exists() else 0
-        p = self._spawn("worker", [PY, "-m", "worker", "--hostname", f"{self.name}-{uuid.uuid4().hex[:6]}@%h"])
+        p = self._spawn(key, [PY, "-m", "worker", "--hostname", f"{self.name}-{uuid.uuid4().hex[:6]}@%h"])
         wait_until(lambda: log.read_bytes().count(b" ready.") > before, 30, "worker ready",
-                   lambda: self.log_tail("worker", 1500))
+                   lambda: self.log_tail(key, 1500))
         return p
 
-    def stop_worker(self, sig: int = signal.SIGTERM) -> None:
-        p = self.procs.pop("worker", None)
+    def stop_worker(self, sig: int = signal.SIGTERM, key: str = "worker") -> None:
+        p = self.procs.pop(key, None)
         if p is not None and p.poll() is None:
             p.send_signal(sig)
             p.wait(30)
@@ -187,3 +187,23 @@ def register_tiny(http: httpx.Client) -> str:
     r = http.post("/api/v1/datasets", json={"name": "tiny", "path": "camvid_tiny"})
     assert r.status_code == 201, r.text
     return r.json()["id"]
+
+
+def db_session(stack: Stack):
+    from storage.db import get_sessionmaker
+
+    return get_sessionmaker(stack.env["GAS_DATABASE_URL"])()
+
+
+def settings_of(stack: Stack):
+    from storage.settings import ServiceSettings
+
+    return ServiceSettings(**{k[4:].lower(): v for k, v in stack.env.items()
+                              if k.startswith("GAS_") and k[4:].lower() in ServiceSettings.model_fields})
+
+
+def fake_search_body(dataset_id: str, *, epochs: int = 2, steps: int = 4, batch: int = 1, seed: int = 0,
+                     latency_ms: float = 50.0) -> dict:
+    return {"dataset_id": dataset_id, "budget": {"latency_ms": latency_ms, "height": 64, "width": 96},
+            "settings": {"epochs": epochs, "warmup_epochs": 0, "batch_size": batch, "seed": seed,
+                         "advanced": {"search": {"steps_per_epoch": steps}}}}
