@@ -1,10 +1,7 @@
 """Segmentation data: decode once, cache uint8 tensors, batch and augment on the device.
 
-Layouts (``DatasetRef.layout``):
-
-- ``camvid``: ``<root>/<split>/<stem>.jpg`` and ``<root>/<split>annot/<stem>.png``
-  (SegNet CamVid; 11 classes, 11 = void).
-- ``folder``: ``<root>/<split>/images/<stem>.<ext>`` and ``<root>/<split>/masks/<stem>.png``.
+Layouts (``DatasetRef.layout``): ``camvid``, ``folder`` and ``cityscapes``, registered in
+:mod:`core.layouts` with their detection and label conventions.
 
 :func:`load_split` returns a :class:`SegData` of uint8 images ``[N,3,H,W]`` and masks ``[N,H,W]``
 resized to a fixed (H, W) (images bilinear, masks nearest). With ``cache_dir`` the prepared tensors
@@ -36,21 +33,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .layouts import CAMVID_CLASSES, IMAGE_EXTENSIONS, MASK_EXTENSION, get_layout  # noqa: F401 (re-exported)
 from .specs import DatasetRef
+
+SINGLE_CHANNEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
+"""PIL modes accepted for masks: label values, not colours."""
 
 MEAN_RGB: tuple[float, float, float] = (0.39, 0.41, 0.43)
 """Per-channel RGB mean in [0, 1] used to normalise inputs (CamVid statistics, all datasets)."""
 STD_RGB: tuple[float, float, float] = (0.30, 0.31, 0.30)
 """Per-channel RGB standard deviation in [0, 1] used to normalise inputs."""
 
-CAMVID_CLASSES: tuple[str, ...] = ("sky", "building", "pole", "road", "pavement", "tree",
-                                   "sign_symbol", "fence", "car", "pedestrian", "bicyclist")
-"""Class names of the SegNet CamVid split, index = class id (11 = void is not a class)."""
-
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-"""File name endings accepted as images (case-insensitive)."""
-MASK_EXTENSION = ".png"
-"""Masks are single-channel PNGs (8 or 16 bit, or palette indices)."""
 SPLIT_JOIN = "+"
 """Separator of joined splits, e.g. ``"train+val"``."""
 DECODE_WORKERS = max(1, min(8, os.cpu_count() or 1))
@@ -103,8 +96,9 @@ def _class_names(ref: DatasetRef) -> list[str]:
         if len(ref.class_names) != ref.num_classes:
             raise ValueError(f"class_names has {len(ref.class_names)} names for {ref.num_classes} classes")
         return list(ref.class_names)
-    if ref.layout == "camvid" and ref.num_classes == len(CAMVID_CLASSES):
-        return list(CAMVID_CLASSES)
+    layout = get_layout(ref.layout)
+    if layout.class_names and ref.num_classes == len(layout.class_names):
+        return list(layout.class_names)
     return [f"class_{i}" for i in range(ref.num_classes)]
 
 
@@ -113,40 +107,33 @@ def list_pairs(ref: DatasetRef, split: str) -> list[tuple[str, Path, Path]]:
 
     Raises ValueError when the split directory is missing or empty, or when an image has no mask.
     """
-    root = Path(ref.root)
-    if ref.layout == "camvid":
-        img_dir, mask_dir = root / split, root / f"{split}annot"
-    else:
-        img_dir, mask_dir = root / split / "images", root / split / "masks"
-    if not img_dir.is_dir():
-        raise ValueError(f"split {split!r}: image directory {img_dir} does not exist")
-    images = sorted((p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
-                    key=lambda p: p.stem)
-    if not images:
-        raise ValueError(f"split {split!r}: no images ({', '.join(IMAGE_EXTENSIONS)}) in {img_dir}")
-    stems = [p.stem for p in images]
-    if len(set(stems)) != len(stems):
-        dup = sorted({s for s in stems if stems.count(s) > 1})
-        raise ValueError(f"split {split!r}: several images share the stem(s) {dup[:5]} in {img_dir}")
-    if ref.limit is not None:
-        images = images[: ref.limit]
-    pairs = []
-    for p in images:
-        m = mask_dir / f"{p.stem}{MASK_EXTENSION}"
-        if not m.is_file():
-            raise ValueError(f"split {split!r}: mask {m} for image {p} does not exist")
-        pairs.append((p.stem, p, m))
-    return pairs
+    pairs = sorted(get_layout(ref.layout).list_split(Path(ref.root), split), key=lambda t: t[0])
+    return pairs[: ref.limit] if ref.limit is not None else pairs
 
 
-def _decode_pair(args: tuple[Path, Path, int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    img_path, mask_path, height, width, num_classes, ignore_index = args
-    with Image.open(img_path) as im:
-        img = im.convert("RGB")
+class MaskChannelsError(ValueError):
+    """A mask that is not a single-channel label image."""
+
+
+def read_mask(mask_path: Path, label_map: np.ndarray | None = None) -> Image.Image:
+    """A single-channel label image (palette indices kept), with the layout's label map applied."""
     with Image.open(mask_path) as mk:
-        if mk.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
-            raise ValueError(f"mask {mask_path} has mode {mk.mode}; expected a single-channel label PNG")
-        mask = mk.copy()  # palette PNGs keep their indices (no RGB conversion)
+        if mk.mode not in SINGLE_CHANNEL_MODES:
+            raise MaskChannelsError(f"mask {mask_path} has mode {mk.mode}; expected a single-channel label PNG")
+        mask = mk.copy()
+    if label_map is not None:
+        raw = np.asarray(mask).astype(np.int64)
+        if raw.min() < 0 or raw.max() >= len(label_map):
+            raise ValueError(f"mask {mask_path} holds label ids outside 0..{len(label_map) - 1}")
+        mask = Image.fromarray(label_map[raw].astype(np.int32), mode="I")
+    return mask
+
+
+def _decode_pair(args: tuple[Path, Path, int, int, int, int, np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
+    img_path, mask_path, height, width, num_classes, ignore_index, label_map = args
+    with Image.open(img_path) as im:
+        img = im.convert("RGB")  # grayscale images are accepted and replicated to 3 channels
+    mask = read_mask(mask_path, label_map)
     if img.size != mask.size:
         raise ValueError(f"image {img_path} is {img.size} but mask {mask_path} is {mask.size}")
     full = np.asarray(mask).astype(np.int64)  # checked at full resolution: resizing may hide a pixel
@@ -218,7 +205,8 @@ def _load_one_split(ref: DatasetRef, split: str, height: int, width: int,
             hit = _load_cached(cache_path, key)
             if hit is not None:
                 return hit
-    jobs = [(ip, mp, height, width, ref.num_classes, ref.ignore_index) for _, ip, mp in pairs]
+    label_map = get_layout(ref.layout).label_map
+    jobs = [(ip, mp, height, width, ref.num_classes, ref.ignore_index, label_map) for _, ip, mp in pairs]
     with ThreadPoolExecutor(max_workers=DECODE_WORKERS) as pool:
         decoded = list(pool.map(_decode_pair, jobs))
     images = torch.from_numpy(np.stack([x for x, _ in decoded]))

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Precision = Literal["fp32", "fp16", "bf16"]
 Adjacency = Literal["similarity", "topology"]
 LatencyForm = Literal["budget", "paper"]
-Layout = Literal["camvid", "folder"]
+Layout = Literal["camvid", "folder", "cityscapes"]
 
 
 class _Strict(BaseModel):
