@@ -337,11 +337,16 @@ def check_broker(settings: ServiceSettings) -> None:
         finally:
             r.close()
         return
+    if url.startswith("sqla+"):  # kombu's SQLAlchemy transport: the broker is a database
+        from storage.db import get_engine
+
+        with get_engine(url[len("sqla+"):]).connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return
     from kombu import Connection
 
     with Connection(url, connect_timeout=settings.readiness_timeout_s) as conn:
         conn.ensure_connection(max_retries=1, timeout=settings.readiness_timeout_s)
-        conn.default_channel  # noqa: B018 - opens the transport channel (sqla: the broker tables)
 
 
 def jobs_by_status(s: Session) -> dict[str, int]:
