@@ -53,7 +53,7 @@ class _Bars:
             shown = {k: round(v, 4) for k, v in (ev.get("metrics") or {}).items() if isinstance(v, (int, float))}
             self.bar.set_postfix(shown, refresh=True)
         if ev.get("message") and not ev.get("steps"):
-            self.tqdm.write(f"[{ev.get('phase')}] {ev['message']}")
+            self.tqdm.write(f"[{ev.get('phase')}] {ev['message']}", file=sys.stderr)
 
     def close(self) -> None:
         if self.bar:
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bars.close()
     json.dump(result, sys.stdout, indent=1)
-    print(f"\nartifacts in {args.out / 'artifacts'}")
+    print(f"artifacts in {args.out / 'artifacts'}", file=sys.stderr)
     return 0
 
 
