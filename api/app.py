@@ -12,7 +12,7 @@ from storage.settings import ServiceSettings, get_settings
 from . import problems
 from .metrics import JobsCollector, Metrics, MetricsMiddleware
 from .routes import api, system
-from .services import jobs_by_status
+from .services import jobs_by_status, make_reader
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -24,6 +24,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                               "Errors are application/problem+json.")
     app.state.settings = settings
     app.state.store = get_store(settings.artifacts_path)
+    app.state.reader = make_reader(settings)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     metrics = Metrics()
 
     def count():
@@ -34,7 +36,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             logging.getLogger("gas.api").warning("job gauge: database unreachable")
             return {}
 
-    metrics.registry.register(JobsCollector(count))
+    metrics.register_extra(JobsCollector(count))
     app.state.metrics = metrics
     problems.install(app)
     app.include_router(api)

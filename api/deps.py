@@ -10,6 +10,8 @@ from storage.artifacts import ArtifactStore
 from storage.db import get_sessionmaker
 from storage.settings import ServiceSettings
 
+from .services import AsyncPgJobReader, JobReader
+
 
 def _settings(request: Request) -> ServiceSettings:
     return request.app.state.settings
@@ -30,7 +32,18 @@ def _store(request: Request) -> ArtifactStore:
     return request.app.state.store
 
 
+async def _reader(request: Request):
+    return request.app.state.reader
+
+
+async def _tenant_async(request: Request) -> str:
+    return request.app.state.settings.default_tenant
+
+
 SettingsDep = Annotated[ServiceSettings, Depends(_settings)]
 SessionDep = Annotated[Session, Depends(_session)]
 TenantDep = Annotated[str, Depends(_tenant)]
 StoreDep = Annotated[ArtifactStore, Depends(_store)]
+ReaderDep = Annotated[JobReader | AsyncPgJobReader, Depends(_reader)]
+# async twin of TenantDep for async handlers (no threadpool hop)
+TenantAsyncDep = Annotated[str, Depends(_tenant_async)]

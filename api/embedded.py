@@ -29,6 +29,14 @@ log = logging.getLogger("gas.embedded")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM when the embedded launcher dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Supervised:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path):
         self.name, self.argv, self.env, self.log_path = name, argv, env, log_path
@@ -40,7 +48,7 @@ class Supervised:
         self.started_at = time.monotonic()
         out = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                     cwd=str(REPO_ROOT), start_new_session=True)
+                                     cwd=str(REPO_ROOT), start_new_session=True, preexec_fn=_die_with_parent)
         out.close()
         log.info("%s started (pid %d, log %s)", self.name, self.proc.pid, self.log_path)
 
@@ -97,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         threading.Thread(target=c.watch, daemon=True).start()
     app_settings = ServiceSettings(_env_file=None, **{k[4:].lower(): v for k, v in env.items()
                                                        if k.startswith("GAS_") and k[4:].lower() in ServiceSettings.model_fields})
+    # uvicorn re-raises the SIGTERM it caught after its graceful shutdown; turn it into SystemExit so
+    # that the children are stopped below instead of the process dying on the default action.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         log.info("API on http://%s:%d (data in %s)", app_settings.api_host, app_settings.api_port, data)
         uvicorn.run(create_app(app_settings), host=app_settings.api_host, port=app_settings.api_port,

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from storage.db import get_sessionmaker
 
 from . import services as svc
-from .deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from .deps import ReaderDep, SessionDep, SettingsDep, StoreDep, TenantAsyncDep, TenantDep
 from .problems import PROBLEM, Problem, problem_response
 from .schemas import (ArtifactList, BenchmarkJobCreate, DatasetCreate, DatasetList, DatasetOut, EventList, Health,
                       JobList, JobOut, RetrainJobCreate, SearchJobCreate)
@@ -119,8 +119,11 @@ def list_jobs(s: SessionDep, settings: SettingsDep, tenant: TenantDep,
 
 
 @api.get("/jobs/{job_id}", response_model=JobOut, tags=["jobs"])
-def get_job(job_id: str, s: SessionDep, tenant: TenantDep):
-    return svc.job_out(svc.get_job(s, tenant, job_id))
+async def get_job(job_id: str, reader: ReaderDep, tenant: TenantAsyncDep):
+    body = await reader.job_json(tenant, job_id)
+    if body is None:
+        raise Problem(404, f"no job {job_id}")
+    return Response(body, media_type="application/json")
 
 
 @api.post("/jobs/{job_id}/cancel", response_model=JobOut, tags=["jobs"],
@@ -195,4 +198,4 @@ async def readyz(request: Request):
 @system.get("/metrics", tags=["system"], summary="Prometheus metrics",
             response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 def metrics(request: Request):
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(request.app.state.metrics.scrape_registry()), media_type=CONTENT_TYPE_LATEST)

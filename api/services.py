@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select, text
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -280,7 +282,8 @@ def job_out(job: Job) -> dict:
         if job.result.get("genotype_id"):
             summary["genotype_id"] = job.result["genotype_id"]
     base = f"{API}/jobs/{job.id}"
-    budget = (job.request or {}).get("budget") if job.kind == "search" else None
+    budget = getattr(job, "budget", None) if not hasattr(job, "request") else (job.request or {}).get("budget")
+    budget = budget if job.kind == "search" else None
     return dict(
         id=job.id, kind=job.kind, status=job.status,
         progress={k: p.get(k) for k in ("phase", "epoch", "epochs", "step", "steps", "metrics",
@@ -289,6 +292,108 @@ def job_out(job: Job) -> dict:
         error=job.error, result=summary, dataset_id=job.dataset_id, parent_job_id=job.parent_job_id, budget=budget,
         created_at=job.created_at, updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
         links=dict(self=base, events=f"{base}/events", artifacts=f"{base}/artifacts", cancel=f"{base}/cancel"))
+
+
+READ_COLUMNS = ("id", "tenant_id", "kind", "status", "progress", "attempts", "max_attempts", "cancel_requested_at",
+                "error", "result", "dataset_id", "parent_job_id", "created_at", "updated_at", "started_at", "finished_at")
+
+
+class JobReader:
+    """The hot read path of ``GET /jobs/{id}``: one autocommit round trip (no BEGIN/ROLLBACK), a Core
+    select, and JSON bytes built directly (the same document as :class:`api.schemas.JobOut`)."""
+
+    def __init__(self, settings: ServiceSettings):
+        from storage.db import get_engine
+
+        engine = get_engine(settings.db_url, settings.db_pool_size)
+        self.engine = engine if engine.dialect.name == "sqlite" else engine.execution_options(isolation_level="AUTOCOMMIT")
+        t = Job.__table__
+        self.query = select(*[t.c[n] for n in READ_COLUMNS], t.c.request["budget"].label("budget")).where(
+            t.c.id == bindparam("id"))
+
+    def _job_json(self, tenant: str, job_id: str) -> bytes | None:
+        with self.engine.connect() as c:
+            row = c.execute(self.query, {"id": job_id}).mappings().first()
+        return _row_json(row, tenant)
+
+    async def job_json(self, tenant: str, job_id: str) -> bytes | None:
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(self._job_json, tenant, job_id)
+
+
+def _row_json(row, tenant: str) -> bytes | None:
+    if row is None or row["tenant_id"] != tenant:
+        return None
+    return json.dumps(job_out(SimpleNamespace(**row)), default=_json_default, separators=(",", ":")).encode()
+
+
+class AsyncPgJobReader:
+    """PostgreSQL variant of :class:`JobReader`: a small pool of autocommit async psycopg connections
+    on the event loop (no thread hop, prepared statement after a few uses)."""
+
+    SQL = f"SELECT {', '.join(READ_COLUMNS)}, request->'budget' AS budget FROM jobs WHERE id = %s"
+
+    def __init__(self, settings: ServiceSettings):
+        from sqlalchemy.engine import make_url
+
+        u = make_url(settings.db_url)
+        self.conninfo = u.set(drivername="postgresql").render_as_string(hide_password=False)
+        self.size = settings.db_pool_size
+        self.idle: list = []
+        self.opened = 0
+        self.available = None
+
+    async def _acquire(self):
+        import asyncio
+
+        import psycopg
+
+        if self.available is None:
+            self.available = asyncio.Semaphore(self.size)
+        await self.available.acquire()
+        if self.idle:
+            return self.idle.pop()
+        try:
+            return await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True, options="-c TimeZone=UTC")
+        except BaseException:
+            self.available.release()
+            raise
+
+    def _release(self, conn, broken: bool) -> None:
+        if not broken and not conn.closed:
+            self.idle.append(conn)
+        self.available.release()
+
+    async def job_json(self, tenant: str, job_id: str) -> bytes | None:
+        import psycopg
+        from psycopg.rows import dict_row
+
+        for attempt in (0, 1):  # one retry on a connection the server dropped
+            conn = await self._acquire()
+            try:
+                cur = conn.cursor(row_factory=dict_row)
+                await cur.execute(self.SQL, (job_id,))
+                row = await cur.fetchone()
+            except psycopg.OperationalError:
+                self._release(conn, broken=True)
+                await conn.close()
+                if attempt:
+                    raise
+                continue
+            self._release(conn, broken=False)
+            return _row_json(row, tenant)
+        return None
+
+
+def make_reader(settings: ServiceSettings):
+    return AsyncPgJobReader(settings) if settings.db_url.startswith("postgresql") else JobReader(settings)
+
+
+def _json_default(o):
+    if isinstance(o, datetime):
+        return o.isoformat().replace("+00:00", "Z")
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def cancel_job(s: Session, tenant: str, job_id: str) -> sm.CancelOutcome:

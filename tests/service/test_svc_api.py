@@ -216,3 +216,15 @@ def test_readyz_is_503_when_database_and_broker_are_down(fake_stack):
     finally:
         p.send_signal(signal.SIGTERM)
         p.wait(15)
+
+
+def test_get_job_fast_path_matches_the_schema_path(api, dataset_id):
+    jid = api.post("/api/v1/jobs/search", json={"dataset_id": dataset_id, "budget": {"fps": 20, "height": 64, "width": 96},
+                                               "settings": {"epochs": 1, "warmup_epochs": 0, "batch_size": 1}}).json()["id"]
+    from_list = next(j for j in api.get("/api/v1/jobs", params={"limit": 200}).json()["items"] if j["id"] == jid)
+    one = api.get(f"/api/v1/jobs/{jid}").json()
+    volatile = {"status", "progress", "attempts", "updated_at", "started_at", "finished_at", "result"}
+    assert {k: v for k, v in one.items() if k not in volatile} == {k: v for k, v in from_list.items() if k not in volatile}
+    assert set(one) == set(from_list)
+    assert one["budget"] == {"fps": 20.0, "height": 64, "width": 96}
+    assert one["created_at"].endswith("Z")

@@ -91,15 +91,17 @@ def test_search_reports_progress_events_artifacts_and_records(stack, ds):
         assert g is not None and g.document["fake"] is True and g.id == job["result"]["genotype_id"]
         fps = s.scalar(select(FpsReport).where(FpsReport.job_id == jid))
         assert fps.latency_ms == 3.0 and fps.budget_met is True and fps.height == 64 and fps.width == 96
-        lut = s.scalars(select(LatencyTable).where(LatencyTable.device == "fake-device")).all()
-        assert len(lut) == 1 and lut[0].entries == 2 and (lut[0].height, lut[0].width) == (64, 96)
+        lut = s.scalars(select(LatencyTable).where(LatencyTable.device == "fake-device", LatencyTable.height == 64,
+                                                   LatencyTable.width == 96)).all()
+        assert len(lut) == 1 and lut[0].entries == 2 and lut[0].path.endswith("fake-lut-64x96.json")
         assert s.scalar(select(Artifact).where(Artifact.job_id == jid, Artifact.name == "report.json")).size > 0
 
     # the same LUT file is reused by the next job: recorded once, not again
     jid2 = submit(stack, fake_search_body(ds, epochs=1, steps=1))
     stack.wait_status(jid2, "succeeded", 60)
     with db_session(stack) as s:
-        assert len(s.scalars(select(LatencyTable).where(LatencyTable.device == "fake-device")).all()) == 1
+        assert len(s.scalars(select(LatencyTable).where(LatencyTable.device == "fake-device",
+                                                        LatencyTable.height == 64)).all()) == 1
 
 
 def test_cancel_queued_running_and_finished(stack, ds):
