@@ -79,5 +79,5 @@ def invalid(field: str, msg: str, type_: str = "value_error") -> Problem:
 
 
 def from_spec_error(exc: ValidationError, prefix: str) -> Problem:
-    errors = validation_errors(exc, ("body", prefix))
+    errors = validation_errors(exc, ("body", *[p for p in prefix.split(".") if p]))
     return Problem(422, f"invalid request: {_summary(errors)}", type_="/problems/validation", errors=errors)

@@ -170,10 +170,53 @@ def _genotype_of_job(s: Session, tenant: str, job_id: str, field: str) -> tuple[
 
 
 def _check_genotype(doc: dict, field: str) -> None:
+    """Torch-free structural validation of a genotype document (core.genotype's rules except the
+    op-registry lookup, which needs torch and is done by the worker's core)."""
+    from core.genotype import FORMAT, VERSION, Cell, Provenance
+    from core.specs import NetworkConfig
+
     if not doc:
         raise invalid(field, "empty genotype document")
     if len(json.dumps(doc)) > 1_000_000:
         raise invalid(field, "genotype document larger than 1 MB")
+    allowed = {"format", "version", "ops", "network", "cells", "provenance"}
+    if extra := sorted(set(doc) - allowed):
+        raise invalid(f"{field}.{extra[0]}", "unknown field")
+    if doc.get("format", FORMAT) != FORMAT:
+        raise invalid(f"{field}.format", f"expected {FORMAT!r}")
+    if doc.get("version", VERSION) != VERSION:
+        raise invalid(f"{field}.version", f"this service reads version {VERSION}")
+    ops = doc.get("ops")
+    if not isinstance(ops, list) or len(ops) < 2 or not all(isinstance(o, str) and o for o in ops):
+        raise invalid(f"{field}.ops", "a list of at least 2 operation names")
+    try:
+        net = NetworkConfig.model_validate(doc.get("network"))
+    except ValidationError as exc:
+        raise from_spec_error(exc, f"{field}.network") from None
+    cells_doc = doc.get("cells")
+    if not isinstance(cells_doc, list):
+        raise invalid(f"{field}.cells", "a list of cells")
+    if len(cells_doc) != net.num_cells:
+        raise invalid(f"{field}.cells", f"{len(cells_doc)} cells but network.num_cells is {net.num_cells}")
+    try:
+        Provenance.model_validate(doc.get("provenance") or {})
+        cells = [Cell.model_validate(c) for c in cells_doc]
+    except ValidationError as exc:
+        raise from_spec_error(exc, f"{field}.cells") from None
+    for k, cell in enumerate(cells):
+        where = f"{field}.cells.{k}"
+        if cell.reduction != (k in net.reduction_cells):
+            raise invalid(f"{where}.reduction", "disagrees with network.reduction_cells")
+        if len(cell.nodes) != net.nodes:
+            raise invalid(f"{where}.nodes", f"{len(cell.nodes)} nodes but network.nodes is {net.nodes}")
+        for i, pair in enumerate(cell.nodes):
+            for j, edge in enumerate(pair):
+                if edge.input >= 2 + i:
+                    raise invalid(f"{where}.nodes.{i}.{j}.input", f"{edge.input} is not an earlier node")
+                if edge.op not in ops or edge.op == "none":
+                    raise invalid(f"{where}.nodes.{i}.{j}.op", f"{edge.op!r} is not a kept operation of ops")
+            if pair[0].input == pair[1].input:
+                raise invalid(f"{where}.nodes.{i}", f"both edges come from node {pair[0].input}")
 
 
 def build_retrain_spec(s: Session, tenant: str, body: RetrainJobCreate) -> tuple[dict, Dataset, str | None]:

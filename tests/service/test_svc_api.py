@@ -228,3 +228,43 @@ def test_get_job_fast_path_matches_the_schema_path(api, dataset_id):
     assert set(one) == set(from_list)
     assert one["budget"] == {"fps": 20.0, "height": 64, "width": 96}
     assert one["created_at"].endswith("Z")
+
+
+GENOTYPE = {"format": "gas-genotype", "version": 1, "ops": ["none", "skip_connect", "sep_conv_3x3"],
+            "network": {"num_cells": 2, "reduction_cells": [1], "nodes": 1, "init_channels": 8, "stem_channels": 8,
+                        "head_channels": 16},
+            "cells": [{"reduction": False, "nodes": [[{"input": 0, "op": "skip_connect"}, {"input": 1, "op": "sep_conv_3x3"}]]},
+                      {"reduction": True, "nodes": [[{"input": 0, "op": "sep_conv_3x3"}, {"input": 1, "op": "skip_connect"}]]}]}
+
+
+def _bad(mutate) -> dict:
+    import copy
+
+    g = copy.deepcopy(GENOTYPE)
+    mutate(g)
+    return g
+
+
+@pytest.mark.parametrize("genotype,field", [
+    (_bad(lambda g: g["cells"].pop()), "genotype.cells"),
+    (_bad(lambda g: g["cells"][0]["nodes"][0][0].update(op="none")), "genotype.cells.0.nodes.0.0.op"),
+    (_bad(lambda g: g["cells"][0]["nodes"][0][0].update(op="conv_99x99")), "genotype.cells.0.nodes.0.0.op"),
+    (_bad(lambda g: g["cells"][0]["nodes"][0][1].update(input=5)), "genotype.cells.0.nodes.0.1.input"),
+    (_bad(lambda g: g["cells"][1].update(reduction=False)), "genotype.cells.1.reduction"),
+    (_bad(lambda g: g["network"].update(nodes=0)), "genotype.network.nodes"),
+    (_bad(lambda g: g.update(format="onnx")), "genotype.format"),
+    (_bad(lambda g: g.update(evil=1)), "genotype.evil"),
+])
+def test_inline_genotype_is_validated_without_torch(api, dataset_id, genotype, field):
+    before = _count_jobs(api)
+    body = _problem(api.post("/api/v1/jobs/retrain", json={"dataset_id": dataset_id, "genotype": genotype}), 422)
+    assert field in _fields(body), body
+    body = _problem(api.post("/api/v1/jobs/benchmark", json={"genotype": genotype, "height": 64, "width": 96}), 422)
+    assert field in _fields(body), body
+    assert _count_jobs(api) == before
+
+
+def test_valid_inline_genotype_is_accepted(api, dataset_id):
+    r = api.post("/api/v1/jobs/benchmark", json={"genotype": GENOTYPE, "height": 64, "width": 96, "iters": 5})
+    assert r.status_code == 202, r.text
+    assert api.post(f"/api/v1/jobs/{r.json()['id']}/cancel").status_code in (200, 202)
