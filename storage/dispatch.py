@@ -11,10 +11,12 @@ TASK_NAME = "gas.run_job"
 log = logging.getLogger("gas.dispatch")
 
 
-def celery_config(broker_url: str, queue: str, key_prefix: str = "") -> dict:
+def celery_config(broker_url: str, queue: str, key_prefix: str = "", visibility_timeout_s: int = 86400) -> dict:
     opts: dict = {}
-    if key_prefix and broker_url.startswith(("redis://", "rediss://")):
-        opts["global_keyprefix"] = key_prefix
+    if broker_url.startswith(("redis://", "rediss://")):
+        opts["visibility_timeout"] = visibility_timeout_s
+        if key_prefix:
+            opts["global_keyprefix"] = key_prefix
     return dict(
         broker_url=broker_url,
         task_serializer="json",

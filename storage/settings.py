@@ -22,6 +22,7 @@ class ServiceSettings(BaseSettings):
     broker_url: str = Field("", description="Celery broker URL (e.g. redis://redis:6379/0); empty = `sqla+sqlite:///<data_dir>/broker.db` (no server).")
     queue_name: str = Field("gas-jobs", description="Celery queue the job messages go to.")
     broker_key_prefix: str = Field("", description="Redis key prefix of the broker (isolates deployments/tests sharing one Redis).")
+    broker_visibility_timeout_s: int = Field(86400, ge=60, description="Redis: seconds before an unacked message is redelivered (late acks; long jobs). Lost workers are handled by the sweeper, not by this.")
     artifact_dir: Path | None = Field(None, description="Root of the local artifact store; empty = `<data_dir>/artifacts`.")
     work_dir: Path | None = Field(None, description="Root of per-job work dirs (checkpoints; must be shared by all workers); empty = `<data_dir>/work`.")
     lut_dir: Path | None = Field(None, description="Directory of latency lookup tables reused across jobs; empty = `<data_dir>/luts`.")

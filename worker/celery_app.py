@@ -8,6 +8,7 @@ from storage.settings import get_settings
 
 settings = get_settings()
 app = Celery("gas", include=["worker.tasks"])
-app.conf.update(celery_config(settings.broker, settings.queue_name, settings.broker_key_prefix))
+app.conf.update(celery_config(settings.broker, settings.queue_name, settings.broker_key_prefix,
+                             settings.broker_visibility_timeout_s))
 app.conf.update(worker_concurrency=settings.worker_concurrency, worker_pool=settings.worker_pool,
                 worker_send_task_events=False, task_track_started=False)
