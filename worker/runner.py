@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+from sqlalchemy.exc import OperationalError
+
 from storage import jobs as sm
 from storage.artifacts import get_store
 from storage.db import get_sessionmaker
@@ -102,12 +104,23 @@ def run_job(job_id: str, settings: ServiceSettings) -> str:
         job = s.get(Job, job_id)
         kind, spec, tenant = job.kind, job.spec, job.tenant_id
     workdir = settings.work_path / job_id
-    (workdir / "logs").mkdir(parents=True, exist_ok=True)
-    msg = dict(kind=kind, target=target_for(kind, settings.kind_overrides()), spec=spec, workdir=str(workdir),
-               lut_dir=str(settings.lut_path), orphan_grace_s=settings.cancel_grace_s)
-    child = Child(msg, workdir / "logs" / f"attempt-{attempt}.log")
+    try:
+        (workdir / "logs").mkdir(parents=True, exist_ok=True)
+        msg = dict(kind=kind, target=target_for(kind, settings.kind_overrides()), spec=spec, workdir=str(workdir),
+                   lut_dir=str(settings.lut_path), orphan_grace_s=settings.cancel_grace_s)
+        child = Child(msg, workdir / "logs" / f"attempt-{attempt}.log")
+    except Exception as exc:  # noqa: BLE001 - cannot even start the job: it fails with the reason
+        log.exception("job %s: could not start attempt %d", job_id, attempt)
+        with Session() as s:
+            sm.finish(s, job_id, attempt, sm.FAILED, error=f"could not start the job: {type(exc).__name__}: {exc}")
+        return "failed-to-start"
     try:
         return _supervise(Session, settings, job_id, attempt, child, workdir, tenant)
+    except BaseException:
+        # supervision broke (e.g. the database is gone for good): stop the child so that no orphan
+        # holds the GPU; the heartbeat stops and the sweeper hands the job to the next attempt.
+        child.kill()
+        raise
     finally:
         child.close()
 
@@ -138,22 +151,30 @@ def _supervise(Session, settings: ServiceSettings, job_id: str, attempt: int, ch
                     progress["has_op_probs"] = True
                 dirty = True
                 if milestone:
-                    with Session() as s:
-                        if sm.heartbeat(s, job_id, attempt, progress) is None:
-                            child.kill()
-                            return "lost-lease"
-                        sm.add_event(s, job_id, "progress", ev.get("message") or
-                                     f"{ev.get('phase', '')} epoch {ev.get('epoch', '')}/{ev.get('epochs', '')}".strip(),
-                                     progress, attempt=attempt, tenant_id=tenant)
-                        s.commit()
-                    last_written = last_beat = now
-                    dirty = False
+                    try:
+                        with Session() as s:
+                            if sm.heartbeat(s, job_id, attempt, progress) is None:
+                                child.kill()
+                                return "lost-lease"
+                            sm.add_event(s, job_id, "progress", ev.get("message") or
+                                         f"{ev.get('phase', '')} epoch {ev.get('epoch', '')}/{ev.get('epochs', '')}".strip(),
+                                         progress, attempt=attempt, tenant_id=tenant)
+                            s.commit()
+                        last_written = last_beat = now
+                        dirty = False
+                    except OperationalError as exc:  # keep the progress dirty; the next beat retries
+                        log.warning("job %s: progress write failed (%s)", job_id, str(exc).splitlines()[0])
             else:
                 outcome = item
         # periodic: progress flush, heartbeat, cancel poll
         if (dirty and now - last_written >= settings.progress_min_interval_s) or now - last_beat >= settings.heartbeat_interval_s:
-            with Session() as s:
-                status = sm.heartbeat(s, job_id, attempt, progress if dirty else None)
+            try:
+                with Session() as s:
+                    status = sm.heartbeat(s, job_id, attempt, progress if dirty else None)
+            except OperationalError as exc:  # database briefly unreachable: the job keeps running
+                log.warning("job %s: heartbeat failed (%s); retrying", job_id, str(exc).splitlines()[0])
+                last_beat = now
+                continue
             last_beat = now
             if dirty:
                 last_written, dirty = now, False

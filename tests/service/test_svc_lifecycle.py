@@ -266,3 +266,16 @@ def test_job_committed_but_never_enqueued_is_run(stack, ds):
         rid = row.id
     job = stack.wait_status(rid, "succeeded", 40)
     assert job["attempts"] == 1
+
+
+def test_job_of_unknown_kind_fails_with_the_reason(stack, ds):
+    drain(stack)
+    st = settings_of(stack)
+    with db_session(stack) as s:
+        row = Job(id=new_id(), kind="teleport", status="queued", spec={}, request={}, max_attempts=3)
+        s.add(row)
+        s.commit()
+        rid = row.id
+    assert send_job(st.broker, st.queue_name, st.broker_key_prefix, rid)
+    job = stack.wait_status(rid, "failed", 30)
+    assert job["attempts"] == 1 and "could not start the job" in job["error"] and "teleport" in job["error"]
