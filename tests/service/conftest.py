@@ -22,7 +22,7 @@ def empty_pg():
 def datasets_root(tmp_path_factory):
     """<root>/camvid_tiny: 8 frames per split copied from the shared read-only CamVid."""
     if not (CAMVID / "train.txt").is_file():
-        pytest.skip(f"CamVid not found at {CAMVID}")
+        pytest.fail(f"CamVid not found at {CAMVID} (set GAS_SHARED or GAS_TEST_CAMVID)")
     root = tmp_path_factory.mktemp("datasets")
     dst = root / "camvid_tiny"
     for split in ("train", "val", "test"):

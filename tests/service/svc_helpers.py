@@ -20,7 +20,9 @@ REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_URL = os.environ.get("GAS_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
-CAMVID = Path(os.environ.get("GAS_TEST_CAMVID", "/work/shared/datasets/camvid"))
+# the read-only shared CamVid: GAS_TEST_CAMVID, else $GAS_SHARED/datasets/camvid, else ../shared beside the checkout
+CAMVID = Path(os.environ.get("GAS_TEST_CAMVID") or
+              Path(os.environ.get("GAS_SHARED", REPO.parent / "shared")) / "datasets" / "camvid")
 TINY_SEARCH = {  # the tiny real search of the end-to-end tests
     "epochs": 2, "warmup_epochs": 1, "cells": 3, "reduction_cells": [1], "nodes": 2, "init_channels": 8,
     "batch_size": 2, "dataset_limit": 8,

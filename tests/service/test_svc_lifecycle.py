@@ -279,3 +279,16 @@ def test_job_of_unknown_kind_fails_with_the_reason(stack, ds):
     assert send_job(st.broker, st.queue_name, st.broker_key_prefix, rid)
     job = stack.wait_status(rid, "failed", 30)
     assert job["attempts"] == 1 and "could not start the job" in job["error"] and "teleport" in job["error"]
+
+
+def test_api_and_worker_parent_processes_never_load_torch(stack, ds):
+    """After serving and running jobs, neither the API process nor the Celery worker parent has torch
+    mapped (the core, and CUDA with it, only ever lives in the per-attempt child process)."""
+    drain(stack)
+    jid = submit(stack, fake_search_body(ds, epochs=1, steps=1))
+    stack.wait_status(jid, "succeeded", 30)
+    for key in ("api", "worker"):
+        proc = stack.procs[key]
+        assert proc.poll() is None, key
+        maps = open(f"/proc/{proc.pid}/maps").read()
+        assert "libtorch" not in maps and "libc10" not in maps, f"{key} process loaded torch"
