@@ -268,3 +268,25 @@ def test_valid_inline_genotype_is_accepted(api, dataset_id):
     r = api.post("/api/v1/jobs/benchmark", json={"genotype": GENOTYPE, "height": 64, "width": 96, "iters": 5})
     assert r.status_code == 202, r.text
     assert api.post(f"/api/v1/jobs/{r.json()['id']}/cancel").status_code in (200, 202)
+
+
+def test_concurrent_posts_with_one_idempotency_key_create_one_job(fake_stack, dataset_id):
+    import threading
+
+    key = f"race-{uuid.uuid4()}"
+    req = {"dataset_id": dataset_id, "budget": {"latency_ms": 50, "height": 64, "width": 96},
+           "settings": {"epochs": 1, "warmup_epochs": 0, "batch_size": 1}}
+    ids, codes, barrier = [], [], threading.Barrier(8)
+
+    def post():
+        with httpx.Client(base_url=fake_stack.url, timeout=30) as c:
+            barrier.wait()
+            r = c.post("/api/v1/jobs/search", json=req, headers={"Idempotency-Key": key})
+            codes.append(r.status_code)
+            ids.append(r.json().get("id"))
+    threads = [threading.Thread(target=post) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == [202] * 8 and len(set(ids)) == 1
