@@ -18,10 +18,10 @@ class DatasetCreate(_In):
     name: str = Field(..., min_length=1, max_length=200, description="Display name.")
     path: str = Field(..., min_length=1, max_length=4096,
                       description="Directory relative to the server's datasets root (GAS_DATASETS_ROOT).")
-    layout: Layout = Field("camvid", description="Directory layout (camvid: train/, trainannot/, val/, valannot/, ...).")
-    num_classes: int | None = Field(None, ge=2, le=1024, description="Classes; default 11 for camvid.")
-    class_names: list[str] | None = Field(None, description="Class names (index = class id); default: CamVid's for camvid.")
-    ignore_index: int | None = Field(None, ge=0, le=65535, description="Mask value ignored; default = num_classes.")
+    layout: Layout | None = Field(None, description="Directory layout (core.layouts: camvid, folder, cityscapes); omitted = detected.")
+    num_classes: int | None = Field(None, ge=2, le=1024, description="Classes; default: the layout's (11 for camvid, 19 for cityscapes).")
+    class_names: list[str] | None = Field(None, description="Class names (index = class id); default: the layout's.")
+    ignore_index: int | None = Field(None, ge=0, le=65535, description="Mask value ignored; default: the layout's, else num_classes.")
 
     @model_validator(mode="after")
     def _names(self) -> "DatasetCreate":

@@ -27,19 +27,10 @@ from .problems import Problem, from_spec_error, invalid
 from .schemas import (BenchmarkJobCreate, DatasetCreate, RetrainJobCreate, SearchJobCreate)
 
 log = logging.getLogger("gas.api")
-CAMVID_CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car",
-                  "pedestrian", "bicyclist"]
-IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp"}
 API = "/api/v1"
 
 
 # ------------------------------------------------------------------------------------------ datasets
-def _count(img_dir: Path, mask_dir: Path) -> tuple[int, int]:
-    images = [p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXT and p.is_file()]
-    missing = sum(1 for p in images if not (mask_dir / f"{p.stem}.png").is_file())
-    return len(images), missing
-
-
 def register_dataset(s: Session, settings: ServiceSettings, tenant: str, body: DatasetCreate) -> Dataset:
     root = Path(settings.datasets_root).resolve()
     if "\x00" in body.path:
@@ -52,36 +43,39 @@ def register_dataset(s: Session, settings: ServiceSettings, tenant: str, body: D
                                "type": "forbidden_path"}])
     if not real.is_dir():
         raise invalid("path", "no such directory under the datasets root")
+    from core.layouts import detect_layout, get_layout  # torch-free layout registry of the core
+
+    try:
+        layout = get_layout(body.layout) if body.layout else detect_layout(real)
+    except ValueError as exc:
+        raise invalid("layout" if body.layout else "path", _strip_root(str(exc), root)) from None
     stats: dict[str, Any] = {}
-    for split in ("train", "val", "test"):
-        if body.layout == "camvid":
-            img_dir, mask_dir = real / split, real / f"{split}annot"
-        else:
-            img_dir, mask_dir = real / split / "images", real / split / "masks"
-        if not img_dir.is_dir():
-            continue
-        if not mask_dir.is_dir():
-            raise invalid("path", f"{body.layout} layout: split {split!r} has images but no mask directory "
-                                  f"{mask_dir.relative_to(real)}")
-        n, missing = _count(img_dir, mask_dir)
-        if missing:
-            raise invalid("path", f"split {split!r}: {missing} of {n} images have no mask")
-        stats[split] = n
+    for split in layout.splits(real):
+        try:
+            stats[split] = len(layout.list_split(real, split, True))
+        except ValueError as exc:
+            raise invalid("path", _strip_root(str(exc), root)) from None
     if not stats.get("train"):
-        raise invalid("path", f"{body.layout} layout: no training images (expected "
-                              f"{'train/ and trainannot/' if body.layout == 'camvid' else 'train/images and train/masks'})")
-    num_classes = body.num_classes or (len(body.class_names) if body.class_names else 11 if body.layout == "camvid" else None)
+        raise invalid("path", f"{layout.name} layout: no training split (expected {layout.expected})")
+    num_classes = body.num_classes or (len(body.class_names) if body.class_names else layout.num_classes)
     if num_classes is None:
-        raise invalid("num_classes", "required for the folder layout (or give class_names)")
-    names = body.class_names or (CAMVID_CLASSES if body.layout == "camvid" and num_classes == 11 else None)
-    ignore = body.ignore_index if body.ignore_index is not None else num_classes
+        raise invalid("num_classes", f"required for the {layout.name} layout (or give class_names)")
+    names = body.class_names or (list(layout.class_names) if layout.class_names and
+                                 len(layout.class_names) == num_classes else None)
+    ignore = body.ignore_index if body.ignore_index is not None else (
+        layout.ignore_index if layout.ignore_index is not None and num_classes == layout.num_classes else num_classes)
     if ignore < num_classes:
         raise invalid("ignore_index", f"must not be a class id (0..{num_classes - 1})")
-    ds = Dataset(tenant_id=tenant, name=body.name, layout=body.layout, root=str(real), num_classes=num_classes,
+    ds = Dataset(tenant_id=tenant, name=body.name, layout=layout.name, root=str(real), num_classes=num_classes,
                  class_names=names, ignore_index=ignore, stats={"images": stats})
     s.add(ds)
     s.commit()
     return ds
+
+
+def _strip_root(msg: str, root: Path) -> str:
+    """Error messages name paths relative to the datasets root, never the server's absolute layout."""
+    return msg.replace(str(root) + "/", "").replace(str(root), ".")
 
 
 def dataset_out(ds: Dataset, settings: ServiceSettings) -> dict:

@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     reg = ds.add_parser("register", help="register a server-side directory under the datasets root")
     reg.add_argument("name")
     reg.add_argument("path")
-    reg.add_argument("--layout", default="camvid", choices=["camvid", "folder"])
+    reg.add_argument("--layout", default=None, choices=["camvid", "folder", "cityscapes"],
+                     help="directory layout (default: detected by the server)")
     reg.add_argument("--num-classes", type=int)
     reg.add_argument("--class-names", help="comma-separated")
     ds.add_parser("list")

@@ -51,10 +51,12 @@ class GasClient:
         return self._req("POST", f"/api/v1/jobs/{kind}", json=body, headers={"Idempotency-Key": key}).json()
 
     # -------------------------------------------------------------------------------- datasets
-    def register_dataset(self, name: str, path: str, layout: str = "camvid", num_classes: int | None = None,
+    def register_dataset(self, name: str, path: str, layout: str | None = None, num_classes: int | None = None,
                          class_names: list[str] | None = None, ignore_index: int | None = None) -> dict:
-        body = {"name": name, "path": path, "layout": layout}
-        for k, v in (("num_classes", num_classes), ("class_names", class_names), ("ignore_index", ignore_index)):
+        """Register a directory under the server's datasets root (layout detected when not given)."""
+        body = {"name": name, "path": path}
+        for k, v in (("layout", layout), ("num_classes", num_classes), ("class_names", class_names),
+                     ("ignore_index", ignore_index)):
             if v is not None:
                 body[k] = v
         return self._req("POST", "/api/v1/datasets", json=body).json()

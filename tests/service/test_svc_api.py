@@ -290,3 +290,43 @@ def test_concurrent_posts_with_one_idempotency_key_create_one_job(fake_stack, da
     for t in threads:
         t.join()
     assert codes == [202] * 8 and len(set(ids)) == 1
+
+
+def _make_folder_dataset(root, name: str, masks_missing: int = 0):
+    import shutil
+    from pathlib import Path
+
+    src = Path(root) / "camvid_tiny"
+    dst = Path(root) / name
+    for split in ("train", "val"):
+        (dst / split / "images").mkdir(parents=True)
+        (dst / split / "masks").mkdir(parents=True)
+        for i, img in enumerate(sorted((src / split).iterdir())[:4]):
+            shutil.copy(img, dst / split / "images" / img.name)
+            if not (split == "train" and i < masks_missing):
+                shutil.copy(src / f"{split}annot" / (img.stem + ".png"), dst / split / "masks" / (img.stem + ".png"))
+    return dst
+
+
+def test_register_folder_layout_detected_and_checked(api, fake_stack):
+    root = fake_stack.env["GAS_DATASETS_ROOT"]
+    name = f"folder-{uuid.uuid4().hex[:6]}"
+    _make_folder_dataset(root, name)
+    body = _problem(api.post("/api/v1/datasets", json={"name": "f", "path": name}), 422)  # folder has no class count
+    assert "num_classes" in _fields(body)
+    r = api.post("/api/v1/datasets", json={"name": "f", "path": name, "num_classes": 11})
+    assert r.status_code == 201, r.text
+    ds = r.json()
+    assert ds["layout"] == "folder" and ds["stats"]["images"] == {"train": 4, "val": 4} and ds["ignore_index"] == 11
+    assert r.headers["location"] == f"/api/v1/datasets/{ds['id']}"
+    # wrong layout named explicitly
+    body = _problem(api.post("/api/v1/datasets", json={"name": "f", "path": name, "layout": "camvid"}), 422)
+    assert "path" in _fields(body)
+
+
+def test_register_dataset_with_missing_masks_is_422_without_server_paths(api, fake_stack):
+    root = fake_stack.env["GAS_DATASETS_ROOT"]
+    name = f"holes-{uuid.uuid4().hex[:6]}"
+    _make_folder_dataset(root, name, masks_missing=1)
+    body = _problem(api.post("/api/v1/datasets", json={"name": "h", "path": name, "num_classes": 11}), 422)
+    assert "path" in _fields(body) and "mask" in body["detail"] and root not in body["detail"]
