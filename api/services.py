@@ -66,11 +66,51 @@ def register_dataset(s: Session, settings: ServiceSettings, tenant: str, body: D
         layout.ignore_index if layout.ignore_index is not None and num_classes == layout.num_classes else num_classes)
     if ignore < num_classes:
         raise invalid("ignore_index", f"must not be a class id (0..{num_classes - 1})")
+    summary: dict[str, Any] = {"images": stats}
+    if settings.dataset_validation:
+        summary.update(validate_files(real, layout.name, num_classes, ignore, names, settings))
     ds = Dataset(tenant_id=tenant, name=body.name, layout=layout.name, root=str(real), num_classes=num_classes,
-                 class_names=names, ignore_index=ignore, stats={"images": stats})
+                 class_names=names, ignore_index=ignore, stats=summary)
     s.add(ds)
     s.commit()
     return ds
+
+
+_VALIDATE = ("import json, sys\n"
+             "from core.validate import validate_dataset\n"
+             "a = json.loads(sys.stdin.read())\n"
+             "print(json.dumps(validate_dataset(a['root'], a['layout'], a['num_classes'], a['ignore_index'],"
+             " class_names=a['class_names'])))\n")
+
+
+def validate_files(root: Path, layout: str, num_classes: int, ignore: int, names: list[str] | None,
+                   settings: ServiceSettings) -> dict:
+    """Decode every pair with the core's validator in a child process (the API never imports torch);
+    a dataset with bad files is refused with 422 listing them (paths relative to the dataset)."""
+    import subprocess
+    import sys
+
+    arg = json.dumps({"root": str(root), "layout": layout, "num_classes": num_classes, "ignore_index": ignore,
+                      "class_names": names})
+    try:
+        proc = subprocess.run([sys.executable, "-c", _VALIDATE], input=arg, capture_output=True, text=True,
+                              timeout=settings.dataset_validation_timeout_s,
+                              cwd=str(Path(__file__).resolve().parent.parent))
+    except subprocess.TimeoutExpired:
+        raise invalid("path", f"dataset check did not finish within {settings.dataset_validation_timeout_s:g}s") from None
+    if proc.returncode != 0:
+        log.error("dataset validation crashed: %s", proc.stderr[-2000:])
+        raise Problem(500, "dataset validation failed (logged)")
+    rep = json.loads(proc.stdout.strip().splitlines()[-1])
+    if not rep["ok"]:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(rep["bad_counts"].items()))
+        errors = [{"loc": ["body", "path"], "field": "path", "type": kind,
+                   "msg": _strip_root(f"{b['file']}: {b['reason']}", root)}
+                  for kind, files in sorted(rep["bad_files"].items()) for b in files]
+        raise Problem(422, f"invalid dataset: {kinds}", type_="/problems/invalid-dataset", errors=errors,
+                      bad_counts=rep["bad_counts"])
+    return {"splits": rep["splits"], "class_frequency": rep["class_frequency"],
+            "channel_mean": rep["channel_mean"], "channel_std": rep["channel_std"]}
 
 
 def _strip_root(msg: str, root: Path) -> str:

@@ -27,6 +27,8 @@ class ServiceSettings(BaseSettings):
     work_dir: Path | None = Field(None, description="Root of per-job work dirs (checkpoints; must be shared by all workers); empty = `<data_dir>/work`.")
     lut_dir: Path | None = Field(None, description="Directory of latency lookup tables reused across jobs; empty = `<data_dir>/luts`.")
     datasets_root: Path = Field(Path("datasets"), description="Only directories under this root can be registered as datasets.")
+    dataset_validation: bool = Field(True, description="Check every image/mask pair (decode, sizes, mask values) when a dataset is registered, in a child process.")
+    dataset_validation_timeout_s: float = Field(900.0, gt=0, description="Time limit of that check; a dataset that takes longer is refused (422).")
     default_tenant: str = Field("default", description="Tenant id written on rows until authentication exists.")
 
     # --- job lifecycle ------------------------------------------------------------------------

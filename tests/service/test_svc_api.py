@@ -2,6 +2,7 @@
 changing nothing), 404s, datasets root confinement, idempotency, pagination, OpenAPI, health."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -330,3 +331,31 @@ def test_register_dataset_with_missing_masks_is_422_without_server_paths(api, fa
     _make_folder_dataset(root, name, masks_missing=1)
     body = _problem(api.post("/api/v1/datasets", json={"name": "h", "path": name, "num_classes": 11}), 422)
     assert "path" in _fields(body) and "mask" in body["detail"] and root not in body["detail"]
+
+
+@pytest.mark.parametrize("damage,kind", [("values", "mask_values"), ("size", "size_mismatch"), ("decode", "image_decode")])
+def test_register_dataset_with_bad_files_is_422_naming_them(api, fake_stack, damage, kind):
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    root = fake_stack.env["GAS_DATASETS_ROOT"]
+    name = f"bad-{damage}-{uuid.uuid4().hex[:6]}"
+    dst = _make_folder_dataset(root, name)
+    img = sorted((dst / "train" / "images").iterdir())[1]
+    mask = dst / "train" / "masks" / (img.stem + ".png")
+    if damage == "values":
+        m = np.array(Image.open(mask))
+        m[0, :10] = 200
+        Image.fromarray(m).save(mask)
+    elif damage == "size":
+        Image.open(mask).resize((32, 24), Image.NEAREST).save(mask)
+    else:
+        img.write_bytes(b"not an image at all")
+    before = len(api.get("/api/v1/datasets", params={"limit": 200}).json()["items"])
+    body = _problem(api.post("/api/v1/datasets", json={"name": "b", "path": name, "num_classes": 11}), 422)
+    assert kind in body["bad_counts"] and body["bad_counts"][kind] == 1, body
+    assert any(e["type"] == kind and e["msg"].startswith(f"train/") for e in body["errors"]), body
+    assert root not in json.dumps(body)
+    assert len(api.get("/api/v1/datasets", params={"limit": 200}).json()["items"]) == before
