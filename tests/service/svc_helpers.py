@@ -1,9 +1,7 @@
 """Helpers of the service tests (imported by conftest.py and the test modules)."""
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -14,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import psycopg
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable

@@ -10,7 +10,6 @@ import io
 import json
 import signal
 import subprocess
-import time
 
 import pytest
 from sqlalchemy import select
