@@ -57,6 +57,7 @@ class TenantMixin:
 
 class Dataset(TenantMixin, Base):
     __tablename__ = "datasets"
+    __table_args__ = (Index("ix_datasets_tenant_sha256", "tenant_id", "sha256"),)
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
     layout: Mapped[str] = mapped_column(String(32))
@@ -66,6 +67,14 @@ class Dataset(TenantMixin, Base):
     ignore_index: Mapped[int] = mapped_column(Integer)
     stats: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Ingest and validation (datasets issue): a dataset is usable by jobs only when "ready".
+    status: Mapped[str] = mapped_column(String(16), default="ready", server_default="ready", index=True)
+    source: Mapped[str] = mapped_column(String(16), default="directory", server_default="directory")
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    report: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    validation_job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    deleted_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class Job(TenantMixin, Base):
