@@ -5,6 +5,7 @@ Contract (stable; the service is built against it):
 - ``run_search(spec, workdir, progress=..., should_cancel=..., lut_dir=...) -> dict``
 - ``run_retrain(spec, workdir, progress=..., should_cancel=...) -> dict``
 - ``run_benchmark(spec, workdir, progress=..., should_cancel=...) -> dict``
+- ``run_validate(spec, workdir, progress=..., should_cancel=...) -> dict`` (dataset validation)
 
 ``spec`` is the matching pydantic model of :mod:`core.specs` (or a plain dict of it).
 ``workdir`` is a directory owned by the job across attempts: checkpoints live in
@@ -13,7 +14,7 @@ Finished artifacts are written atomically into ``workdir/artifacts``:
 ``lut_dir`` (search) and ``data_cache_dir`` (search, retrain) are shared caches across jobs:
 latency tables and prepared (decoded, resized uint8) datasets; default: inside ``workdir``.
 ``genotype.json`` and ``report.json`` (search), ``checkpoint.safetensors`` and ``report.json``
-(retrain), ``report.json`` (benchmark). The returned dict is a JSON-able result summary.
+(retrain), ``report.json`` (benchmark, validate). The returned dict is a JSON-able result summary.
 
 ``progress(event: dict)`` receives ``{"phase", "epoch", "epochs", "step", "steps", "metrics",
 "expected_latency_ms", "op_probs"(search only), "message"}`` (keys may be missing when not
@@ -25,7 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from .specs import BenchmarkJobSpec, RetrainJobSpec, SearchJobSpec
+from .specs import BenchmarkJobSpec, RetrainJobSpec, SearchJobSpec, ValidateJobSpec
 
 ProgressFn = Callable[[dict[str, Any]], None]
 CancelFn = Callable[[], bool]
@@ -66,3 +67,21 @@ def run_benchmark(spec: BenchmarkJobSpec | dict, workdir: str | Path, *, progres
 
     spec = BenchmarkJobSpec.model_validate(spec)
     return benchmark_pipeline(spec, Path(workdir), progress, should_cancel)
+
+
+def run_validate(spec: ValidateJobSpec | dict, workdir: str | Path, *, progress: ProgressFn = _noop,
+                 should_cancel: CancelFn = _never) -> dict:
+    """Validate every file of a dataset (core.validate); the full report is ``artifacts/report.json``."""
+    from .checkpoint import save_json
+    from .validate import validate_dataset
+
+    spec = ValidateJobSpec.model_validate(spec)
+    if should_cancel():
+        raise Cancelled("cancelled before validation")
+    ref = spec.dataset
+    progress({"phase": "validate", "message": f"checking every image and mask of {ref.layout} dataset"})
+    report = validate_dataset(ref.root, ref.layout, ref.num_classes, ref.ignore_index, spec.splits,
+                              ref.class_names, spec.max_bad_per_kind)
+    save_json(Path(workdir) / "artifacts" / "report.json", {"kind": "validate", **report})
+    return {"ok": report["ok"], "bad_counts": report["bad_counts"],
+            "images": {k: v["images"] for k, v in report["splits"].items()}}

@@ -157,3 +157,9 @@ class BenchmarkJobSpec(_Strict):
     width: int = Field(480, ge=16, le=4096, description="Input width.")
     iters: int = Field(100, ge=5, le=100_000, description="Timed iterations.")
     budget_ms: float | None = Field(None, gt=0.0, description="Budget to compare against, if any.")
+
+
+class ValidateJobSpec(_Strict):
+    dataset: DatasetRef
+    splits: list[str] | None = Field(None, description="Splits that must be present; None = every split the layout finds.")
+    max_bad_per_kind: int = Field(20, ge=1, le=10_000, description="Bad files listed per kind of problem (all are counted).")

@@ -81,7 +81,8 @@ def validate_dataset(root: str | Path, layout: str | Layout, num_classes: int, i
         bad_counts[kind] += 1
         if len(bad[kind]) < max_bad_per_kind:
             rel = str(Path(file).relative_to(root)) if Path(file).is_relative_to(root) else file
-            bad[kind].append({"file": rel, "reason": reason})
+            # reasons name files relative to the dataset root, never the server's absolute layout
+            bad[kind].append({"file": rel, "reason": reason.replace(str(root) + "/", "")})
 
     if not wanted:
         report("missing_split", str(root), f"no split found; expected {lay.expected}")

@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 
-from worker.kinds import NEEDS_LUT_DIR, resolve
+from worker.kinds import NEEDS_DATA_CACHE, NEEDS_LUT_DIR, resolve
 
 
 def main() -> int:
@@ -49,6 +49,8 @@ def main() -> int:
     kwargs = dict(progress=lambda ev: send({"t": "progress", "event": ev}), should_cancel=cancel.is_set)
     if job["kind"] in NEEDS_LUT_DIR:
         kwargs["lut_dir"] = job["lut_dir"]
+    if job["kind"] in NEEDS_DATA_CACHE and job.get("data_cache_dir"):
+        kwargs["data_cache_dir"] = job["data_cache_dir"]
     try:
         from core.jobs import Cancelled
     except Exception:  # noqa: BLE001 - core not importable: its entry point will fail below anyway

@@ -12,9 +12,11 @@ DEFAULT_KINDS: dict[str, str] = {
     "search": "core.jobs:run_search",
     "retrain": "core.jobs:run_retrain",
     "benchmark": "core.jobs:run_benchmark",
+    "validate": "core.jobs:run_validate",
 }
 # Extra keyword arguments a kind's entry point accepts (beyond progress/should_cancel).
 NEEDS_LUT_DIR = {"search"}
+NEEDS_DATA_CACHE = {"search", "retrain"}  # prepared data shared across jobs (per dataset and resolution)
 
 
 def target_for(kind: str, overrides: dict[str, str] | None = None) -> str:

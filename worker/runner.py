@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError
 
 from storage import jobs as sm
 from storage.artifacts import get_store
+from storage.datasets import VALIDATE_KIND, apply_validation
 from storage.db import get_sessionmaker
 from storage.dispatch import send_job
 from storage.models import Job
@@ -107,7 +108,8 @@ def run_job(job_id: str, settings: ServiceSettings) -> str:
     try:
         (workdir / "logs").mkdir(parents=True, exist_ok=True)
         msg = dict(kind=kind, target=target_for(kind, settings.kind_overrides()), spec=spec, workdir=str(workdir),
-                   lut_dir=str(settings.lut_path), orphan_grace_s=settings.cancel_grace_s)
+                   lut_dir=str(settings.lut_path), data_cache_dir=str(settings.cache_path),
+                   orphan_grace_s=settings.cancel_grace_s)
         child = Child(msg, workdir / "logs" / f"attempt-{attempt}.log")
     except Exception as exc:  # noqa: BLE001 - cannot even start the job: it fails with the reason
         log.exception("job %s: could not start attempt %d", job_id, attempt)
@@ -230,6 +232,8 @@ def _succeed(s, settings: ServiceSettings, job_id: str, attempt: int, result: di
     record.record_fps(s, job, summary, report, genotype)
     if job.kind == "search":
         record.record_luts(s, job, settings.lut_path)
+    if job.kind == VALIDATE_KIND:
+        apply_validation(s, job, report)
     s.commit()
     final = {"summary": summary, "core": result}
     if genotype is not None:
