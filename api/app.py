@@ -10,6 +10,7 @@ from storage.db import get_sessionmaker
 from storage.settings import ServiceSettings, get_settings
 
 from . import problems
+from .auth import KeyCache
 from .metrics import JobsCollector, Metrics, MetricsMiddleware
 from .routes import api, system
 from .services import jobs_by_status, make_reader
@@ -25,6 +26,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.store = get_store(settings.artifacts_path)
     app.state.reader = make_reader(settings)
+    app.state.key_cache = KeyCache()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     metrics = Metrics()
 

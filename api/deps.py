@@ -10,6 +10,7 @@ from storage.artifacts import ArtifactStore
 from storage.db import get_sessionmaker
 from storage.settings import ServiceSettings
 
+from .auth import authenticate
 from .services import AsyncPgJobReader, JobReader
 
 
@@ -23,11 +24,6 @@ def _session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def _tenant(request: Request) -> str:
-    # Until authentication exists every request belongs to the default tenant.
-    return request.app.state.settings.default_tenant
-
-
 def _store(request: Request) -> ArtifactStore:
     return request.app.state.store
 
@@ -36,14 +32,11 @@ async def _reader(request: Request):
     return request.app.state.reader
 
 
-async def _tenant_async(request: Request) -> str:
-    return request.app.state.settings.default_tenant
-
-
 SettingsDep = Annotated[ServiceSettings, Depends(_settings)]
 SessionDep = Annotated[Session, Depends(_session)]
-TenantDep = Annotated[str, Depends(_tenant)]
+# The authenticated tenant (api.auth: 401 without a valid key). ONE dependency scopes every query.
+TenantDep = Annotated[str, Depends(authenticate)]
 StoreDep = Annotated[ArtifactStore, Depends(_store)]
 ReaderDep = Annotated[JobReader | AsyncPgJobReader, Depends(_reader)]
-# async twin of TenantDep for async handlers (no threadpool hop)
-TenantAsyncDep = Annotated[str, Depends(_tenant_async)]
+# the same dependency, under the name async handlers use
+TenantAsyncDep = TenantDep

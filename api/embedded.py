@@ -2,7 +2,8 @@
 
 ``gas-serve`` (or ``python -m api.embedded``) migrates the SQLite database, starts a real Celery
 worker on kombu's SQLAlchemy transport (broker = a SQLite file), the sweeper loop, and the API
-(uvicorn) bound to 127.0.0.1. Everything lives under ``GAS_DATA_DIR`` (default ./var). The worker
+(uvicorn) bound to 127.0.0.1. At first start it creates the default tenant and an API key
+and prints the key once. Everything lives under ``GAS_DATA_DIR`` (default ./var). The worker
 and the sweeper are child processes (started by module name; api never imports worker) and are
 restarted if they die. Ctrl-C stops all of them.
 """
@@ -76,6 +77,19 @@ class Supervised:
             self.proc.wait()
 
 
+def _first_key(settings: ServiceSettings) -> None:
+    """First start (no API key exists): create the default tenant and a key, and print the key ONCE."""
+    from storage.auth import bootstrap
+    from storage.db import get_sessionmaker
+
+    with get_sessionmaker(settings.db_url)() as s:
+        new = bootstrap(s, settings.default_tenant)
+    if new is not None:
+        print(f"\nGAS API key for tenant {new.tenant_id!r} (shown only now; stored hashed):\n\n    {new.key}\n\n"
+              f"    export GAS_API_KEY={new.key}\n\nMore keys: gas-admin keys create TENANT --create-tenant\n",
+              flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="gas-serve", description=__doc__.split("\n\n")[0])
     ap.add_argument("--port", type=int, default=None, help="API port (default GAS_API_PORT)")
@@ -96,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                GAS_LUT_DIR=str(settings.lut_path))
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     upgrade(settings.db_url)
+    _first_key(settings)
     logs = data / "logs"
     logs.mkdir(exist_ok=True)
     children = [Supervised("worker", [sys.executable, "-m", "worker"], env, logs / "worker.log"),
@@ -108,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     # uvicorn re-raises the SIGTERM it caught after its graceful shutdown; turn it into SystemExit so
     # that the children are stopped below instead of the process dying on the default action.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        log.info("API on http://%s:%d (data in %s)", app_settings.api_host, app_settings.api_port, data)
-        uvicorn.run(create_app(app_settings), host=app_settings.api_host, port=app_settings.api_port,
+    try:  # embedded mode: loopback only, whatever GAS_API_HOST says
+        log.info("API on http://127.0.0.1:%d (data in %s)", app_settings.api_port, data)
+        uvicorn.run(create_app(app_settings), host="127.0.0.1", port=app_settings.api_port,
                     log_level=settings.log_level.lower(), access_log=False)
     finally:
         for c in children:

@@ -12,9 +12,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM = "application/problem+json"
 log = logging.getLogger("gas.api")
-TITLES = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
+TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
           413: "Payload Too Large", 415: "Unsupported Media Type", 416: "Range Not Satisfiable",
-          422: "Unprocessable Content", 500: "Internal Server Error", 503: "Service Unavailable"}
+          422: "Unprocessable Content", 429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 class Problem(Exception):
@@ -69,8 +69,26 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception):
+        if _database_down(exc):  # an outage is not a bug: 503, the client retries
+            log.warning("database unreachable on %s %s: %s", request.method, request.url.path,
+                        str(exc).splitlines()[0][:200])
+            return problem_response(503, "database unreachable; retry shortly", instance=request.url.path,
+                                    type_="/problems/unavailable", headers={"Retry-After": "5"})
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem_response(500, "internal error (logged)", instance=request.url.path)
+
+
+def _database_down(exc: BaseException) -> bool:
+    """A lost or refused database connection (SQLAlchemy or the async psycopg read path)."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if isinstance(exc, (OperationalError, InterfaceError)) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        return True
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
 
 
 def invalid(field: str, msg: str, type_: str = "value_error") -> Problem:

@@ -1,6 +1,7 @@
 """Route handlers (thin: parse, call a service, shape the response)."""
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -11,20 +12,27 @@ from starlette.concurrency import run_in_threadpool
 from storage.db import get_sessionmaker
 
 from . import services as svc
+from .auth import Authenticated
 from .deps import ReaderDep, SessionDep, SettingsDep, StoreDep, TenantAsyncDep, TenantDep
 from .problems import PROBLEM, Problem, problem_response
 from .schemas import (ArtifactList, BenchmarkJobCreate, DatasetCreate, DatasetList, DatasetOut, EventList, Health,
                       JobList, JobOut, RetrainJobCreate, SearchJobCreate)
 
 PROBLEM_RESPONSES = {code: {"content": {PROBLEM: {}}, "description": desc} for code, desc in
-                     {403: "Forbidden (problem+json)", 404: "Unknown id (problem+json)",
-                      409: "Conflict (problem+json)", 422: "Invalid request (problem+json)"}.items()}
+                     {401: "Missing, invalid or revoked API key (problem+json, WWW-Authenticate)",
+                      403: "Forbidden (problem+json)", 404: "Unknown id (problem+json)",
+                      409: "Conflict, or the tenant's storage quota is used up (problem+json)",
+                      422: "Invalid request (problem+json)",
+                      429: "The tenant's concurrent-jobs quota is reached (problem+json, Retry-After)",
+                      503: "The database is unreachable (problem+json, Retry-After)"}.items()}
+AUTH_RESPONSES = {401: PROBLEM_RESPONSES[401], 503: PROBLEM_RESPONSES[503]}
 IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
                                        description="Retrying a POST with the same key returns the same job.")]
 Limit = Annotated[int | None, Query(ge=1, description="Page size (default GAS_PAGE_SIZE_DEFAULT, capped at GAS_PAGE_SIZE_MAX).")]
 Offset = Annotated[int, Query(ge=0, le=10_000_000)]
 
-api = APIRouter(prefix="/api/v1", responses=PROBLEM_RESPONSES)
+# Every /api/v1 route needs an API key (api.auth); handlers get the tenant from the same dependency.
+api = APIRouter(prefix="/api/v1", responses=PROBLEM_RESPONSES, dependencies=[Authenticated])
 system = APIRouter()
 
 
@@ -188,14 +196,17 @@ async def readyz(request: Request):
             await run_in_threadpool(fn)
             checks[name] = "ok"
         except Exception as exc:  # noqa: BLE001 - any failure means not ready; reported in the body
-            checks[name] = f"down: {type(exc).__name__}: {str(exc)[:200]}"
+            # /readyz needs no key: name the failure, keep hosts and messages in the log only
+            logging.getLogger("gas.api").warning("readiness: %s down: %s", name, str(exc)[:300])
+            checks[name] = f"down: {type(exc).__name__}"
     if all(v == "ok" for v in checks.values()):
         return {"status": "ready", "checks": checks}
     down = ", ".join(k for k, v in checks.items() if v != "ok")
     return problem_response(503, f"not ready: {down} unreachable", instance="/readyz", checks=checks)
 
 
-@system.get("/metrics", tags=["system"], summary="Prometheus metrics",
-            response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+@system.get("/metrics", tags=["system"], summary="Prometheus metrics (service-wide aggregates; needs an API key)",
+            dependencies=[Authenticated],
+            response_class=Response, responses={200: {"content": {"text/plain": {}}}, **AUTH_RESPONSES})
 def metrics(request: Request):
     return Response(generate_latest(request.app.state.metrics.scrape_registry()), media_type=CONTENT_TYPE_LATEST)

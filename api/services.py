@@ -23,6 +23,7 @@ from storage.dispatch import send_job
 from storage.models import Artifact, Dataset, Genotype, Job, JobEvent
 from storage.settings import ServiceSettings
 
+from . import quotas
 from .problems import Problem, from_spec_error, invalid
 from .schemas import (BenchmarkJobCreate, DatasetCreate, RetrainJobCreate, SearchJobCreate)
 
@@ -315,6 +316,7 @@ def find_idempotent(s: Session, tenant: str, key: str | None, kind: str, payload
 def create_job(s: Session, settings: ServiceSettings, tenant: str, *, kind: str, spec: dict, payload: dict,
                idem_key: str | None, dataset_id: str | None = None, parent_job_id: str | None = None) -> tuple[Job, bool]:
     """Insert the row (committed: the job now exists), then enqueue its wake-up. Returns (job, created)."""
+    quotas.enforce(s, settings, tenant, kind, idem_key)  # 429/409 past the tenant's quotas (api.quotas)
     job = Job(tenant_id=tenant, kind=kind, status=sm.QUEUED, spec=spec, request=payload, dataset_id=dataset_id,
               parent_job_id=parent_job_id, idempotency_key=idem_key,
               request_hash=request_hash(kind, payload) if idem_key else None, max_attempts=settings.max_attempts)

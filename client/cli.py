@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="gas", description="GAS as a service: command line client",
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--url", default=None, help="service URL (default $GAS_URL or http://127.0.0.1:8000)")
+    ap.add_argument("--api-key", default=None, help="API key (default $GAS_API_KEY)")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     ds = sub.add_parser("datasets", help="register or list datasets").add_subparsers(dest="dcmd", required=True)
@@ -127,7 +128,7 @@ def _finish(c: GasClient, job: dict, watch: bool) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with GasClient(args.url) as c:
+        with GasClient(args.url, api_key=args.api_key) as c:
             if args.cmd == "datasets":
                 if args.dcmd == "list":
                     _print(c.datasets())

@@ -22,9 +22,13 @@ class GasError(Exception):
 
 
 class GasClient:
-    def __init__(self, base_url: str | None = None, *, timeout: float = 30.0, transport: httpx.BaseTransport | None = None):
+    def __init__(self, base_url: str | None = None, *, api_key: str | None = None, timeout: float = 30.0,
+                 transport: httpx.BaseTransport | None = None):
+        """``api_key`` defaults to ``$GAS_API_KEY`` (sent as ``Authorization: Bearer``)."""
         self.base_url = (base_url or os.environ.get("GAS_URL") or "http://127.0.0.1:8000").rstrip("/")
-        self.http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+        key = api_key or os.environ.get("GAS_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport, headers=headers)
 
     def close(self) -> None:
         self.http.close()

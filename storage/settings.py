@@ -29,7 +29,13 @@ class ServiceSettings(BaseSettings):
     datasets_root: Path = Field(Path("datasets"), description="Only directories under this root can be registered as datasets.")
     dataset_validation: bool = Field(True, description="Check every image/mask pair (decode, sizes, mask values) when a dataset is registered, in a child process.")
     dataset_validation_timeout_s: float = Field(900.0, gt=0, description="Time limit of that check; a dataset that takes longer is refused (422).")
-    default_tenant: str = Field("default", description="Tenant id written on rows until authentication exists.")
+    default_tenant: str = Field("default", description="Tenant the embedded mode creates (with its first API key) at first start.")
+
+    # --- tenants, API keys, quotas -----------------------------------------------------------
+    quota_concurrent_jobs: int = Field(16, ge=1, description="Default per-tenant cap on queued + running jobs (search, retrain, benchmark); past it 429 + Retry-After. A tenant row can override it.")
+    quota_storage_bytes: int = Field(100 * 2**30, ge=0, description="Default per-tenant cap on stored bytes (artifacts + uploaded datasets); past it new jobs and uploads are refused with 409. A tenant row can override it.")
+    quota_retry_after_s: int = Field(30, ge=1, description="Retry-After (seconds) of a 429 answered for the concurrent-jobs quota.")
+    auth_cache_ttl_s: float = Field(5.0, ge=0, description="Seconds an API process trusts a verified key without asking the database again (a revoked key stops working within this; 0 = always ask).")
 
     # --- job lifecycle ------------------------------------------------------------------------
     max_attempts: int = Field(3, ge=1, le=100, description="Attempts per job before it ends `failed` (worker loss or child crash counts).")

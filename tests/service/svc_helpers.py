@@ -71,6 +71,7 @@ class Stack:
         self.logs = base / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.http = httpx.Client(base_url=self.url, timeout=30)
+        self.api_key: str | None = None
 
     def _spawn(self, key: str, argv: list[str]) -> subprocess.Popen:
         out = open(self.logs / f"{key}.log", "ab")
@@ -82,6 +83,23 @@ class Stack:
     def migrate(self) -> None:
         subprocess.run([PY, "-m", "storage.migrate", "upgrade", "head"], env=self.env, cwd=str(REPO), check=True,
                        capture_output=True)
+
+    def create_key(self, tenant: str = "default", name: str = "tests") -> str:
+        """A new API key for ``tenant`` (created if missing), made through the admin command."""
+        out = subprocess.run([PY, "-m", "api.admin", "keys", "create", tenant, "--name", name, "--create-tenant"],
+                             env=self.env, cwd=str(REPO), check=True, capture_output=True, text=True)
+        return out.stdout.strip().splitlines()[-1]
+
+    def use_key(self, key: str) -> None:
+        """Every request of ``self.http`` (and CLI runs with ``self.env``) sends ``key``."""
+        self.api_key = key
+        self.env["GAS_API_KEY"] = key
+        self.http.headers["Authorization"] = f"Bearer {key}"
+
+    def client(self, key: str | None = None, **kw) -> httpx.Client:
+        """A new HTTP client of this stack sending ``key`` (default: the stack's key)."""
+        key = key or self.api_key
+        return httpx.Client(base_url=self.url, timeout=30, headers={"Authorization": f"Bearer {key}"} if key else {}, **kw)
 
     def start_api(self) -> None:
         self._spawn("api", [PY, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1",
@@ -171,13 +189,15 @@ def make_stack(name: str, tmp_path_factory, datasets_root: Path, lut_dir: Path |
         "GAS_DATASETS_ROOT": str(datasets_root), "GAS_API_PORT": str(free_port()),
         "GAS_HEARTBEAT_INTERVAL_S": "0.5", "GAS_HEARTBEAT_TIMEOUT_S": "4", "GAS_REDISPATCH_AFTER_S": "3",
         "GAS_SWEEP_INTERVAL_S": "1", "GAS_CANCEL_GRACE_S": "3", "GAS_PROGRESS_MIN_INTERVAL_S": "0.2",
-        "GAS_LOG_LEVEL": "info", "OMP_NUM_THREADS": "2",
+        "GAS_LOG_LEVEL": "info", "OMP_NUM_THREADS": "2", "GAS_AUTH_CACHE_TTL_S": "1",
+        "GAS_QUOTA_CONCURRENT_JOBS": "64",
     })
     if lut_dir is not None:
         env["GAS_LUT_DIR"] = str(lut_dir)
     env.update({f"GAS_{k.upper()}": str(v) for k, v in overrides.items()})
     stack = Stack(name, base, env)
     stack.migrate()
+    stack.use_key(stack.create_key("default"))  # the suite's clients send a valid key by default
     stack.start_api()
     return stack, db_name, prefix
 

@@ -280,7 +280,7 @@ def test_concurrent_posts_with_one_idempotency_key_create_one_job(fake_stack, da
     ids, codes, barrier = [], [], threading.Barrier(8)
 
     def post():
-        with httpx.Client(base_url=fake_stack.url, timeout=30) as c:
+        with fake_stack.client() as c:
             barrier.wait()
             r = c.post("/api/v1/jobs/search", json=req, headers={"Idempotency-Key": key})
             codes.append(r.status_code)

@@ -36,7 +36,7 @@ def test_whole_story_register_search_retrain_download(real_stack, tmp_path):
     out = cli(stack, "datasets", "register", "tiny", "camvid_tiny")
     assert out.returncode == 0, out.stderr
     ds = json.loads(out.stdout)["id"]
-    with GasClient(stack.url) as c:
+    with GasClient(stack.url, api_key=stack.api_key) as c:
         job = c.submit_search(ds, settings=TINY_SEARCH, **TINY_BUDGET)
         assert job["status"] == "queued" and job["budget"]["latency_ms"] == TINY_BUDGET["latency_ms"]
         bar = io.StringIO()
@@ -100,7 +100,7 @@ def test_whole_story_register_search_retrain_download(real_stack, tmp_path):
 
 def test_worker_sigkilled_mid_search_finishes_from_checkpoint(real_stack):
     stack = real_stack
-    with GasClient(stack.url) as c:
+    with GasClient(stack.url, api_key=stack.api_key) as c:
         ds = c.register_dataset("tiny-kill", "camvid_tiny")["id"]
         settings = copy.deepcopy(TINY_SEARCH)
         settings.update(epochs=4, warmup_epochs=1)

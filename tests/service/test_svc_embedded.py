@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -38,7 +39,10 @@ def embedded(tmp_path_factory, datasets_root, shared_lut_dir):
         wlog = data / "logs" / "worker.log"
         wait_until(lambda: wlog.exists() and b" ready." in wlog.read_bytes(), 60, "embedded worker ready",
                    lambda: wlog.read_text()[-2000:] if wlog.exists() else None)
-        yield url, data
+        text = (data / "embedded.log").read_text()
+        keys = re.findall(r"^    (gas_[0-9a-f]{12}_\S+)$", text, re.M)
+        assert len(keys) == 1, text[-2000:]  # printed once, at first start
+        yield url, data, keys[0]
     finally:
         p.send_signal(signal.SIGINT)
         try:
@@ -50,16 +54,20 @@ def embedded(tmp_path_factory, datasets_root, shared_lut_dir):
 
 
 def test_embedded_defaults(embedded):
-    url, data = embedded
+    url, data, key = embedded
     assert (data / "gas.db").is_file() and (data / "broker.db").is_file()  # SQLite DB and serverless broker
-    r = httpx.get(url + "/readyz").json()
+    r = httpx.get(url + "/readyz").json()  # readiness needs no key
+    assert url.startswith("http://127.0.0.1:")
+    r401 = httpx.get(url + "/api/v1/jobs")  # everything else does
+    assert r401.status_code == 401 and r401.headers["www-authenticate"].startswith("Bearer")
+    assert httpx.get(url + "/api/v1/jobs", headers={"X-API-Key": key}).status_code == 200
     assert r["checks"] == {"database": "ok", "broker": "ok"}
     assert "worker.log" in os.listdir(data / "logs") and "sweeper.log" in os.listdir(data / "logs")
 
 
 def test_embedded_whole_story(embedded, tmp_path):
-    url, data = embedded
-    with GasClient(url) as c:
+    url, data, key = embedded
+    with GasClient(url, api_key=key) as c:
         ds = c.register_dataset("tiny", "camvid_tiny")["id"]
         job = c.submit_search(ds, settings=TINY_SEARCH, **TINY_BUDGET)
         done = c.wait(job["id"], timeout=240, poll=0.5)
@@ -79,8 +87,8 @@ def test_embedded_whole_story(embedded, tmp_path):
 
 
 def test_embedded_cancel_running_and_queued(embedded):
-    url, _ = embedded
-    with GasClient(url) as c:
+    url, _, key = embedded
+    with GasClient(url, api_key=key) as c:
         ds = c.register_dataset("tiny2", "camvid_tiny")["id"]
         settings = dict(TINY_SEARCH, epochs=30, warmup_epochs=1)
         a = c.submit_search(ds, settings=settings, **TINY_BUDGET)

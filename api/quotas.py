@@ -1,0 +1,72 @@
+"""Per-tenant quotas, checked when a job is created (in its transaction, the tenant row locked on
+PostgreSQL so that concurrent submissions of one tenant are counted one after the other):
+
+- concurrent jobs (queued + running + cancelling search/retrain/benchmark jobs): past the cap the
+  submission is answered 429 with ``Retry-After``;
+- stored bytes (artifacts + uploaded datasets not deleted): past the cap new jobs (and new
+  datasets, whose validation job goes through the same path) are answered 409.
+
+Caps come from the tenant row (``max_concurrent_jobs``, ``max_storage_bytes``) or, where NULL, from
+``GAS_QUOTA_CONCURRENT_JOBS`` / ``GAS_QUOTA_STORAGE_BYTES``.
+"""
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from storage import jobs as sm
+from storage.models import Artifact, Dataset, Job, Tenant
+from storage.settings import ServiceSettings
+
+from .problems import Problem
+
+USER_KINDS = ("search", "retrain", "benchmark")
+ACTIVE = (sm.QUEUED, sm.RUNNING, sm.CANCELLING)
+
+
+def limits(s: Session, settings: ServiceSettings, tenant: str, *, lock: bool = False) -> tuple[int, int]:
+    q = select(Tenant).where(Tenant.id == tenant)
+    if lock and s.get_bind().dialect.name == "postgresql":
+        q = q.with_for_update()
+    row = s.scalar(q)
+    jobs = row.max_concurrent_jobs if row is not None and row.max_concurrent_jobs is not None else settings.quota_concurrent_jobs
+    size = row.max_storage_bytes if row is not None and row.max_storage_bytes is not None else settings.quota_storage_bytes
+    return int(jobs), int(size)
+
+
+def active_jobs(s: Session, tenant: str) -> int:
+    return int(s.scalar(select(func.count()).select_from(Job).where(
+        Job.tenant_id == tenant, Job.kind.in_(USER_KINDS), Job.status.in_(ACTIVE))) or 0)
+
+
+def stored_bytes(s: Session, tenant: str) -> int:
+    arts = s.scalar(select(func.coalesce(func.sum(Artifact.size), 0)).where(Artifact.tenant_id == tenant)) or 0
+    data = s.scalar(select(func.coalesce(func.sum(Dataset.size_bytes), 0)).where(
+        Dataset.tenant_id == tenant, Dataset.deleted_at.is_(None))) or 0
+    return int(arts) + int(data)
+
+
+def enforce(s: Session, settings: ServiceSettings, tenant: str, kind: str, idem_key: str | None = None) -> None:
+    """Raise the 429/409 problem when creating a job of ``kind`` would exceed a quota."""
+    max_jobs, max_bytes = limits(s, settings, tenant, lock=True)
+    if idem_key is not None and s.scalar(select(Job.id).where(Job.tenant_id == tenant,
+                                                              Job.idempotency_key == idem_key)) is not None:
+        return  # a replay of an accepted request (the insert below answers the existing job)
+    used = stored_bytes(s, tenant)
+    if used >= max_bytes:
+        raise Problem(409, f"storage quota exceeded: {used} bytes stored, the quota is {max_bytes} bytes; "
+                           "delete datasets or ask for a larger quota", type_="/problems/quota-storage",
+                      quota="storage_bytes", limit=max_bytes, used=used)
+    if kind in USER_KINDS:
+        n = active_jobs(s, tenant)
+        if n >= max_jobs:
+            raise Problem(429, f"concurrent jobs quota reached: {n} queued or running, the quota is {max_jobs}; "
+                               "retry when one has finished", type_="/problems/quota-concurrent-jobs",
+                          headers={"Retry-After": str(settings.quota_retry_after_s)},
+                          quota="concurrent_jobs", limit=max_jobs, used=n)
+
+
+def usage(s: Session, settings: ServiceSettings, tenant: str) -> dict:
+    max_jobs, max_bytes = limits(s, settings, tenant)
+    return {"concurrent_jobs": {"used": active_jobs(s, tenant), "limit": max_jobs},
+            "storage_bytes": {"used": stored_bytes(s, tenant), "limit": max_bytes}}
