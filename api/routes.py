@@ -19,7 +19,8 @@ from .schemas import (ArtifactList, BenchmarkJobCreate, DatasetCreate, DatasetLi
                       JobList, JobOut, RetrainJobCreate, SearchJobCreate)
 
 PROBLEM_RESPONSES = {code: {"content": {PROBLEM: {}}, "description": desc} for code, desc in
-                     {401: "Missing, invalid or revoked API key (problem+json, WWW-Authenticate)",
+                     {400: "Malformed request body (problem+json)",
+                      401: "Missing, invalid or revoked API key (problem+json, WWW-Authenticate)",
                       403: "Forbidden (problem+json)", 404: "Unknown id (problem+json)",
                       409: "Conflict, or the tenant's storage quota is used up (problem+json)",
                       422: "Invalid request (problem+json)",
