@@ -15,7 +15,8 @@ from . import services as svc
 from .auth import Authenticated
 from .deps import ReaderDep, SessionDep, SettingsDep, StoreDep, TenantAsyncDep, TenantDep
 from .problems import PROBLEM, Problem, problem_response
-from .schemas import (ArtifactList, BenchmarkJobCreate, DatasetCreate, DatasetList, DatasetOut, EventList, Health,
+from .schemas import (ArtifactList, BenchmarkJobCreate, DatasetCreate, DatasetList, DatasetOut, DatasetUploadParams,
+                      EventList, Health,
                       JobList, JobOut, RetrainJobCreate, SearchJobCreate)
 
 PROBLEM_RESPONSES = {code: {"content": {PROBLEM: {}}, "description": desc} for code, desc in
@@ -48,24 +49,57 @@ def _limit(settings, limit: int | None) -> int:
 
 
 # ------------------------------------------------------------------------------------------ datasets
-@api.post("/datasets", status_code=201, response_model=DatasetOut, tags=["datasets"])
+@api.post("/datasets", status_code=201, response_model=DatasetOut, tags=["datasets"],
+          summary="Register a server-side directory (status validating until its validation job ends)")
 def register_dataset(body: DatasetCreate, s: SessionDep, settings: SettingsDep, tenant: TenantDep, response: Response):
     ds = svc.register_dataset(s, settings, tenant, body)
     response.headers["Location"] = f"/api/v1/datasets/{ds.id}"
-    return svc.dataset_out(ds, settings)
+    return svc.dataset_out(s, ds, settings)
+
+
+UPLOAD_BODY = {"requestBody": {"required": True, "description": "The archive: zip, tar or tar.gz (kind read from its content).",
+                               "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                                           "application/zip": {"schema": {"type": "string", "format": "binary"}},
+                                           "application/gzip": {"schema": {"type": "string", "format": "binary"}},
+                                           "application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}}
+
+
+@api.post("/datasets/uploads", status_code=201, response_model=DatasetOut, tags=["datasets"],
+          summary="Upload an archive as a dataset (streamed; 413 past the cap; same archive = same dataset)",
+          openapi_extra=UPLOAD_BODY, responses={200: {"model": DatasetOut, "description": "The same archive was already uploaded"},
+                                                413: {"content": {PROBLEM: {}}, "description": "Upload too large"}})
+async def upload_dataset(request: Request, params: Annotated[DatasetUploadParams, Query()], settings: SettingsDep,
+                         tenant: TenantAsyncDep):
+    tmp, sha, size = await svc.receive_upload(request, settings)
+
+    def register() -> tuple[dict, bool]:
+        with get_sessionmaker(settings.db_url, settings.db_pool_size)() as s:
+            ds, created = svc.register_upload(s, settings, tenant, params, tmp, sha, size)
+            return svc.dataset_out(s, ds, settings), created
+
+    out, created = await run_in_threadpool(register)
+    return JSONResponse(DatasetOut.model_validate(out).model_dump(mode="json"), status_code=201 if created else 200,
+                        headers={"Location": f"/api/v1/datasets/{out['id']}"})
+
+
+@api.delete("/datasets/{dataset_id}", status_code=204, tags=["datasets"],
+            summary="Delete a dataset (409 while a queued or running job uses it)")
+def delete_dataset(dataset_id: str, s: SessionDep, settings: SettingsDep, tenant: TenantDep):
+    svc.delete_dataset(s, settings, tenant, dataset_id)
+    return Response(status_code=204)
 
 
 @api.get("/datasets", response_model=DatasetList, tags=["datasets"])
 def list_datasets(s: SessionDep, settings: SettingsDep, tenant: TenantDep, limit: Limit = None, offset: Offset = 0):
     n = _limit(settings, limit)
     items = svc.list_datasets(s, tenant, n, offset)
-    return dict(items=[svc.dataset_out(d, settings) for d in items], limit=n, offset=offset,
+    return dict(items=[svc.dataset_out(s, d, settings) for d in items], limit=n, offset=offset,
                 next_offset=offset + n if len(items) == n else None)
 
 
 @api.get("/datasets/{dataset_id}", response_model=DatasetOut, tags=["datasets"])
 def get_dataset(dataset_id: str, s: SessionDep, settings: SettingsDep, tenant: TenantDep):
-    return svc.dataset_out(svc.get_dataset(s, tenant, dataset_id), settings)
+    return svc.dataset_out(s, svc.get_dataset(s, tenant, dataset_id), settings)
 
 
 # -------------------------------------------------------------------------------------------- jobs

@@ -30,16 +30,39 @@ class DatasetCreate(_In):
         return self
 
 
+class DatasetUploadParams(_In):
+    """Query parameters of an archive upload (the body is the archive itself)."""
+
+    name: str = Field(..., min_length=1, max_length=200, description="Display name.")
+    layout: Layout | None = Field(None, description="Directory layout inside the archive; omitted = detected.")
+    num_classes: int | None = Field(None, ge=2, le=1024, description="Classes; default: the layout's.")
+    class_names: list[str] | None = Field(None, description="Class names (repeat the parameter), index = class id.")
+    ignore_index: int | None = Field(None, ge=0, le=65535, description="Mask value ignored; default: the layout's, else num_classes.")
+
+    @model_validator(mode="after")
+    def _names(self) -> "DatasetUploadParams":
+        if self.class_names is not None and self.num_classes is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}")
+        return self
+
+
 class DatasetOut(BaseModel):
     id: str
     name: str
     layout: str
-    path: str = Field(description="Path relative to the datasets root.")
+    path: str = Field(description="Path relative to the datasets root, or upload:<sha256> for an uploaded archive.")
     num_classes: int
     class_names: list[str] | None
     ignore_index: int
     stats: dict[str, Any]
     created_at: datetime
+    status: Literal["validating", "ready", "invalid"] = Field(description="Jobs can use the dataset only when ready.")
+    source: Literal["directory", "upload"]
+    sha256: str | None = Field(None, description="sha256 of the uploaded archive (content address).")
+    size_bytes: int | None = Field(None, description="Size of the uploaded archive.")
+    validation_job_id: str | None = Field(None, description="The job that checks every file.")
+    report: dict[str, Any] | None = Field(None, description="Validation report: counts per split, sizes, class "
+                                          "frequencies, channel mean/std, bad files with reasons.")
 
 
 class DatasetList(BaseModel):

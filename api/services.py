@@ -6,17 +6,23 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from datetime import datetime
+import shutil
+import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import ValidationError
 from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core.specs import BenchmarkJobSpec, DatasetRef, RetrainJobSpec, SearchJobSpec
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from core.specs import BenchmarkJobSpec, DatasetRef, RetrainJobSpec, SearchJobSpec, ValidateJobSpec
+from storage import datasets as dsm
 from storage import jobs as sm
 from storage.artifacts import safe_name
 from storage.dispatch import send_job
@@ -25,7 +31,7 @@ from storage.settings import ServiceSettings
 
 from . import quotas
 from .problems import Problem, from_spec_error, invalid
-from .schemas import (BenchmarkJobCreate, DatasetCreate, RetrainJobCreate, SearchJobCreate)
+from .schemas import BenchmarkJobCreate, DatasetCreate, DatasetUploadParams, RetrainJobCreate, SearchJobCreate
 
 log = logging.getLogger("gas.api")
 API = "/api/v1"
@@ -33,6 +39,7 @@ API = "/api/v1"
 
 # ------------------------------------------------------------------------------------------ datasets
 def register_dataset(s: Session, settings: ServiceSettings, tenant: str, body: DatasetCreate) -> Dataset:
+    """A server-side directory under the datasets root: structure checked now, every file by a job."""
     root = Path(settings.datasets_root).resolve()
     if "\x00" in body.path:
         raise invalid("path", "contains a NUL byte")
@@ -44,20 +51,28 @@ def register_dataset(s: Session, settings: ServiceSettings, tenant: str, body: D
                                "type": "forbidden_path"}])
     if not real.is_dir():
         raise invalid("path", "no such directory under the datasets root")
+    return _create_dataset(s, settings, tenant, body, real, root, "path", source="directory")
+
+
+def _create_dataset(s: Session, settings: ServiceSettings, tenant: str, body: DatasetCreate | DatasetUploadParams,
+                    real: Path, shown_root: Path, field: str, *, source: str, sha256: str | None = None,
+                    size_bytes: int | None = None) -> Dataset:
+    """Check the layout and splits, resolve the class convention, insert the dataset as
+    ``validating`` and enqueue the job that checks every file."""
     from core.layouts import detect_layout, get_layout  # torch-free layout registry of the core
 
     try:
         layout = get_layout(body.layout) if body.layout else detect_layout(real)
     except ValueError as exc:
-        raise invalid("layout" if body.layout else "path", _strip_root(str(exc), root)) from None
-    stats: dict[str, Any] = {}
+        raise invalid("layout" if body.layout else field, _strip_root(str(exc), shown_root)) from None
+    splits: dict[str, Any] = {}
     for split in layout.splits(real):
         try:
-            stats[split] = len(layout.list_split(real, split, True))
+            splits[split] = len(layout.list_split(real, split, False))
         except ValueError as exc:
-            raise invalid("path", _strip_root(str(exc), root)) from None
-    if not stats.get("train"):
-        raise invalid("path", f"{layout.name} layout: no training split (expected {layout.expected})")
+            raise invalid(field, _strip_root(str(exc), shown_root)) from None
+    if not splits.get("train"):
+        raise invalid(field, f"{layout.name} layout: no training split (expected {layout.expected})")
     num_classes = body.num_classes or (len(body.class_names) if body.class_names else layout.num_classes)
     if num_classes is None:
         raise invalid("num_classes", f"required for the {layout.name} layout (or give class_names)")
@@ -67,51 +82,95 @@ def register_dataset(s: Session, settings: ServiceSettings, tenant: str, body: D
         layout.ignore_index if layout.ignore_index is not None and num_classes == layout.num_classes else num_classes)
     if ignore < num_classes:
         raise invalid("ignore_index", f"must not be a class id (0..{num_classes - 1})")
-    summary: dict[str, Any] = {"images": stats}
-    if settings.dataset_validation:
-        summary.update(validate_files(real, layout.name, num_classes, ignore, names, settings))
     ds = Dataset(tenant_id=tenant, name=body.name, layout=layout.name, root=str(real), num_classes=num_classes,
-                 class_names=names, ignore_index=ignore, stats=summary)
+                 class_names=names, ignore_index=ignore, stats={"images": splits}, status=dsm.VALIDATING,
+                 source=source, sha256=sha256, size_bytes=size_bytes)
     s.add(ds)
-    s.commit()
+    s.flush()
+    ref = DatasetRef(root=ds.root, layout=ds.layout, num_classes=num_classes, class_names=names, ignore_index=ignore)
+    spec = ValidateJobSpec(dataset=ref, splits=sorted(splits), max_bad_per_kind=settings.validation_max_bad_per_kind)
+    job, _ = create_job(s, settings, tenant, kind=dsm.VALIDATE_KIND, spec=spec.model_dump(mode="json"),
+                        payload={"dataset_id": ds.id}, idem_key=None, dataset_id=ds.id,
+                        before_commit=lambda job: setattr(ds, "validation_job_id", job.id))
     return ds
 
 
-_VALIDATE = ("import json, sys\n"
-             "from core.validate import validate_dataset\n"
-             "a = json.loads(sys.stdin.read())\n"
-             "print(json.dumps(validate_dataset(a['root'], a['layout'], a['num_classes'], a['ignore_index'],"
-             " class_names=a['class_names'])))\n")
-
-
-def validate_files(root: Path, layout: str, num_classes: int, ignore: int, names: list[str] | None,
-                   settings: ServiceSettings) -> dict:
-    """Decode every pair with the core's validator in a child process (the API never imports torch);
-    a dataset with bad files is refused with 422 listing them (paths relative to the dataset)."""
-    import subprocess
-    import sys
-
-    arg = json.dumps({"root": str(root), "layout": layout, "num_classes": num_classes, "ignore_index": ignore,
-                      "class_names": names})
+async def receive_upload(request: Request, settings: ServiceSettings) -> tuple[Path, str, int]:
+    """Stream the request body to a temporary file, counting bytes (413 past the cap) and hashing."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > settings.upload_max_bytes:
+        raise Problem(413, f"upload larger than {settings.upload_max_bytes} bytes", type_="/problems/upload-too-large")
+    incoming = settings.upload_path / ".incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    tmp = incoming / uuid.uuid4().hex
+    digest, size = hashlib.sha256(), 0
     try:
-        proc = subprocess.run([sys.executable, "-c", _VALIDATE], input=arg, capture_output=True, text=True,
-                              timeout=settings.dataset_validation_timeout_s,
-                              cwd=str(Path(__file__).resolve().parent.parent))
-    except subprocess.TimeoutExpired:
-        raise invalid("path", f"dataset check did not finish within {settings.dataset_validation_timeout_s:g}s") from None
-    if proc.returncode != 0:
-        log.error("dataset validation crashed: %s", proc.stderr[-2000:])
-        raise Problem(500, "dataset validation failed (logged)")
-    rep = json.loads(proc.stdout.strip().splitlines()[-1])
-    if not rep["ok"]:
-        kinds = ", ".join(f"{n} {k}" for k, n in sorted(rep["bad_counts"].items()))
-        errors = [{"loc": ["body", "path"], "field": "path", "type": kind,
-                   "msg": _strip_root(f"{b['file']}: {b['reason']}", root)}
-                  for kind, files in sorted(rep["bad_files"].items()) for b in files]
-        raise Problem(422, f"invalid dataset: {kinds}", type_="/problems/invalid-dataset", errors=errors,
-                      bad_counts=rep["bad_counts"])
-    return {"splits": rep["splits"], "class_frequency": rep["class_frequency"],
-            "channel_mean": rep["channel_mean"], "channel_std": rep["channel_std"]}
+        with open(tmp, "wb") as out:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > settings.upload_max_bytes:
+                    raise Problem(413, f"upload larger than {settings.upload_max_bytes} bytes",
+                                  type_="/problems/upload-too-large")
+                digest.update(chunk)
+                await run_in_threadpool(out.write, chunk)
+        if size == 0:
+            raise invalid("body", "empty upload: send the archive (zip, tar or tar.gz) as the request body")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp, digest.hexdigest(), size
+
+
+def register_upload(s: Session, settings: ServiceSettings, tenant: str, params: DatasetUploadParams,
+                    tmp: Path, sha256: str, size: int) -> tuple[Dataset, bool]:
+    """Content-addressed: the same archive twice (same tenant) is the same dataset. Returns (dataset, created)."""
+    from storage.archives import ArchiveRefused, ExtractLimits, extract_archive
+
+    try:
+        existing = s.scalar(select(Dataset).where(Dataset.tenant_id == tenant, Dataset.sha256 == sha256,
+                                                  Dataset.deleted_at.is_(None)))
+        if existing is not None:
+            return existing, False
+        target = dsm.upload_target(settings.upload_path, tenant, sha256)
+        if target.exists():  # left by a deleted dataset or an interrupted registration
+            shutil.rmtree(target)
+        limits = ExtractLimits(settings.archive_max_members, settings.archive_max_total_bytes, settings.archive_max_ratio)
+        try:
+            extract_archive(tmp, target, limits)
+        except ArchiveRefused as exc:
+            raise Problem(422, f"archive refused: {exc}", type_="/problems/archive-refused", reason=exc.reason,
+                          errors=[{"loc": ["body"], "field": "body", "msg": str(exc), "type": exc.reason}]) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:
+        return _create_dataset(s, settings, tenant, params, _data_root(target), target, "body", source="upload",
+                               sha256=sha256, size_bytes=size), True
+    except BaseException:
+        s.rollback()
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+
+
+def _data_root(extracted: Path) -> Path:
+    """The dataset's root inside an extracted archive: descend through lone top-level folders."""
+    root = extracted
+    while True:
+        entries = [p for p in root.iterdir() if not p.name.startswith(".") and p.name != "__MACOSX"]
+        if len(entries) == 1 and entries[0].is_dir():
+            root = entries[0]
+            continue
+        return root
+
+
+def delete_dataset(s: Session, settings: ServiceSettings, tenant: str, dataset_id: str) -> None:
+    ds = get_dataset(s, tenant, dataset_id)
+    if users := dsm.active_jobs_using(s, ds):
+        raise Problem(409, f"dataset {dataset_id} is used by {len(users)} queued or running job(s)",
+                      type_="/problems/dataset-in-use", jobs=users)
+    ds.deleted_at = datetime.now(timezone.utc)
+    s.commit()
+    if ds.source == "upload" and ds.sha256:
+        shutil.rmtree(dsm.upload_target(settings.upload_path, tenant, ds.sha256), ignore_errors=True)
 
 
 def _strip_root(msg: str, root: Path) -> str:
@@ -119,32 +178,46 @@ def _strip_root(msg: str, root: Path) -> str:
     return msg.replace(str(root) + "/", "").replace(str(root), ".")
 
 
-def dataset_out(ds: Dataset, settings: ServiceSettings) -> dict:
-    root = Path(settings.datasets_root).resolve()
-    try:
-        rel = str(Path(ds.root).relative_to(root))
-    except ValueError:
-        rel = ds.root
+def dataset_out(s: Session, ds: Dataset, settings: ServiceSettings) -> dict:
+    status, reason = dsm.effective_status(s, ds)
+    if ds.source == "upload":
+        rel = f"upload:{ds.sha256}"
+    else:
+        try:
+            rel = str(Path(ds.root).relative_to(Path(settings.datasets_root).resolve()))
+        except ValueError:
+            rel = ds.root
+    report = ds.report
+    if report is None and reason:
+        report = {"ok": False, "error": reason}
     return dict(id=ds.id, name=ds.name, layout=ds.layout, path=rel, num_classes=ds.num_classes,
-                class_names=ds.class_names, ignore_index=ds.ignore_index, stats=ds.stats, created_at=ds.created_at)
+                class_names=ds.class_names, ignore_index=ds.ignore_index, stats=ds.stats, created_at=ds.created_at,
+                status=status, source=ds.source, sha256=ds.sha256, size_bytes=ds.size_bytes,
+                validation_job_id=ds.validation_job_id, report=report)
 
 
 def get_dataset(s: Session, tenant: str, dataset_id: str) -> Dataset:
     ds = s.get(Dataset, dataset_id)
-    if ds is None or ds.tenant_id != tenant:
+    if ds is None or ds.tenant_id != tenant or ds.deleted_at is not None:
         raise Problem(404, f"no dataset {dataset_id}")
     return ds
 
 
 def list_datasets(s: Session, tenant: str, limit: int, offset: int) -> list[Dataset]:
-    return list(s.scalars(select(Dataset).where(Dataset.tenant_id == tenant)
+    return list(s.scalars(select(Dataset).where(Dataset.tenant_id == tenant, Dataset.deleted_at.is_(None))
                           .order_by(Dataset.created_at.desc(), Dataset.id).limit(limit).offset(offset)))
 
 
 def _dataset_ref(s: Session, tenant: str, dataset_id: str, limit: int | None) -> tuple[Dataset, dict]:
     ds = s.get(Dataset, dataset_id)
-    if ds is None or ds.tenant_id != tenant:
+    if ds is None or ds.tenant_id != tenant or ds.deleted_at is not None:
         raise invalid("dataset_id", f"no dataset {dataset_id}", "not_found")
+    status, reason = dsm.effective_status(s, ds)
+    if status != dsm.READY:
+        detail = {dsm.VALIDATING: "is still being validated; retry when its status is ready",
+                  dsm.INVALID: "failed validation (see its report)"}.get(status, f"is {status}")
+        raise Problem(409, f"dataset {dataset_id} {detail}", type_="/problems/dataset-not-ready",
+                      dataset_status=status)
     ref = DatasetRef(root=ds.root, layout=ds.layout, num_classes=ds.num_classes, class_names=ds.class_names,
                      ignore_index=ds.ignore_index, limit=limit)
     return ds, ref.model_dump(mode="json")
@@ -314,8 +387,10 @@ def find_idempotent(s: Session, tenant: str, key: str | None, kind: str, payload
 
 
 def create_job(s: Session, settings: ServiceSettings, tenant: str, *, kind: str, spec: dict, payload: dict,
-               idem_key: str | None, dataset_id: str | None = None, parent_job_id: str | None = None) -> tuple[Job, bool]:
-    """Insert the row (committed: the job now exists), then enqueue its wake-up. Returns (job, created)."""
+               idem_key: str | None, dataset_id: str | None = None, parent_job_id: str | None = None,
+               before_commit: Callable[[Job], None] | None = None) -> tuple[Job, bool]:
+    """Insert the row (committed: the job now exists), then enqueue its wake-up. Returns (job, created).
+    ``before_commit(job)`` changes other rows in the same transaction (e.g. the dataset it validates)."""
     quotas.enforce(s, settings, tenant, kind, idem_key)  # 429/409 past the tenant's quotas (api.quotas)
     job = Job(tenant_id=tenant, kind=kind, status=sm.QUEUED, spec=spec, request=payload, dataset_id=dataset_id,
               parent_job_id=parent_job_id, idempotency_key=idem_key,
@@ -324,6 +399,8 @@ def create_job(s: Session, settings: ServiceSettings, tenant: str, *, kind: str,
     try:
         s.flush()
         sm.add_event(s, job, "queued", f"{kind} job accepted")
+        if before_commit is not None:
+            before_commit(job)
         s.commit()
     except IntegrityError:
         s.rollback()

@@ -55,7 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="directory layout (default: detected by the server)")
     reg.add_argument("--num-classes", type=int)
     reg.add_argument("--class-names", help="comma-separated")
+    reg.add_argument("--no-wait", action="store_true", help="return at once instead of waiting for validation")
+    up = ds.add_parser("upload", help="upload a zip/tar/tar.gz archive as a dataset")
+    up.add_argument("name")
+    up.add_argument("archive")
+    up.add_argument("--layout", default=None, choices=["camvid", "folder", "cityscapes"],
+                    help="layout inside the archive (default: detected by the server)")
+    up.add_argument("--num-classes", type=int)
+    up.add_argument("--class-names", help="comma-separated")
+    up.add_argument("--no-wait", action="store_true", help="return at once instead of waiting for validation")
     ds.add_parser("list")
+    ds.add_parser("show", help="a dataset with its validation report").add_argument("dataset_id")
+    ds.add_parser("delete", help="delete a dataset (refused while a job uses it)").add_argument("dataset_id")
 
     se = sub.add_parser("search", help="submit a search job")
     se.add_argument("dataset_id")
@@ -132,9 +143,20 @@ def main(argv: list[str] | None = None) -> int:
             if args.cmd == "datasets":
                 if args.dcmd == "list":
                     _print(c.datasets())
+                elif args.dcmd == "show":
+                    _print(c.dataset(args.dataset_id))
+                elif args.dcmd == "delete":
+                    c.delete_dataset(args.dataset_id)
                 else:
                     names = args.class_names.split(",") if args.class_names else None
-                    _print(c.register_dataset(args.name, args.path, args.layout, args.num_classes, names))
+                    if args.dcmd == "upload":
+                        ds = c.upload_dataset(args.archive, args.name, args.layout, args.num_classes, names,
+                                              wait=not args.no_wait)
+                    else:
+                        ds = c.register_dataset(args.name, args.path, args.layout, args.num_classes, names,
+                                                wait=not args.no_wait)
+                    _print(ds)
+                    return 0 if ds["status"] != "invalid" else 3
                 return 0
             if args.cmd == "search":
                 job = c.submit_search(args.dataset_id, latency_ms=args.latency_ms, fps=args.fps, height=args.height,

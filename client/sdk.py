@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator
 import httpx
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
+UPLOAD_CHUNK = 1 << 20  # bytes per read while streaming an upload
 
 
 class GasError(Exception):
@@ -56,14 +57,54 @@ class GasClient:
 
     # -------------------------------------------------------------------------------- datasets
     def register_dataset(self, name: str, path: str, layout: str | None = None, num_classes: int | None = None,
-                         class_names: list[str] | None = None, ignore_index: int | None = None) -> dict:
-        """Register a directory under the server's datasets root (layout detected when not given)."""
+                         class_names: list[str] | None = None, ignore_index: int | None = None, *,
+                         wait: bool = True, timeout: float = 3600.0) -> dict:
+        """Register a directory under the server's datasets root (layout detected when not given).
+        With ``wait`` it returns once validation has ended (status ``ready`` or ``invalid``)."""
         body = {"name": name, "path": path}
         for k, v in (("layout", layout), ("num_classes", num_classes), ("class_names", class_names),
                      ("ignore_index", ignore_index)):
             if v is not None:
                 body[k] = v
-        return self._req("POST", "/api/v1/datasets", json=body).json()
+        ds = self._req("POST", "/api/v1/datasets", json=body).json()
+        return self.wait_dataset(ds["id"], timeout=timeout) if wait else ds
+
+    def upload_dataset(self, archive: str | Path, name: str, layout: str | None = None,
+                       num_classes: int | None = None, class_names: list[str] | None = None,
+                       ignore_index: int | None = None, *, wait: bool = True, timeout: float = 3600.0) -> dict:
+        """Upload a zip/tar/tar.gz archive (streamed from disk). The same archive twice is the same dataset."""
+        params: dict[str, Any] = {"name": name}
+        for k, v in (("layout", layout), ("num_classes", num_classes), ("class_names", class_names),
+                     ("ignore_index", ignore_index)):
+            if v is not None:
+                params[k] = v
+
+        def chunks() -> Iterator[bytes]:
+            with open(archive, "rb") as f:
+                while block := f.read(UPLOAD_CHUNK):
+                    yield block
+
+        ds = self._req("POST", "/api/v1/datasets/uploads", params=params, content=chunks(),
+                       headers={"Content-Type": "application/octet-stream",
+                                "Content-Length": str(Path(archive).stat().st_size)}).json()
+        return self.wait_dataset(ds["id"], timeout=timeout) if wait else ds
+
+    def dataset(self, dataset_id: str) -> dict:
+        return self._req("GET", f"/api/v1/datasets/{dataset_id}").json()
+
+    def wait_dataset(self, dataset_id: str, *, timeout: float = 3600.0, poll: float = 0.5) -> dict:
+        """Poll until the dataset's validation has ended; returns it (``ready`` or ``invalid``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ds = self.dataset(dataset_id)
+            if ds["status"] != "validating":
+                return ds
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"dataset {dataset_id} still validating after {timeout}s")
+            time.sleep(poll)
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        self._req("DELETE", f"/api/v1/datasets/{dataset_id}")
 
     def datasets(self, limit: int | None = None, offset: int = 0) -> dict:
         params = {"offset": offset} | ({"limit": limit} if limit else {})

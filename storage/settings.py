@@ -27,8 +27,13 @@ class ServiceSettings(BaseSettings):
     work_dir: Path | None = Field(None, description="Root of per-job work dirs (checkpoints; must be shared by all workers); empty = `<data_dir>/work`.")
     lut_dir: Path | None = Field(None, description="Directory of latency lookup tables reused across jobs; empty = `<data_dir>/luts`.")
     datasets_root: Path = Field(Path("datasets"), description="Only directories under this root can be registered as datasets.")
-    dataset_validation: bool = Field(True, description="Check every image/mask pair (decode, sizes, mask values) when a dataset is registered, in a child process.")
-    dataset_validation_timeout_s: float = Field(900.0, gt=0, description="Time limit of that check; a dataset that takes longer is refused (422).")
+    upload_dir: Path | None = Field(None, description="Where uploaded archives are extracted (one folder per tenant and sha256); empty = `<data_dir>/uploads`.")
+    cache_dir: Path | None = Field(None, description="Prepared-data cache (decoded, resized uint8 tensors per dataset and resolution) shared by all jobs; empty = `<data_dir>/cache`.")
+    upload_max_bytes: int = Field(8 * 2**30, ge=1, description="Largest accepted upload (bytes, counted while streaming; 413 past it).")
+    archive_max_members: int = Field(200_000, ge=1, description="Most members an uploaded archive may hold.")
+    archive_max_total_bytes: int = Field(40 * 2**30, ge=1, description="Most uncompressed bytes an archive may expand to (counted while extracting).")
+    archive_max_ratio: float = Field(200.0, gt=1, description="Highest accepted uncompressed/compressed size ratio of an archive.")
+    validation_max_bad_per_kind: int = Field(20, ge=1, description="Bad files listed per kind of problem in a validation report.")
     default_tenant: str = Field("default", description="Tenant the embedded mode creates (with its first API key) at first start.")
 
     # --- tenants, API keys, quotas -----------------------------------------------------------
@@ -80,11 +85,19 @@ class ServiceSettings(BaseSettings):
     def lut_path(self) -> Path:
         return (self.lut_dir or self.data_dir / "luts").resolve()
 
+    @property
+    def upload_path(self) -> Path:
+        return (self.upload_dir or self.data_dir / "uploads").resolve()
+
+    @property
+    def cache_path(self) -> Path:
+        return (self.cache_dir or self.data_dir / "cache").resolve()
+
     def kind_overrides(self) -> dict[str, str]:
         return json.loads(self.job_kind_overrides) if self.job_kind_overrides else {}
 
     def ensure_dirs(self) -> None:
-        for p in (self.data_dir, self.artifacts_path, self.work_path, self.lut_path):
+        for p in (self.data_dir, self.artifacts_path, self.work_path, self.lut_path, self.upload_path, self.cache_path):
             Path(p).mkdir(parents=True, exist_ok=True)
 
 

@@ -202,10 +202,23 @@ def make_stack(name: str, tmp_path_factory, datasets_root: Path, lut_dir: Path |
     return stack, db_name, prefix
 
 
-def register_tiny(http: httpx.Client) -> str:
+def register_tiny(http: httpx.Client, timeout: float = 120.0) -> str:
+    """Register the tiny CamVid copy and wait for its validation job to make it ready."""
     r = http.post("/api/v1/datasets", json={"name": "tiny", "path": "camvid_tiny"})
     assert r.status_code == 201, r.text
-    return r.json()["id"]
+    return wait_dataset(http, r.json()["id"], timeout)["id"]
+
+
+def wait_dataset(http: httpx.Client, dataset_id: str, timeout: float = 120.0, want: str = "ready") -> dict:
+    box: dict = {}
+
+    def done() -> bool:
+        box["ds"] = http.get(f"/api/v1/datasets/{dataset_id}").json()
+        return box["ds"]["status"] != "validating"
+
+    wait_until(done, timeout, f"validation of dataset {dataset_id}", lambda: box.get("ds"))
+    assert box["ds"]["status"] == want, box["ds"]
+    return box["ds"]
 
 
 def db_session(stack: Stack):

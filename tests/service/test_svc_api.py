@@ -11,7 +11,7 @@ import uuid
 import httpx
 import pytest
 
-from svc_helpers import PY, REPO, free_port, register_tiny, wait_until
+from svc_helpers import PY, REPO, fake_search_body, free_port, register_tiny, wait_dataset, wait_until
 
 pytestmark = pytest.mark.services
 PROBLEM = "application/problem+json"
@@ -325,16 +325,20 @@ def test_register_folder_layout_detected_and_checked(api, fake_stack):
     assert "path" in _fields(body)
 
 
-def test_register_dataset_with_missing_masks_is_422_without_server_paths(api, fake_stack):
+def test_dataset_with_missing_masks_is_invalid_without_server_paths(api, fake_stack):
     root = fake_stack.env["GAS_DATASETS_ROOT"]
     name = f"holes-{uuid.uuid4().hex[:6]}"
     _make_folder_dataset(root, name, masks_missing=1)
-    body = _problem(api.post("/api/v1/datasets", json={"name": "h", "path": name, "num_classes": 11}), 422)
-    assert "path" in _fields(body) and "mask" in body["detail"] and root not in body["detail"]
+    r = api.post("/api/v1/datasets", json={"name": "h", "path": name, "num_classes": 11})
+    assert r.status_code == 201 and r.json()["status"] == "validating", r.text
+    ds = wait_dataset(api, r.json()["id"], want="invalid")
+    assert ds["report"]["bad_counts"] == {"missing_mask": 1}
+    assert ds["report"]["bad_files"]["missing_mask"][0]["file"].startswith("train/images/")
+    assert root not in json.dumps(ds)
 
 
 @pytest.mark.parametrize("damage,kind", [("values", "mask_values"), ("size", "size_mismatch"), ("decode", "image_decode")])
-def test_register_dataset_with_bad_files_is_422_naming_them(api, fake_stack, damage, kind):
+def test_dataset_with_bad_files_is_invalid_naming_them_and_refuses_jobs(api, fake_stack, damage, kind):
     from pathlib import Path
 
     import numpy as np
@@ -353,9 +357,13 @@ def test_register_dataset_with_bad_files_is_422_naming_them(api, fake_stack, dam
         Image.open(mask).resize((32, 24), Image.NEAREST).save(mask)
     else:
         img.write_bytes(b"not an image at all")
-    before = len(api.get("/api/v1/datasets", params={"limit": 200}).json()["items"])
-    body = _problem(api.post("/api/v1/datasets", json={"name": "b", "path": name, "num_classes": 11}), 422)
-    assert kind in body["bad_counts"] and body["bad_counts"][kind] == 1, body
-    assert any(e["type"] == kind and e["msg"].startswith(f"train/") for e in body["errors"]), body
-    assert root not in json.dumps(body)
-    assert len(api.get("/api/v1/datasets", params={"limit": 200}).json()["items"]) == before
+    r = api.post("/api/v1/datasets", json={"name": "b", "path": name, "num_classes": 11})
+    assert r.status_code == 201, r.text
+    ds = wait_dataset(api, r.json()["id"], want="invalid")
+    rep = ds["report"]
+    assert rep["bad_counts"] == {kind: 1}, rep
+    assert rep["bad_files"][kind][0]["file"].startswith("train/"), rep
+    assert rep["splits"]["train"]["valid"] == 3 and rep["splits"]["val"]["valid"] == 4
+    assert root not in json.dumps(ds)
+    body = _problem(api.post("/api/v1/jobs/search", json=fake_search_body(ds["id"])), 409)
+    assert body["dataset_status"] == "invalid" and "validation" in body["detail"]

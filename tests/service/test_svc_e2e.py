@@ -55,11 +55,20 @@ def test_whole_story_register_search_retrain_download(real_stack, tmp_path):
         report = json.loads(c.download(job["id"], "report.json", tmp_path).read_text())
         assert report["kind"] == "search" and report["budget_ms"] == TINY_BUDGET["latency_ms"]
 
+        # the prepared data (decoded, resized uint8) is cached once per dataset and resolution ...
+        cache = stack.base / "data" / "cache"
+        prepared = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.safetensors")}
+        assert [n for n in prepared if n.startswith("train_64x96_")], prepared
+
         rt = c.submit_retrain(ds, search_job_id=job["id"], settings=RETRAIN)
         assert rt["parent_job_id"] == job["id"]
         rdone = c.wait(rt["id"], timeout=240, poll=0.5)
         assert rdone["status"] == "succeeded", (rdone, stack.log_tail("worker"))
         assert 0.0 <= rdone["result"]["miou"] <= 1.0 and rdone["result"]["fps"] > 0
+        # ... and the retrain at the same resolution reused it instead of decoding the JPEGs again
+        after = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.safetensors")}
+        assert all(after[n] == m for n, m in prepared.items()), (prepared, after)
+        assert any(n.startswith("val_64x96_") for n in set(after) - set(prepared))
         arts = {a["name"]: a for a in c.artifacts(rt["id"])}
         assert "checkpoint.safetensors" in arts and "report.json" in arts
         ck = arts["checkpoint.safetensors"]
