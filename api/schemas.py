@@ -14,36 +14,29 @@ class _In(BaseModel):
 
 
 # ------------------------------------------------------------------------------------------ datasets
-class DatasetCreate(_In):
+class _DatasetConvention(_In):
+    """Name and label convention of a new dataset (shared by directory registration and uploads)."""
+
     name: str = Field(..., min_length=1, max_length=200, description="Display name.")
-    path: str = Field(..., min_length=1, max_length=4096,
-                      description="Directory relative to the server's datasets root (GAS_DATASETS_ROOT).")
     layout: Layout | None = Field(None, description="Directory layout (core.layouts: camvid, folder, cityscapes); omitted = detected.")
     num_classes: int | None = Field(None, ge=2, le=1024, description="Classes; default: the layout's (11 for camvid, 19 for cityscapes).")
-    class_names: list[str] | None = Field(None, description="Class names (index = class id); default: the layout's.")
+    class_names: list[str] | None = Field(None, description="Class names (index = class id; repeat the query parameter for uploads); default: the layout's.")
     ignore_index: int | None = Field(None, ge=0, le=65535, description="Mask value ignored; default: the layout's, else num_classes.")
 
     @model_validator(mode="after")
-    def _names(self) -> "DatasetCreate":
+    def _names(self) -> "_DatasetConvention":
         if self.class_names is not None and self.num_classes is not None and len(self.class_names) != self.num_classes:
             raise ValueError(f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}")
         return self
 
 
-class DatasetUploadParams(_In):
+class DatasetCreate(_DatasetConvention):
+    path: str = Field(..., min_length=1, max_length=4096,
+                      description="Directory relative to the server's datasets root (GAS_DATASETS_ROOT).")
+
+
+class DatasetUploadParams(_DatasetConvention):
     """Query parameters of an archive upload (the body is the archive itself)."""
-
-    name: str = Field(..., min_length=1, max_length=200, description="Display name.")
-    layout: Layout | None = Field(None, description="Directory layout inside the archive; omitted = detected.")
-    num_classes: int | None = Field(None, ge=2, le=1024, description="Classes; default: the layout's.")
-    class_names: list[str] | None = Field(None, description="Class names (repeat the parameter), index = class id.")
-    ignore_index: int | None = Field(None, ge=0, le=65535, description="Mask value ignored; default: the layout's, else num_classes.")
-
-    @model_validator(mode="after")
-    def _names(self) -> "DatasetUploadParams":
-        if self.class_names is not None and self.num_classes is not None and len(self.class_names) != self.num_classes:
-            raise ValueError(f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}")
-        return self
 
 
 class DatasetOut(BaseModel):

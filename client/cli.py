@@ -48,22 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     ds = sub.add_parser("datasets", help="register or list datasets").add_subparsers(dest="dcmd", required=True)
-    reg = ds.add_parser("register", help="register a server-side directory under the datasets root")
-    reg.add_argument("name")
-    reg.add_argument("path")
-    reg.add_argument("--layout", default=None, choices=["camvid", "folder", "cityscapes"],
-                     help="directory layout (default: detected by the server)")
-    reg.add_argument("--num-classes", type=int)
-    reg.add_argument("--class-names", help="comma-separated")
-    reg.add_argument("--no-wait", action="store_true", help="return at once instead of waiting for validation")
-    up = ds.add_parser("upload", help="upload a zip/tar/tar.gz archive as a dataset")
-    up.add_argument("name")
-    up.add_argument("archive")
-    up.add_argument("--layout", default=None, choices=["camvid", "folder", "cityscapes"],
-                    help="layout inside the archive (default: detected by the server)")
-    up.add_argument("--num-classes", type=int)
-    up.add_argument("--class-names", help="comma-separated")
-    up.add_argument("--no-wait", action="store_true", help="return at once instead of waiting for validation")
+    for cmd, where, help_ in (("register", "path", "register a server-side directory under the datasets root"),
+                              ("upload", "archive", "upload a zip/tar/tar.gz archive as a dataset")):
+        p = ds.add_parser(cmd, help=help_)
+        p.add_argument("name")
+        p.add_argument(where)
+        p.add_argument("--layout", default=None, choices=["camvid", "folder", "cityscapes"],
+                       help="directory layout (default: detected by the server)")
+        p.add_argument("--num-classes", type=int)
+        p.add_argument("--class-names", help="comma-separated")
+        p.add_argument("--no-wait", action="store_true", help="return at once instead of waiting for validation")
     ds.add_parser("list")
     ds.add_parser("show", help="a dataset with its validation report").add_argument("dataset_id")
     ds.add_parser("delete", help="delete a dataset (refused while a job uses it)").add_argument("dataset_id")

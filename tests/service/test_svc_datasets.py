@@ -251,3 +251,25 @@ def test_dataset_in_use_cannot_be_deleted(stack, camvid_tiny, tmp_path):
     assert ds["id"] not in {d["id"] for d in http.get("/api/v1/datasets", params={"limit": 200}).json()["items"]}
     assert not extracted.exists()
     assert http.delete(f"/api/v1/datasets/{ds['id']}").status_code == 404
+
+
+def test_cli_upload_show_delete(stack, camvid_tiny, tmp_path):
+    import subprocess
+
+    from svc_helpers import PY, REPO
+
+    src = folder_layout(camvid_tiny, tmp_path / "c")
+    (tmp_path / "c.tar.gz").write_bytes(tar_dir(src, "c", "w:gz"))
+
+    def gas(*args):
+        return subprocess.run([PY, "-m", "client.cli", "--url", stack.url, *args], cwd=str(REPO), capture_output=True,
+                              text=True, timeout=120, env=stack.env)
+
+    out = gas("datasets", "upload", "cli-up", str(tmp_path / "c.tar.gz"), "--num-classes", "11")
+    assert out.returncode == 0, out.stderr
+    ds = json.loads(out.stdout)
+    assert ds["status"] == "ready" and ds["layout"] == "folder"  # the CLI waited for validation
+    shown = json.loads(gas("datasets", "show", ds["id"]).stdout)
+    assert shown["report"]["splits"]["train"]["images"] == 4
+    assert gas("datasets", "delete", ds["id"]).returncode == 0
+    assert gas("datasets", "show", ds["id"]).returncode != 0
