@@ -57,15 +57,16 @@ class LutContext:
     cudnn: str | None
     cudnn_benchmark: bool
     channels_last: bool
+    burst: int = 1  # back-to-back calls per timed sample
 
     def table_id(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def current_context(device: torch.device, precision: str, height: int, width: int) -> LutContext:
+def current_context(device: torch.device, precision: str, height: int, width: int, burst: int = 1) -> LutContext:
     v = software_versions()
     return LutContext(device_name(device), precision, BATCH, height, width, v["torch"], v["cuda"], v["cudnn"],
-                      bool(torch.backends.cudnn.benchmark), device.type == "cuda")
+                      bool(torch.backends.cudnn.benchmark), device.type == "cuda", burst)
 
 
 @dataclass
@@ -216,23 +217,24 @@ def _module_and_inputs(key: LutKey, cfg: NetworkConfig, height: int, width: int)
 
 
 def measure_key(key: LutKey, cfg: NetworkConfig, height: int, width: int, device: torch.device, precision: str,
-                warmup: int, repeats: int) -> TimingStats:
+                warmup: int, repeats: int, burst: int = 1) -> TimingStats:
     mod, inputs = _module_and_inputs(key, cfg, height, width)
     mod, inputs = prepare(mod, inputs, device, precision)
     with torch.no_grad():
-        return time_callable(lambda: mod(*inputs), device, warmup, repeats)
+        return time_callable(lambda: mod(*inputs), device, warmup, repeats, burst)
 
 
 def build_table(cfg: NetworkConfig, ops: list[str], height: int, width: int, device: torch.device, precision: str,
                 warmup: int, repeats: int, cache_dir: str | Path | None = None,
-                progress: Callable[[int, int, LutKey], None] | None = None) -> LatencyTable:
-    """Measure every key the network needs (reusing a cached table of the same context)."""
-    ctx = current_context(device, precision, height, width)
+                progress: Callable[[int, int, LutKey], None] | None = None, burst: int = 1) -> LatencyTable:
+    """Measure every key the network needs (reusing a cached table of the same context).
+    ``burst``: back-to-back calls per timed sample (1 = each call timed alone)."""
+    ctx = current_context(device, precision, height, width, burst)
     path = Path(cache_dir) / f"lut-{ctx.table_id()}.json" if cache_dir else None
     table = LatencyTable.load(path) if path and path.exists() else LatencyTable(ctx)
     missing = [k for k in required_keys(cfg, ops, height, width) if k not in table.entries]
     for i, key in enumerate(missing):
-        table.entries[key] = measure_key(key, cfg, height, width, device, precision, warmup, repeats)
+        table.entries[key] = measure_key(key, cfg, height, width, device, precision, warmup, repeats, burst)
         if progress:
             progress(i + 1, len(missing), key)
     if path and missing:

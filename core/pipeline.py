@@ -76,7 +76,8 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
         progress({"phase": "latency_table", "step": i, "steps": n, "message": key.as_str()})
 
     table = build_table(net_cfg, model.ops, lat_cfg.height, lat_cfg.width, device, lat_cfg.precision,
-                        lat_cfg.warmup_runs, lat_cfg.repeats, lut_dir or workdir / "lut", lut_progress)
+                        lat_cfg.warmup_runs, lat_cfg.repeats, lut_dir or workdir / "lut", lut_progress,
+                        burst=lat_cfg.lut_burst)
     latency = LatencyModel(table, net_cfg, model.ops, lat_cfg.height, lat_cfg.width)
     searcher = Searcher(model, latency, LatencyPenalty(lat_cfg), spec.search, data, device, state, progress,
                         should_cancel)

@@ -66,6 +66,7 @@ class LatencyConfig(_Strict):
     under_budget_slope: float = Field(0.1, ge=0.0, le=1.0, description="Slope of f below the budget (f(r)=slope·(r-1) for r<1, r-1 above).")
     warmup_runs: int = Field(10, ge=1, le=1000, description="Untimed runs before each LUT measurement.")
     repeats: int = Field(30, ge=3, le=10_000, description="Timed runs per LUT entry; the median is kept, with p10/p90.")
+    lut_burst: int = Field(10, ge=1, le=1000, description="Back-to-back calls per timed LUT sample, as ops queue inside a network [ours]; 1 = each call alone.")
     e2e_repeats: int = Field(50, ge=3, le=100_000, description="Timed runs of an end-to-end network measurement.")
     repair: bool = Field(True, description="Step weak edges to cheaper ops when the derived net measures over budget.")
     repair_rounds: int = Field(4, ge=1, le=100, description="Measure-and-repair rounds before giving up.")

@@ -46,11 +46,19 @@ def percentile(sorted_ms: list[float], q: float) -> float:
     return sorted_ms[lo] + (sorted_ms[hi] - sorted_ms[lo]) * (pos - lo)
 
 
-def time_calls(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> list[float]:
-    """Milliseconds of ``iters`` calls of ``fn`` after ``warmup`` untimed ones, each timed alone:
-    on CUDA between two CUDA events with the stream drained after each call, on CPU by the clock."""
-    if iters < 1:
-        raise ValueError("iters must be >= 1")
+def time_calls(fn: Callable[[], object], device: torch.device, warmup: int, iters: int,
+               burst: int = 1) -> list[float]:
+    """Milliseconds per call of ``iters`` samples after ``warmup`` untimed calls. A sample times
+    ``burst`` back-to-back calls (launches queue as they do inside a network) and divides; with
+    ``burst=1`` each call is timed alone. On CUDA between two CUDA events with the stream drained
+    after each sample, on CPU by the clock."""
+    if iters < 1 or burst < 1:
+        raise ValueError("iters and burst must be >= 1")
+    if burst > 1:
+        def one() -> None:
+            for _ in range(burst):
+                fn()
+        return [t / burst for t in time_calls(one, device, max(1, warmup // burst), iters)]
     for _ in range(warmup):
         fn()
     times: list[float] = []
@@ -71,9 +79,10 @@ def time_calls(fn: Callable[[], object], device: torch.device, warmup: int, iter
     return times
 
 
-def time_callable(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> TimingStats:
+def time_callable(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int,
+                  burst: int = 1) -> TimingStats:
     """Median, p10 and p90 of :func:`time_calls`."""
-    samples = sorted(time_calls(fn, device, warmup, repeats))
+    samples = sorted(time_calls(fn, device, warmup, repeats, burst))
     return TimingStats(statistics.median(samples), percentile(samples, 0.1), percentile(samples, 0.9), len(samples))
 
 

@@ -107,3 +107,10 @@ def test_paper_form_is_plain_weighted_latency():
     pen = LatencyPenalty(LatencyConfig(form="paper", weight=0.3, budget_ms=10.0))
     assert float(pen(torch.tensor(5.0))) == pytest.approx(1.5)
     assert float(pen(torch.tensor(20.0))) == pytest.approx(6.0)
+
+
+def test_burst_is_part_of_the_table_identity(tmp_path):
+    a = build_table(CFG, OPS_, H, W, torch.device("cpu"), "fp32", 1, 3, cache_dir=tmp_path, burst=1)
+    b = build_table(CFG, OPS_, H, W, torch.device("cpu"), "fp32", 2, 3, cache_dir=tmp_path, burst=4)
+    assert a.id != b.id and b.context.burst == 4 and len(list(tmp_path.glob("lut-*.json"))) == 2
+    assert LatencyTable.load(next(p for p in tmp_path.glob("lut-*.json") if b.id in p.name)).context.burst == 4
