@@ -67,13 +67,30 @@ def install(app: FastAPI) -> None:
         return problem_response(exc.status_code, str(exc.detail), instance=request.url.path,
                                 headers=getattr(exc, "headers", None))
 
+    async def _unavailable(request: Request, exc: Exception):
+        log.warning("database unreachable on %s %s: %s", request.method, request.url.path,
+                    str(exc).splitlines()[0][:200])
+        return problem_response(503, "database unreachable; retry shortly", instance=request.url.path,
+                                type_="/problems/unavailable", headers={"Retry-After": "5"})
+
+    # an outage is not a bug: 503 + Retry-After, handled (not re-raised to the server, which would
+    # drop the connection) for the exceptions a lost or refused database connection raises
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    db_errors: list[type[Exception]] = [OperationalError, InterfaceError]
+    try:
+        import psycopg
+
+        db_errors += [psycopg.OperationalError, psycopg.InterfaceError]
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        pass
+    for cls in db_errors:
+        app.add_exception_handler(cls, _unavailable)
+
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception):
-        if _database_down(exc):  # an outage is not a bug: 503, the client retries
-            log.warning("database unreachable on %s %s: %s", request.method, request.url.path,
-                        str(exc).splitlines()[0][:200])
-            return problem_response(503, "database unreachable; retry shortly", instance=request.url.path,
-                                    type_="/problems/unavailable", headers={"Retry-After": "5"})
+        if _database_down(exc):
+            return await _unavailable(request, exc)
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem_response(500, "internal error (logged)", instance=request.url.path)
 

@@ -60,13 +60,24 @@ def seed_job(db_url: str) -> str:
         s.add(job)
         s.flush()
         s.add(JobEvent(job_id=job.id, type="claimed", message="bench"))
+        from storage.auth import create_key, create_tenant
+
+        create_tenant(s, "default", exist_ok=True)  # every API route but the probes needs a key
+        AUTH["key"] = create_key(s, "default", "bench").key
         s.commit()
         return job.id
 
 
+AUTH: dict[str, str] = {}
+
+
+def _auth_line(path: str) -> str:
+    return f"Authorization: Bearer {AUTH['key']}\r\n" if path.startswith("/api/") and AUTH else ""
+
+
 async def _client(host: str, port: int, path: str, stop_at: float, lat: list[float], errors: list[str]) -> None:
     reader, writer = await asyncio.open_connection(host, port)
-    req = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n\r\n".encode()
+    req = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n{_auth_line(path)}\r\n".encode()
     try:
         while time.perf_counter() < stop_at:
             t0 = time.perf_counter()
@@ -90,7 +101,7 @@ async def _client_rate(host: str, port: int, path: str, start: float, stop_at: f
                        lat: list[float], errors: list[str]) -> None:
     """Open-loop client: sends at fixed times; latency counts from the scheduled time (no coordinated omission)."""
     reader, writer = await asyncio.open_connection(host, port)
-    req = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n\r\n".encode()
+    req = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n{_auth_line(path)}\r\n".encode()
     t_next = start
     try:
         while t_next < stop_at:
@@ -192,7 +203,7 @@ def main() -> int:
         deadline = time.time() + 30
         while True:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/api/v1/jobs/{job_id}").status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{port}/api/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {AUTH['key']}"}).status_code == 200:
                     break
             except httpx.TransportError:
                 pass

@@ -37,6 +37,12 @@ def celery_config(broker_url: str, queue: str, key_prefix: str = "", visibility_
 def client_app(broker_url: str, queue: str, key_prefix: str = "") -> Celery:
     app = Celery("gas-client")
     app.conf.update(celery_config(broker_url, queue, key_prefix))
+    if broker_url.startswith(("redis://", "rediss://")):
+        # a publish must never hang a request thread (a broker that accepts and never answers): give up
+        # after a few seconds; the job row stays queued and the sweeper sends it later
+        app.conf.broker_transport_options = {**app.conf.broker_transport_options, "socket_timeout": 3.0,
+                                             "socket_connect_timeout": 3.0}
+        app.conf.broker_connection_timeout = 3.0
     return app
 
 

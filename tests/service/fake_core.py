@@ -6,7 +6,8 @@ atomically into workdir/artifacts, Cancelled raised on cancel.
 
 Behaviour switches ride on the search seed (spec['search']['seed']):
   0..999  normal; 1001 never polls should_cancel; 1002 the process SIGKILLs itself in epoch 1;
-  1003 raises ValueError. Step time = 0.05 s x batch_size; steps per epoch = steps_per_epoch or 4.
+  1003 raises ValueError; 1004 SIGKILLs its worker (the parent process) and itself in epoch 1.
+  Step time = 0.05 s x batch_size; steps per epoch = steps_per_epoch or 4.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def _atomic_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def fake_search(spec, workdir, *, progress, should_cancel, lut_dir=None):
+def fake_search(spec, workdir, *, progress, should_cancel, lut_dir=None, data_cache_dir=None):
     wd = Path(workdir)
     s = spec["search"]
     mode, epochs = s["seed"], s["epochs"]
@@ -44,6 +45,9 @@ def fake_search(spec, workdir, *, progress, should_cancel, lut_dir=None):
             if mode != 1001 and should_cancel():
                 raise Cancelled()
             if mode == 1002:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if mode == 1004:  # take the whole worker down: its Celery process (our parent), then us
+                os.kill(os.getppid(), signal.SIGKILL)
                 os.kill(os.getpid(), signal.SIGKILL)
             if mode == 1003:
                 raise ValueError("fake failure for tests")
