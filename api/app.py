@@ -10,7 +10,7 @@ from storage.db import get_sessionmaker
 from storage.settings import ServiceSettings, get_settings
 
 from . import problems
-from .auth import KeyCache
+from .auth import KeyCache, add_security_to_openapi
 from .metrics import JobsCollector, Metrics, MetricsMiddleware
 from .routes import api, system
 from .services import jobs_by_status, make_reader
@@ -45,4 +45,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(system)
     app.include_router(system, prefix="/api/v1", include_in_schema=False)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    base_openapi = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = add_security_to_openapi(base_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -8,12 +8,11 @@ working within that time. ``last_used_at`` is stamped at each cache miss (at mos
 """
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from storage.auth import Principal, hash_key, parse_key, verify_key
@@ -22,14 +21,30 @@ from storage.db import get_sessionmaker
 from .problems import Problem
 
 WWW_AUTHENTICATE = 'Bearer realm="gas", charset="UTF-8"'
-_bearer = HTTPBearer(auto_error=False, description="An API key made by `gas-admin keys create TENANT`.")
-_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The same API key, in a header of its own.")
+SECURITY_SCHEMES = {
+    "bearerKey": {"type": "http", "scheme": "bearer", "description": "An API key made by `gas-admin keys create TENANT`."},
+    "headerKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "The same API key, in a header of its own."},
+}
+PUBLIC_PATHS = {"/healthz", "/readyz"}  # no key needed (probes); also the API description itself
+
+
+def add_security_to_openapi(schema: dict) -> dict:
+    """Declare the key schemes and require one of them on every operation but the probes."""
+    schema.setdefault("components", {}).setdefault("securitySchemes", {}).update(SECURITY_SCHEMES)
+    for path, ops in schema.get("paths", {}).items():
+        if path in PUBLIC_PATHS:
+            continue
+        for op in ops.values():
+            if isinstance(op, dict) and "responses" in op:
+                op["security"] = [{"bearerKey": []}, {"headerKey": []}]
+    return schema
 
 
 class KeyCache:
     def __init__(self) -> None:
         self._d: dict[str, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
+        self.inflight: dict[str, asyncio.Future] = {}  # one database check per key at a time
 
     def get(self, digest: str) -> Principal | None:
         hit = self._d.get(digest)
@@ -50,14 +65,23 @@ def _unauthorized(detail: str) -> Problem:
     return Problem(401, detail, type_="/problems/unauthorized", headers={"WWW-Authenticate": WWW_AUTHENTICATE})
 
 
-async def authenticate(request: Request,
-                       bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-                       x_api_key: Annotated[str | None, Depends(_header)]) -> str:
-    """The authenticated tenant id (401 problem+json with ``WWW-Authenticate`` otherwise)."""
-    key = bearer.credentials if bearer is not None else x_api_key
+def _presented_key(request: Request) -> str | None:
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    return (request.headers.get("x-api-key") or "").strip() or None
+
+
+async def authenticate(request: Request) -> str:
+    """The authenticated tenant id (401 problem+json with ``WWW-Authenticate`` otherwise).
+
+    It reads the two headers itself (no sub-dependencies: this runs on every request, and each
+    dependency node costs the hot path); the OpenAPI security schemes are declared in api.app."""
+    key = _presented_key(request)
     if not key:
         raise _unauthorized("an API key is required (Authorization: Bearer <key> or X-API-Key: <key>)")
-    key = key.strip()
     if parse_key(key) is None:
         raise _unauthorized("invalid API key")
     app = request.app
@@ -65,19 +89,41 @@ async def authenticate(request: Request,
     digest = hash_key(key)
     principal = cache.get(digest)
     if principal is None:
-        settings = app.state.settings
-
-        def lookup() -> Principal | None:
-            with get_sessionmaker(settings.db_url, settings.db_pool_size)() as s:
-                return verify_key(s, key)
-
-        principal = await run_in_threadpool(lookup)
+        principal = await _lookup(app, cache, key, digest)
         if principal is None:
             raise _unauthorized("invalid or revoked API key")
-        cache.put(digest, principal, settings.auth_cache_ttl_s)
     request.state.tenant = principal.tenant_id
     request.state.key_prefix = principal.prefix
     return principal.tenant_id
+
+
+async def _lookup(app, cache: KeyCache, key: str, digest: str) -> Principal | None:
+    """Ask the database (in the thread pool); concurrent requests with the same key share one query,
+    so a cache expiry under load is one round trip, not one per waiting request."""
+    pending = cache.inflight.get(digest)
+    if pending is not None:
+        return await asyncio.shield(pending)
+    fut = asyncio.get_running_loop().create_future()
+    fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "exception never retrieved"
+    cache.inflight[digest] = fut
+    settings = app.state.settings
+
+    def lookup() -> Principal | None:
+        with get_sessionmaker(settings.db_url, settings.db_pool_size)() as s:
+            return verify_key(s, key)
+
+    try:
+        principal = await run_in_threadpool(lookup)
+    except BaseException as exc:
+        fut.set_exception(exc)
+        raise
+    else:
+        if principal is not None:
+            cache.put(digest, principal, settings.auth_cache_ttl_s)
+        fut.set_result(principal)
+        return principal
+    finally:
+        cache.inflight.pop(digest, None)
 
 
 Authenticated = Depends(authenticate)

@@ -12,14 +12,16 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from .models import ApiKey, Tenant, utcnow
 
 KEY_RE = re.compile(r"^gas_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
 TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+TOUCH_EVERY = timedelta(seconds=60)  # resolution of ApiKey.last_used_at
 
 
 def hash_key(key: str) -> str:
@@ -91,8 +93,11 @@ def verify_key(s: Session, key: str, *, touch: bool = True) -> Principal | None:
     row = s.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
     if row is None or row.revoked_at is not None or not hmac.compare_digest(row.hash, hash_key(key)):
         return None
-    if touch:
-        s.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=utcnow()))
+    if touch and (row.last_used_at is None or row.last_used_at < utcnow() - TOUCH_EVERY):
+        # at most one write per key and minute (a conditional update: concurrent checks do not queue)
+        s.execute(update(ApiKey).where(ApiKey.id == row.id, or_(ApiKey.last_used_at.is_(None),
+                                                               ApiKey.last_used_at < utcnow() - TOUCH_EVERY))
+                  .values(last_used_at=utcnow()))
         s.commit()
     return Principal(tenant_id=row.tenant_id, key_id=row.id, prefix=row.prefix)
 

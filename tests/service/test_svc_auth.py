@@ -273,3 +273,16 @@ def test_artifact_paths_come_from_the_database_only(fake_stack, owner):
             s.get(Artifact, rows["genotype.json"].id).key = original
             s.commit()
     assert b'"fake": true' in http.get(f"/api/v1/jobs/{jid}/artifacts/genotype.json").content
+
+
+def test_openapi_declares_the_key_schemes_on_every_protected_operation(fake_stack):
+    spec = httpx.get(f"{fake_stack.url}/openapi.json").json()  # the API description itself is public
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["bearerKey"]["scheme"] == "bearer" and schemes["headerKey"]["name"] == "X-API-Key"
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            if path in ("/healthz", "/readyz"):
+                assert "security" not in op, path
+            else:
+                assert op["security"] == [{"bearerKey": []}, {"headerKey": []}], (method, path)
+                assert "401" in op["responses"], (method, path)
