@@ -42,3 +42,17 @@ def test_cli_story(fake_stack, tmp_path):
     assert out.returncode == 2 and "budget.latency_ms" in out.stderr
     out = gas(fake_stack, "status", "no-such-job")
     assert out.returncode == 2 and "404" in out.stderr
+
+
+def test_cli_takes_the_key_from_the_flag_or_the_environment(fake_stack):
+    env = {k: v for k, v in fake_stack.env.items() if k != "GAS_API_KEY"}
+
+    def run(*args, **extra):
+        return subprocess.run([PY, "-m", "client.cli", "--url", fake_stack.url, *args], cwd=str(REPO),
+                              capture_output=True, text=True, timeout=120, env=dict(env, **extra))
+    out = run("jobs", "list")
+    assert out.returncode == 2 and "401" in out.stderr and "API key" in out.stderr
+    assert run("--api-key", fake_stack.api_key, "jobs", "list").returncode == 0
+    assert run("jobs", "list", GAS_API_KEY=fake_stack.api_key).returncode == 0
+    out = run("--api-key", "gas_000000000000_" + "x" * 43, "jobs", "list")
+    assert out.returncode == 2 and "401" in out.stderr

@@ -29,6 +29,8 @@ def test_upgrade_head_and_back_to_base_on_postgres(empty_pg):
         assert TABLES <= set(insp.get_table_names())
         for t in TABLES:  # every row carries a tenant for the later auth issue
             assert "tenant_id" in {col["name"] for col in insp.get_columns(t)}, t
+        assert {"tenants", "api_keys"} <= set(insp.get_table_names())  # 0003: tenants and hashed API keys
+        assert {u["column_names"][0] for u in insp.get_unique_constraints("api_keys")} == {"prefix"}
         diff = compare_metadata(MigrationContext.configure(c, opts={"compare_type": True}), Base.metadata)
         assert diff == [], f"models and migrations disagree: {diff}"
         assert c.exec_driver_sql("select version_num from alembic_version").scalar() is not None
