@@ -4,7 +4,7 @@ answers the caller's tenant id; every query of the handlers is scoped by it (``T
 
 Verified keys are cached per process for ``GAS_AUTH_CACHE_TTL_S`` seconds (keyed by the key's
 sha256), so the hot read path does not pay a database round trip per request; a revoked key stops
-working within that time. ``last_used_at`` is stamped at each cache miss (at most once per TTL).
+working within that time. ``last_used_at`` is stamped on a cache miss, at most once a minute.
 """
 from __future__ import annotations
 
