@@ -53,7 +53,9 @@ def enforce(s: Session, settings: ServiceSettings, tenant: str, kind: str, idem_
                                                               Job.idempotency_key == idem_key)) is not None:
         return  # a replay of an accepted request (the insert below answers the existing job)
     used = stored_bytes(s, tenant)
-    if used >= max_bytes:
+    # a job needs room left (it will write artifacts); a new dataset's own bytes are already counted
+    # (its row is flushed in this transaction) and may fill the quota exactly
+    if (used >= max_bytes) if kind in USER_KINDS else (used > max_bytes):
         raise Problem(409, f"storage quota exceeded: {used} bytes stored, the quota is {max_bytes} bytes; "
                            "delete datasets or ask for a larger quota", type_="/problems/quota-storage",
                       quota="storage_bytes", limit=max_bytes, used=used)

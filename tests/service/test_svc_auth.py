@@ -16,7 +16,8 @@ from fastapi.routing import APIRoute
 from sqlalchemy import select, text
 
 from storage.models import ApiKey, Artifact
-from svc_helpers import PY, REPO, db_session, fake_search_body, register_tiny, settings_of, wait_until
+from svc_helpers import (PY, REPO, db_session, fake_search_body, register_tiny, settings_of, wait_dataset,
+                         wait_until)
 
 pytestmark = pytest.mark.services
 PROBLEM = "application/problem+json"
@@ -206,7 +207,8 @@ def test_concurrent_jobs_quota_is_429_with_retry_after(fake_stack):
             body = r.json()
             assert body["quota"] == "concurrent_jobs" and body["limit"] == 2 and body["used"] == 2
             assert "concurrent jobs quota" in body["detail"]
-            assert len(c.get("/api/v1/jobs").json()["items"]) == 2  # the refused request created nothing
+            searches = [j for j in c.get("/api/v1/jobs").json()["items"] if j["kind"] == "search"]
+            assert len(searches) == 2  # the refused request created nothing
             for jid in ids:
                 c.post(f"/api/v1/jobs/{jid}/cancel")
             for jid in ids:
@@ -286,3 +288,35 @@ def test_openapi_declares_the_key_schemes_on_every_protected_operation(fake_stac
             else:
                 assert op["security"] == [{"bearerKey": []}, {"headerKey": []}], (method, path)
                 assert "401" in op["responses"], (method, path)
+
+
+def test_storage_quota_refuses_an_upload_past_it_and_leaves_nothing(fake_stack, datasets_root, tmp_path):
+    import io
+    import zipfile
+
+    def zipped(limit: int) -> bytes:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            src = datasets_root / "camvid_tiny"
+            for p in sorted(src.rglob("*")):
+                if p.is_file():
+                    zf.write(p, f"camvid_tiny/{p.relative_to(src)}")
+            zf.writestr("camvid_tiny/README.txt", "x" * limit)  # makes the archives differ
+        return buf.getvalue()
+    tenant = f"s-{uuid.uuid4().hex[:6]}"
+    a, b = zipped(1), zipped(2)
+    assert admin(fake_stack, "tenants", "create", tenant, "--max-storage-bytes", str(len(a))).returncode == 0
+    with fake_stack.client(fake_stack.create_key(tenant)) as c:
+        up = lambda data: c.post("/api/v1/datasets/uploads", params={"name": "q"}, content=data,  # noqa: E731
+                                 headers={"Content-Type": "application/octet-stream"})
+        r = up(a)  # fills the quota exactly: accepted
+        assert r.status_code == 201, r.text
+        r = up(b)  # would go past it
+        assert r.status_code == 409 and r.json()["quota"] == "storage_bytes", r.text
+        assert r.json()["used"] == len(a) + len(b) and r.json()["limit"] == len(a)
+        assert [d["size_bytes"] for d in c.get("/api/v1/datasets").json()["items"]] == [len(a)]
+        ds_id = wait_dataset(c, c.get("/api/v1/datasets").json()["items"][0]["id"])["id"]
+        r = c.post("/api/v1/jobs/search", json=fake_search_body(ds_id))  # and no job can be added either
+        assert r.status_code == 409 and r.json()["quota"] == "storage_bytes", r.text
+    uploads = settings_of(fake_stack).upload_path / tenant
+    assert len([p for p in uploads.iterdir() if not p.name.startswith(".")]) == 1  # the refused archive left nothing
