@@ -4,7 +4,6 @@ what it injected and what became of its jobs; the totals are printed at the end 
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 
-from svc_helpers import CAMVID, drop_pg_db, make_stack, redis_cleanup  # noqa: E402
+from svc_helpers import copy_camvid_tiny, running_stack  # noqa: E402
 
 LEDGER: list[dict] = []
 
@@ -51,17 +50,7 @@ def pytest_terminal_summary(terminalreporter):
 @pytest.fixture(scope="session")
 def datasets_root(tmp_path_factory):
     """<root>/camvid_tiny: 8 frames per split copied from the shared read-only CamVid."""
-    if not (CAMVID / "train.txt").is_file():
-        pytest.fail(f"CamVid not found at {CAMVID} (set GAS_SHARED or GAS_TEST_CAMVID)")
-    root = tmp_path_factory.mktemp("fault-datasets")
-    dst = root / "camvid_tiny"
-    for split in ("train", "val", "test"):
-        (dst / split).mkdir(parents=True)
-        (dst / f"{split}annot").mkdir()
-        for stem in (CAMVID / f"{split}.txt").read_text().split()[:8]:
-            shutil.copy(CAMVID / split / f"{stem}.jpg", dst / split)
-            shutil.copy(CAMVID / f"{split}annot" / f"{stem}.png", dst / f"{split}annot")
-    return root
+    return copy_camvid_tiny(tmp_path_factory.mktemp("fault-datasets"))
 
 
 @pytest.fixture(scope="session")
@@ -73,22 +62,10 @@ def fault_lut_dir(tmp_path_factory):
 def fake_faults_stack(tmp_path_factory, datasets_root):
     """Fast fake search (tests/service/fake_core.py) on the machine's PostgreSQL and Redis."""
     overrides = json.dumps({"search": "tests.service.fake_core:fake_search"})
-    stack, db_name, prefix = make_stack("ffault", tmp_path_factory, datasets_root, None, job_kind_overrides=overrides)
-    stack.start_worker()
-    stack.start_sweeper()
-    yield stack
-    stack.stop()
-    drop_pg_db(db_name)
-    redis_cleanup(prefix)
+    yield from running_stack("ffault", tmp_path_factory, datasets_root, None, job_kind_overrides=overrides)
 
 
 @pytest.fixture(scope="module")
 def real_faults_stack(tmp_path_factory, datasets_root, fault_lut_dir):
     """The REAL core on the machine's PostgreSQL and Redis; 8 attempts per job."""
-    stack, db_name, prefix = make_stack("rfault", tmp_path_factory, datasets_root, fault_lut_dir, max_attempts=8)
-    stack.start_worker()
-    stack.start_sweeper()
-    yield stack
-    stack.stop()
-    drop_pg_db(db_name)
-    redis_cleanup(prefix)
+    yield from running_stack("rfault", tmp_path_factory, datasets_root, fault_lut_dir, max_attempts=8)

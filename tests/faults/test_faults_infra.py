@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 
-import httpx
 import pytest
 from sqlalchemy import select
 
@@ -17,7 +15,7 @@ from storage.models import Job
 from svc_helpers import (PY, REPO, TINY_BUDGET, db_session, drop_pg_db, fake_search_body, make_stack,
                          redis_cleanup, register_tiny, wait_until)
 
-from infra import OwnPostgres, OwnRedis, pid_alive
+from infra import OwnPostgres, OwnRedis
 
 FAKE = json.dumps({"search": "tests.service.fake_core:fake_search"})
 

@@ -11,7 +11,6 @@ import time
 import uuid
 
 import httpx
-import pytest
 import torch
 from sqlalchemy import select
 

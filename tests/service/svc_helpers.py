@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import shutil
 import socket
 import subprocess
 import sys
@@ -200,6 +201,33 @@ def make_stack(name: str, tmp_path_factory, datasets_root: Path, lut_dir: Path |
     stack.use_key(stack.create_key("default"))  # the suite's clients send a valid key by default
     stack.start_api()
     return stack, db_name, prefix
+
+
+def copy_camvid_tiny(root: Path) -> Path:
+    """<root>/camvid_tiny: 8 frames per split copied from the shared read-only CamVid; returns root."""
+    if not (CAMVID / "train.txt").is_file():
+        raise AssertionError(f"CamVid not found at {CAMVID} (set GAS_SHARED or GAS_TEST_CAMVID)")
+    dst = root / "camvid_tiny"
+    for split in ("train", "val", "test"):
+        (dst / split).mkdir(parents=True)
+        (dst / f"{split}annot").mkdir()
+        for stem in (CAMVID / f"{split}.txt").read_text().split()[:8]:
+            shutil.copy(CAMVID / split / f"{stem}.jpg", dst / split)
+            shutil.copy(CAMVID / f"{split}annot" / f"{stem}.png", dst / f"{split}annot")
+    return root
+
+
+def running_stack(name: str, tmp_path_factory, datasets_root: Path, lut_dir: Path | None, **overrides):
+    """A started stack (API, worker, sweeper) for a fixture to yield; torn down, database and Redis keys dropped."""
+    stack, db_name, prefix = make_stack(name, tmp_path_factory, datasets_root, lut_dir, **overrides)
+    try:
+        stack.start_worker()
+        stack.start_sweeper()
+        yield stack
+    finally:
+        stack.stop()
+        drop_pg_db(db_name)
+        redis_cleanup(prefix)
 
 
 def register_tiny(http: httpx.Client, timeout: float = 120.0) -> str:

@@ -339,8 +339,6 @@ def test_dataset_with_missing_masks_is_invalid_without_server_paths(api, fake_st
 
 @pytest.mark.parametrize("damage,kind", [("values", "mask_values"), ("size", "size_mismatch"), ("decode", "image_decode")])
 def test_dataset_with_bad_files_is_invalid_naming_them_and_refuses_jobs(api, fake_stack, damage, kind):
-    from pathlib import Path
-
     import numpy as np
     from PIL import Image
 
