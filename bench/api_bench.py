@@ -75,21 +75,26 @@ def _auth_line(path: str) -> str:
     return f"Authorization: Bearer {AUTH['key']}\r\n" if path.startswith("/api/") and AUTH else ""
 
 
+async def _roundtrip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: bytes) -> int:
+    """Send one keep-alive GET and read its whole answer; returns the status code."""
+    writer.write(req)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    if length:
+        await reader.readexactly(length)
+    return int(head[9:12])
+
+
 async def _client(host: str, port: int, path: str, stop_at: float, lat: list[float], errors: list[str]) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     req = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n{_auth_line(path)}\r\n".encode()
     try:
         while time.perf_counter() < stop_at:
             t0 = time.perf_counter()
-            writer.write(req)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            if length:
-                await reader.readexactly(length)
+            status = await _roundtrip(reader, writer, req)
             lat.append(time.perf_counter() - t0)
             if status != 200:
                 errors.append(str(status))
@@ -108,17 +113,10 @@ async def _client_rate(host: str, port: int, path: str, start: float, stop_at: f
             delay = t_next - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            writer.write(req)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            if length:
-                await reader.readexactly(length)
+            status = await _roundtrip(reader, writer, req)
             lat.append(time.perf_counter() - t_next)
-            if int(head[9:12]) != 200:
-                errors.append(head[9:12].decode())
+            if status != 200:
+                errors.append(str(status))
             t_next += period
     finally:
         writer.close()
