@@ -3,7 +3,17 @@
 The graph has one node per edge of cell k-1 with the rows of α_{k-1} as features. Two graph
 convolutions Z = A·ReLU(A·X·W1)·W2, then Φ, a linear map back to |O| columns, zero-initialised so
 that α' = α at the start [ours]. One module is shared by all cell pairs [ours]; its parameters are
-architecture-side (updated with α, never by the weight optimizer).
+architecture-side (updated with α, never by the weight optimizer), in their own optimizer group
+(``GGMConfig.lr``, no weight decay: with Φ = 0 the other weights have no loss gradient, and a
+coupled decay alone, normalised by Adam, would shrink them to zero and make the similarity graph
+uniform).
+
+The message is shaped so that it guides α instead of replacing it [ours, issue 8]:
+- ``bias=False``: no bias in the embedding or in Φ, so there is no shared channel that adds the
+  same vector to every edge of every cell;
+- ``center_message``: the message's mean over the edges of a cell is subtracted, so the GGM
+  cannot impose one global op preference on every edge (that is what α_k's own rows are for);
+- ``message_bound``: the message is b·tanh(m/b), bounded by b logits before γ.
 """
 from __future__ import annotations
 
@@ -33,8 +43,9 @@ class GCNGuidedModule(nn.Module):
     def __init__(self, n_ops: int, nodes: int, cfg: GGMConfig):
         super().__init__()
         self.adjacency = cfg.adjacency
+        self.center, self.bound = cfg.center_message, cfg.message_bound
         width = cfg.hidden if cfg.embed else n_ops
-        self.embed = nn.Linear(n_ops, cfg.hidden) if cfg.embed else nn.Identity()
+        self.embed = nn.Linear(n_ops, cfg.hidden, bias=cfg.bias) if cfg.embed else nn.Identity()
         if cfg.adjacency == "similarity":
             self.theta = nn.Linear(width, cfg.hidden, bias=False)
             self.phi_sim = nn.Linear(width, cfg.hidden, bias=False)
@@ -42,9 +53,10 @@ class GCNGuidedModule(nn.Module):
             self.register_buffer("a_topo", topology_adjacency(nodes), persistent=False)
         self.w1 = nn.Linear(width, cfg.hidden, bias=False)
         self.w2 = nn.Linear(cfg.hidden, cfg.hidden, bias=False)
-        self.phi = nn.Linear(cfg.hidden, n_ops)
+        self.phi = nn.Linear(cfg.hidden, n_ops, bias=cfg.bias)
         nn.init.zeros_(self.phi.weight)
-        nn.init.zeros_(self.phi.bias)
+        if self.phi.bias is not None:
+            nn.init.zeros_(self.phi.bias)
 
     def adjacency_matrix(self, x: torch.Tensor) -> torch.Tensor:
         if self.adjacency == "similarity":
@@ -52,7 +64,13 @@ class GCNGuidedModule(nn.Module):
         return self.a_topo
 
     def forward(self, alpha_prev: torch.Tensor) -> torch.Tensor:
+        """The message Φ(GCN(α_{k-1})), shape E x |O| (before γ)."""
         x = self.embed(alpha_prev)
         a = self.adjacency_matrix(x)
         z = a @ self.w2(F.relu(a @ self.w1(x)))
-        return self.phi(z)
+        m = self.phi(z)
+        if self.center:
+            m = m - m.mean(dim=0, keepdim=True)
+        if self.bound > 0:
+            m = self.bound * torch.tanh(m / self.bound)
+        return m

@@ -102,14 +102,18 @@ class SuperNet(nn.Module):
         # Registered parameters, so they are in state_dict() and in checkpoints.
         self.alphas = nn.ParameterList(nn.Parameter(ALPHA_INIT_STD * torch.randn(n_edges, n_ops)) for _ in range(n_alpha))
         self.ggm = GCNGuidedModule(n_ops, cfg.nodes, ggm) if ggm.enabled else None
-        self.ggm_gamma = ggm.gamma
+        self.ggm_cfg = ggm
+        self.ggm_gamma, self.ggm_recursive = ggm.gamma, ggm.recursive
 
     # -- parameter groups -------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
-        params = list(self.alphas)
-        if self.ggm is not None:
-            params += list(self.ggm.parameters())
-        return params
+        return self.alpha_parameters() + self.ggm_parameters()
+
+    def alpha_parameters(self) -> list[nn.Parameter]:
+        return list(self.alphas)
+
+    def ggm_parameters(self) -> list[nn.Parameter]:
+        return list(self.ggm.parameters()) if self.ggm is not None else []
 
     def weight_parameters(self) -> list[nn.Parameter]:
         arch = {id(p) for p in self.arch_parameters()}
@@ -122,12 +126,14 @@ class SuperNet(nn.Module):
         return self.alphas[k]
 
     def alpha_prime(self) -> list[torch.Tensor]:
-        """α'_1 = α_1; α'_k = α_k + γ·Φ(GCN(α_{k-1})) for k >= 2 (GAS.md §3)."""
-        out = []
+        """α'_1 = α_1; α'_k = α_k + γ·Φ(GCN(α_{k-1})) for k >= 2 (GAS.md §3); with
+        ``GGMConfig.recursive`` the message comes from α'_{k-1} instead (a sequential chain)."""
+        out: list[torch.Tensor] = []
         for k in range(self.cfg.num_cells):
             a = self.raw_alpha(k)
             if k > 0 and self.ggm is not None:
-                a = a + self.ggm_gamma * self.ggm(self.raw_alpha(k - 1))
+                prev = out[k - 1] if self.ggm_recursive else self.raw_alpha(k - 1)
+                a = a + self.ggm_gamma * self.ggm(prev)
             out.append(a)
         return out
 

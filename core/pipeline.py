@@ -123,7 +123,7 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
         "expected_latency_ms": result.expected_latency_ms, "predicted_latency_ms": latency.genotype_ms(genotype),
         "measured_latency_ms": repair_doc["measured_after_ms"], "budget_met": repair_doc["budget_met"],
         "repair": repair_doc, "lut_validation": validation, "fps": fps, "history": result.history,
-        "resumed_from_epoch": result.resumed_from_epoch, "wall_s": round(time.perf_counter() - t0, 2),
+        "search_steps": result.steps, "resumed_from_epoch": result.resumed_from_epoch, "wall_s": round(time.perf_counter() - t0, 2),
         "settings": spec.model_dump(mode="json"),
     }
     save_json(art / "report.json", report)

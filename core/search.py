@@ -5,6 +5,7 @@ resumes from the last one when run again in the same state directory.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +22,7 @@ from .specs import SearchConfig
 from .train import autocast_for, evaluate, segmentation_loss
 
 STATE_FILE = "search.pt"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the architecture optimizer has two groups (α, GGM)
 EVAL_BATCH = 8  # batch size of the per-epoch supernet evaluation on D_α
 
 
@@ -35,6 +36,7 @@ class SearchResult:
     expected_latency_ms: float
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from_epoch: int | None = None
+    steps: dict[str, Any] = field(default_factory=dict)  # the schedule's step counts (Searcher.step_counts)
 
 
 def split_halves(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,6 +53,25 @@ def op_probabilities(model: SuperNet, alphas: list[torch.Tensor]) -> list[dict[s
             for a in alphas]
 
 
+def op_entropy(alphas: list[torch.Tensor]) -> list[float]:
+    """Per cell: mean over edges of the entropy of softmax(α'), divided by log|O| (1 = uniform, 0 = one op)."""
+    out = []
+    for a in alphas:
+        p = F.softmax(a.detach().float(), -1)
+        h = -(p * p.clamp_min(1e-12).log()).sum(-1).mean() / math.log(a.shape[-1])
+        out.append(round(float(h), 4))
+    return out
+
+
+def ggm_shift(model: SuperNet, alphas: list[torch.Tensor]) -> list[float]:
+    """Per cell: ‖α'_k − α_k‖ / ‖α_k‖, how much the GGM moved the architecture of cell k."""
+    out = []
+    for k, a in enumerate(alphas):
+        raw = model.raw_alpha(k).detach().float()
+        out.append(round(float((a.detach().float() - raw).norm() / raw.norm().clamp_min(1e-12)), 4))
+    return out
+
+
 class Searcher:
     def __init__(self, model: SuperNet, latency: LatencyModel, penalty: LatencyPenalty, cfg: SearchConfig,
                  data: SegData, device: torch.device, state_dir: Path,
@@ -62,14 +83,20 @@ class Searcher:
         if device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)
         half_w, half_a = split_halves(len(data), cfg.seed)
-        aug = Augment(flip=cfg.flip, crop_height=cfg.crop_height, crop_width=cfg.crop_width)
+        # A crop larger than the data is the whole image (never padding).
+        self.crop = (min(cfg.crop_height or data.height, data.height), min(cfg.crop_width or data.width, data.width))
+        aug = Augment(flip=cfg.flip, crop_height=self.crop[0], crop_width=self.crop[1])
         self.loader_w = DeviceLoader(data, cfg.batch_size, device, indices=half_w, augment=aug, seed=cfg.seed)
         self.loader_a = DeviceLoader(data, cfg.batch_size, device, indices=half_a, augment=aug, seed=cfg.seed + 1)
         self.steps = cfg.steps_per_epoch or len(self.loader_w)
         self.w_opt = torch.optim.SGD(model.weight_parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum,
                                      weight_decay=cfg.w_weight_decay)
-        self.a_opt = torch.optim.Adam(model.arch_parameters(), lr=cfg.a_lr, betas=cfg.a_betas,
-                                      weight_decay=cfg.a_weight_decay)
+        # Two groups: α (coupled L2 as in DARTS) and the GGM (own lr, no decay; see core/ggm.py).
+        groups = [{"params": model.alpha_parameters(), "lr": cfg.a_lr, "weight_decay": cfg.a_weight_decay}]
+        if model.ggm_parameters():
+            groups.append({"params": model.ggm_parameters(), "lr": model.ggm_cfg.lr, "weight_decay": 0.0})
+        self.a_opt = torch.optim.Adam(groups, lr=cfg.a_lr, betas=cfg.a_betas)
+        self.arch_params = model.arch_parameters()
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs, eta_min=cfg.w_lr_min)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
@@ -83,10 +110,15 @@ class Searcher:
             logits = self.model(x, alphas=alphas)
         ce = segmentation_loss(logits, y, self.ignore)
         lat = self.latency(alphas)
-        loss = ce + self.penalty(lat)
-        loss.backward()
+        penalty = self.penalty(lat)
+        loss = ce + penalty
+        # Gradients of α and the GGM only: the weight gradients would be thrown away by the weight step.
+        grads = torch.autograd.grad(loss, self.arch_params, allow_unused=True)
+        for p, g in zip(self.arch_params, grads):
+            p.grad = torch.zeros_like(p) if g is None else g
         self.a_opt.step()
-        return {"a_ce": ce.item(), "a_loss": loss.item(), "expected_latency_ms": lat.item()}
+        return {"a_ce": ce.item(), "a_loss": loss.item(), "latency_penalty": penalty.item(),
+                "expected_latency_ms": lat.item()}
 
     def weight_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """SGD on the weights with CE on a D_w batch, α' detached."""
@@ -106,26 +138,31 @@ class Searcher:
             warm = epoch < self.cfg.warmup_epochs
             phase = "warmup" if warm else "search"
             self.model.train()
+            sums: dict[str, float] = {}
             for step in range(self.steps):
                 if self.should_cancel():
                     raise SearchCancelled(f"cancelled at epoch {epoch} step {step}")
                 metrics = {} if warm else self.arch_step(*self.loader_a.next_batch())
                 metrics.update(self.weight_step(*self.loader_w.next_batch()))
+                for key, v in metrics.items():
+                    sums[key] = sums.get(key, 0.0) + v
                 self.progress({"phase": phase, "epoch": epoch + 1, "epochs": self.cfg.epochs, "step": step + 1,
                                "steps": self.steps, "metrics": metrics,
                                "expected_latency_ms": metrics.get("expected_latency_ms")})
             self.sched.step()
             summary = self._epoch_summary(epoch, phase)
+            summary["mean"] = {key: round(v / self.steps, 5) for key, v in sums.items()}
             self.history.append(summary)
             self._save(epoch + 1)
             self.progress({"phase": phase, "epoch": epoch + 1, "epochs": self.cfg.epochs, "step": self.steps,
-                           "steps": self.steps, "metrics": {"supernet_miou": summary["supernet_miou"]},
+                           "steps": self.steps, "metrics": {"supernet_miou": summary["supernet_miou"], **summary["mean"]},
                            "expected_latency_ms": summary["expected_latency_ms"], "op_probs": summary["op_probs"],
+                           "op_entropy": summary["op_entropy"], "ggm_shift": summary["ggm_shift"],
                            "message": f"epoch {epoch + 1}/{self.cfg.epochs} done"})
         with torch.no_grad():
             alphas = [a.detach().cpu() for a in self.model.alpha_prime()]
             lat = float(self.latency([a.to(self.device) for a in alphas]))
-        return SearchResult(alphas, lat, self.history, resumed)
+        return SearchResult(alphas, lat, self.history, resumed, self.step_counts())
 
     @torch.no_grad()
     def _epoch_summary(self, epoch: int, phase: str) -> dict[str, Any]:
@@ -133,7 +170,15 @@ class Searcher:
         alphas = self.model.alpha_prime()
         return {"epoch": epoch + 1, "phase": phase, "supernet_miou": round(miou, 4),
                 "expected_latency_ms": round(float(self.latency(alphas)), 4),
-                "w_lr": self.sched.get_last_lr()[0], "op_probs": op_probabilities(self.model, alphas)}
+                "w_lr": self.sched.get_last_lr()[0], "op_probs": op_probabilities(self.model, alphas),
+                "op_entropy": op_entropy(alphas), "ggm_shift": ggm_shift(self.model, alphas)}
+
+    def step_counts(self) -> dict[str, int]:
+        """Steps the schedule makes: weight-only warm-up steps, then arch + weight step pairs."""
+        warm = min(self.cfg.warmup_epochs, self.cfg.epochs) * self.steps
+        arch = (self.cfg.epochs - min(self.cfg.warmup_epochs, self.cfg.epochs)) * self.steps
+        return {"steps_per_epoch": self.steps, "warmup_steps": warm, "arch_steps": arch, "weight_steps": warm + arch,
+                "batch_size": self.loader_w.batch_size, "crop": list(self.crop)}
 
     # -- checkpoints ------------------------------------------------------------------------
     def _save(self, epoch: int) -> None:

@@ -52,6 +52,11 @@ class GGMConfig(_Strict):
     gamma: float = Field(0.5, ge=0.0, le=10.0, description="Weight γ of the GCN term in α'_k = α_k + γ·Φ(GCN(α_{k-1})).")
     hidden: int = Field(32, ge=4, le=512, description="Hidden width of the two graph-convolution layers.")
     embed: bool = Field(True, description="Embed the α rows with a linear layer before the GCN.")
+    bias: bool = Field(False, description="Biases in the embedding and in Φ (off: no shared path that adds one vector to every edge) [ours].")
+    center_message: bool = Field(True, description="Subtract the message's mean over a cell's edges, so the GGM cannot impose one global op preference [ours].")
+    message_bound: float = Field(1.0, ge=0.0, le=100.0, description="Message is b·tanh(m/b), at most b logits before γ; 0 = unbounded [ours].")
+    recursive: bool = Field(False, description="Chain α'_k = α_k + γ·GGM(α'_{k-1}) (sequential) instead of the one-hop GGM(α_{k-1}).")
+    lr: float = Field(3e-4, gt=0.0, le=10.0, description="Adam learning rate of the GGM's weights (own group, no weight decay) [ours].")
 
 
 class LatencyConfig(_Strict):
