@@ -103,10 +103,13 @@ def test_budget_penalty_pulls_toward_the_budget(latency, sign):
     assert float(pen(torch.tensor(10.0))) == 0.0
 
 
-def test_paper_form_is_plain_weighted_latency():
+def test_paper_form_is_weighted_latency_over_the_budget():
     pen = LatencyPenalty(LatencyConfig(form="paper", weight=0.3, budget_ms=10.0))
-    assert float(pen(torch.tensor(5.0))) == pytest.approx(1.5)
-    assert float(pen(torch.tensor(20.0))) == pytest.approx(6.0)
+    assert float(pen(torch.tensor(20.0))) == pytest.approx(0.3 * 2)  # λ·LAT/T, dimensionless
+    assert float(pen(torch.tensor(5.0))) == pytest.approx(0.3 * 0.5)
+    x = torch.tensor(5.0, requires_grad=True)
+    pen(x).backward()
+    assert float(x.grad) == pytest.approx(0.3 / 10.0)  # plain minimisation: the same pull below T
 
 
 def test_burst_is_part_of_the_table_identity(tmp_path):
