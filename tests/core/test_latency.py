@@ -103,6 +103,13 @@ def test_budget_penalty_pulls_toward_the_budget(latency, sign):
     assert float(pen(torch.tensor(10.0))) == 0.0
 
 
+def test_under_budget_slope_is_documented_as_the_code_computes_it():
+    slope, weight = 0.1, 2.0
+    pen = LatencyPenalty(LatencyConfig(budget_ms=10.0, weight=weight, under_budget_slope=slope))
+    assert float(pen(torch.tensor(5.0))) == pytest.approx(weight * slope * (1 - 0.5))  # r = 0.5
+    assert "slope·(1-r) for r<1" in LatencyConfig.model_fields["under_budget_slope"].description
+
+
 def test_paper_form_is_weighted_latency_over_the_budget():
     pen = LatencyPenalty(LatencyConfig(form="paper", weight=0.3, budget_ms=10.0))
     assert float(pen(torch.tensor(20.0))) == pytest.approx(0.3 * 2)  # λ·LAT/T, dimensionless
