@@ -25,6 +25,7 @@ from .lut_check import validate_table
 from .network import DerivedNet, SuperNet
 from .search import Searcher, SearchCancelled
 from .specs import BenchmarkJobSpec, RetrainJobSpec, SearchJobSpec
+from .timing import set_cudnn_benchmark
 from .train import train
 
 ARTIFACTS, STATE = "artifacts", "state"
@@ -67,6 +68,7 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
                     lut_dir: str | Path | None, data_cache_dir: str | Path | None = None) -> dict:
     art, state = _dirs(workdir)
     device = pick_device()
+    set_cudnn_benchmark()  # before the LUT: its identity records the flag
     lat_cfg, net_cfg = spec.latency, spec.network.model_copy(update={"num_classes": spec.dataset.num_classes})
     t0 = time.perf_counter()
     torch.manual_seed(spec.search.seed)
@@ -144,6 +146,7 @@ def retrain_pipeline(spec: RetrainJobSpec, workdir: Path, progress: Progress, sh
                      data_cache_dir: str | Path | None = None) -> dict:
     art, _ = _dirs(workdir)
     device = pick_device()
+    set_cudnn_benchmark()
     genotype = parse_genotype(spec.genotype)
     if genotype.network.num_classes != spec.dataset.num_classes:
         raise ValueError(f"genotype network.num_classes {genotype.network.num_classes} != dataset num_classes "
@@ -178,6 +181,7 @@ def retrain_pipeline(spec: RetrainJobSpec, workdir: Path, progress: Progress, sh
 def benchmark_pipeline(spec: BenchmarkJobSpec, workdir: Path, progress: Progress, should_cancel: CancelCheck) -> dict:
     art, _ = _dirs(workdir)
     device = pick_device()
+    set_cudnn_benchmark()
     genotype = parse_genotype(spec.genotype)
     _check(should_cancel, "before measuring")
     progress({"phase": "fps", "message": f"measuring at {spec.height}x{spec.width}"})

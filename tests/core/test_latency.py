@@ -196,3 +196,38 @@ def test_every_edge_is_priced_at_the_shape_it_sees_in_a_real_forward():
     assert len(keys) == HOOK_CFG.num_cells * HOOK_CFG.nodes * 2
     assert set(keys) <= required
     assert lat.genotype_ms(g) == pytest.approx(lat.const_ms + sum(table.ms(k) for k in keys), rel=1e-6)
+
+
+def test_jobs_set_cudnn_benchmark_before_measuring_whatever_ran_before(tmp_path, camvid_ref, monkeypatch):
+    """The flag is process-global: a worker's previous job must not change a LUT's identity or an FPS report."""
+    import json
+
+    import core.pipeline as pipeline
+    from core.specs import BenchmarkJobSpec, SearchJobSpec
+    from core.timing import CUDNN_BENCHMARK
+
+    class Stop(Exception):
+        pass
+
+    tables = []
+
+    def build_then_stop(*args, **kwargs):
+        tables.append(build_table(*args, **kwargs))
+        raise Stop
+
+    monkeypatch.setattr(pipeline, "build_table", build_then_stop)
+    lat = LatencyConfig(height=H, width=W, repeats=3, warmup_runs=1, lut_burst=1)
+    for before in (CUDNN_BENCHMARK, not CUDNN_BENCHMARK):
+        monkeypatch.setattr(torch.backends.cudnn, "benchmark", before)
+        spec = SearchJobSpec(dataset=camvid_ref, network=CFG, latency=lat)
+        with pytest.raises(Stop):
+            pipeline.search_pipeline(spec, tmp_path / f"s{before}", lambda e: None, lambda: False, tmp_path / "lut")
+    assert [t.context.cudnn_benchmark for t in tables] == [CUDNN_BENCHMARK, CUDNN_BENCHMARK]
+    assert tables[0].id == tables[1].id
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", not CUDNN_BENCHMARK)
+    g = random_genotype(CFG, OPS_, torch.Generator().manual_seed(0))
+    spec = BenchmarkJobSpec(genotype=g.model_dump(mode="json"), height=H, width=W, iters=5)
+    pipeline.benchmark_pipeline(spec, tmp_path / "b", lambda e: None, lambda: False)
+    report = json.loads((tmp_path / "b" / "artifacts" / "report.json").read_text())
+    assert report["fps"]["cudnn_benchmark"] is CUDNN_BENCHMARK
