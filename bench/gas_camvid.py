@@ -105,7 +105,7 @@ def main() -> None:
         r = run_retrain(spec, a.out / name)
         rep = json.loads((a.out / name / "artifacts" / "report.json").read_text())
         fps = rep["fps"]
-        return {"test_mIoU": r["miou"], "per_class_iou": rep["train"]["best"]["per_class_iou"],
+        return {"test_mIoU": r["miou"], "per_class_iou": rep["train"]["last"]["per_class_iou"],
                 "steps": rep["train"]["steps"], "train_img_per_s": rep["train"]["images_per_s"],
                 "fps_fp32": fps["measurements"]["fp32"]["eager"]["fps"],
                 "fps_fp16": fps["measurements"].get("fp16", {}).get("eager", {}).get("fps"),

@@ -42,13 +42,19 @@ class CellInputs(nn.Module):
         return self.pre0(s0), self.pre1(s1)
 
 
+def search_op(name: str, c: int, stride: int) -> nn.Module:
+    """An op as the search mixed op holds it: BN without affine parameters, and ops marked
+    ``search_bn`` (pooling) followed by an affine-free BN, so they sit on the BN'd convs' scale (DARTS)."""
+    op = build_op(name, c, stride, affine=False)
+    return nn.Sequential(op, nn.BatchNorm2d(c, affine=False)) if OPS[name].search_bn else op
+
+
 class MixedOp(nn.Module):
     """ō(x) = Σ_o w_o · o(x) over the candidate ops of one edge."""
 
     def __init__(self, ops: list[str], c: int, stride: int):
         super().__init__()
-        # BN without affine parameters during search, as in DARTS.
-        self.ops = nn.ModuleList(build_op(o, c, stride, affine=False) for o in ops)
+        self.ops = nn.ModuleList(search_op(o, c, stride) for o in ops)
         self.zero = [OPS[o].zero for o in ops]
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -115,7 +115,7 @@ def _down(n: int) -> int:
 
 @dataclass(frozen=True)
 class CellShapes:
-    h: int  # resolution of s1 and of the cell's edges' inputs
+    h: int  # resolution of s1 (and of every edge's input, except inside a reduction cell: edge_input_hw)
     w: int
     h0: int  # resolution of s0
     w0: int
@@ -165,8 +165,19 @@ def glue_keys(cfg: NetworkConfig, height: int, width: int) -> list[LutKey]:
     return keys
 
 
-def op_key(op: str, c: int, shapes: CellShapes, stride: int) -> LutKey:
-    return LutKey("op", op, c, c, shapes.h, shapes.w, stride)
+def edge_input_hw(shapes: CellShapes, source: int, reduction: bool) -> tuple[int, int]:
+    """Resolution of the input of an edge leaving node ``source``: the cell's input resolution for
+    the input nodes (0, 1); inside a reduction cell the intermediate nodes (source >= 2) are
+    already at the reduced resolution."""
+    if reduction and source >= 2:
+        return _down(shapes.h), _down(shapes.w)
+    return shapes.h, shapes.w
+
+
+def op_key(op: str, c: int, shapes: CellShapes, source: int, reduction: bool) -> LutKey:
+    """The key of ``op`` on the edge leaving node ``source`` of a cell with these shapes."""
+    h, w = edge_input_hw(shapes, source, reduction)
+    return LutKey("op", op, c, c, h, w, edge_stride(source, reduction))
 
 
 def required_keys(cfg: NetworkConfig, ops: Iterable[str], height: int, width: int) -> list[LutKey]:
@@ -174,9 +185,10 @@ def required_keys(cfg: NetworkConfig, ops: Iterable[str], height: int, width: in
     for k0, k1 in pre_keys(cfg, height, width):
         keys.update((k0, k1))
     keys.update(glue_keys(cfg, height, width))
+    sources = {src for src, _ in cell_edges(cfg.nodes)}
     for p, s in zip(channel_plan(cfg), cell_shapes(cfg, height, width)):
-        for stride in ({1, 2} if p.reduction else {1}):
-            keys.update(op_key(o, p.c, s, stride) for o in ops if not OPS[o].zero)
+        for src in sources:
+            keys.update(op_key(o, p.c, s, src, p.reduction) for o in ops if not OPS[o].zero)
     return sorted(keys)
 
 
@@ -261,7 +273,7 @@ class LatencyModel(nn.Module):
             for e, (src, _) in enumerate(edges):
                 for o, name in enumerate(ops):
                     if not OPS[name].zero:
-                        grid[k, e, o] = table.ms(op_key(name, p.c, s, edge_stride(src, p.reduction)))
+                        grid[k, e, o] = table.ms(op_key(name, p.c, s, src, p.reduction))
         const = table.ms(stem_key(cfg, height, width)) + table.ms(head_key(cfg, height, width))
         const += sum(table.ms(k0) + table.ms(k1) for k0, k1 in pre_keys(cfg, height, width))
         const += sum(table.ms(k) for k in glue_keys(cfg, height, width))

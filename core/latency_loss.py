@@ -10,14 +10,14 @@ from .specs import LatencyConfig
 class LatencyPenalty(nn.Module):
     """``budget`` form [ours]: f(r) = (r - 1) above the budget, slope·(1 - r) below it, so the search
     is pulled toward the budget T (not to the cheapest network) and pushed hard when over it.
-    ``paper`` form [likely]: λ · LAT (milliseconds), plain minimisation."""
+    ``paper`` form [likely]: λ · LAT / T, plain minimisation (dimensionless, on the budget form's scale)."""
 
     def __init__(self, cfg: LatencyConfig):
         super().__init__()
         self.budget_ms, self.weight, self.form, self.slope = cfg.budget_ms, cfg.weight, cfg.form, cfg.under_budget_slope
 
     def forward(self, latency_ms: torch.Tensor) -> torch.Tensor:
-        if self.form == "paper":
-            return self.weight * latency_ms
         r = latency_ms / self.budget_ms
+        if self.form == "paper":
+            return self.weight * r
         return self.weight * torch.where(r >= 1, r - 1, self.slope * (1 - r))

@@ -22,16 +22,18 @@ class OpSpec:
     build: OpBuilder
     parametric: bool  # has learnable weights
     zero: bool = False  # outputs zeros: costs nothing, never kept by derivation
+    search_bn: bool = False  # the search mixed op follows it with BatchNorm2d(affine=False) (DARTS); derived nets do not
 
 
 OPS: dict[str, OpSpec] = {}
 
 
-def register_op(name: str, *, parametric: bool, zero: bool = False) -> Callable[[OpBuilder], OpBuilder]:
+def register_op(name: str, *, parametric: bool, zero: bool = False,
+                search_bn: bool = False) -> Callable[[OpBuilder], OpBuilder]:
     def deco(fn: OpBuilder) -> OpBuilder:
         if name in OPS:
             raise ValueError(f"op {name!r} registered twice")
-        OPS[name] = OpSpec(name, fn, parametric, zero)
+        OPS[name] = OpSpec(name, fn, parametric, zero, search_bn)
         return fn
 
     return deco
@@ -120,7 +122,7 @@ def _skip(c: int, stride: int, affine: bool) -> nn.Module:
     return nn.Identity() if stride == 1 else FactorizedReduce(c, c, affine)
 
 
-@register_op("max_pool_3x3", parametric=False)
+@register_op("max_pool_3x3", parametric=False, search_bn=True)
 def _max_pool(c: int, stride: int, affine: bool) -> nn.Module:
     return nn.MaxPool2d(3, stride=stride, padding=1)
 

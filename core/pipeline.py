@@ -25,9 +25,15 @@ from .lut_check import validate_table
 from .network import DerivedNet, SuperNet
 from .search import Searcher, SearchCancelled
 from .specs import BenchmarkJobSpec, RetrainJobSpec, SearchJobSpec
+from .timing import set_cudnn_benchmark
 from .train import train
 
 ARTIFACTS, STATE = "artifacts", "state"
+MIOU_SELECTION = "last epoch"
+"""How a retrain's headline mIoU (and its shipped checkpoint) is chosen: the last epoch, never the
+best evaluated one, which would select on the eval split (the test split in the CamVid protocol)."""
+BEST_NOTE = ("best_miou/best_epoch: the best evaluated epoch on the same split, for information only; "
+             "choosing it would select on that split")
 Progress = Callable[[dict], None]
 CancelCheck = Callable[[], bool]
 
@@ -62,6 +68,7 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
                     lut_dir: str | Path | None, data_cache_dir: str | Path | None = None) -> dict:
     art, state = _dirs(workdir)
     device = pick_device()
+    set_cudnn_benchmark()  # before the LUT: its identity records the flag
     lat_cfg, net_cfg = spec.latency, spec.network.model_copy(update={"num_classes": spec.dataset.num_classes})
     t0 = time.perf_counter()
     torch.manual_seed(spec.search.seed)
@@ -139,6 +146,7 @@ def retrain_pipeline(spec: RetrainJobSpec, workdir: Path, progress: Progress, sh
                      data_cache_dir: str | Path | None = None) -> dict:
     art, _ = _dirs(workdir)
     device = pick_device()
+    set_cudnn_benchmark()
     genotype = parse_genotype(spec.genotype)
     if genotype.network.num_classes != spec.dataset.num_classes:
         raise ValueError(f"genotype network.num_classes {genotype.network.num_classes} != dataset num_classes "
@@ -150,26 +158,30 @@ def retrain_pipeline(spec: RetrainJobSpec, workdir: Path, progress: Progress, sh
     torch.manual_seed(spec.train.seed)
     model = DerivedNet(genotype)
     result = train(model, train_data, eval_data, spec.train, workdir, device, progress, should_cancel)
-    # The shipped checkpoint is the best evaluated epoch (the one "miou" refers to); weights only.
-    load_weights(model, result["checkpoints"]["best"])
+    # The shipped checkpoint is the last epoch's (the one "miou" refers to, see MIOU_SELECTION); weights only.
+    last, best = result["last"], result["best"]
+    load_weights(model, result["checkpoints"]["last"])
     save_weights(model, art / "checkpoint.safetensors",
-                 metadata={"genotype_hash": genotype.arch_hash(), "checkpoint": "best",
-                           "epoch": str(result["best"]["epoch"]), "miou": repr(result["best"]["miou"])})
+                 metadata={"genotype_hash": genotype.arch_hash(), "checkpoint": "last", "epoch": str(last["epoch"]),
+                           "miou": repr(last["miou"]), "miou_split": spec.train.eval_split})
     progress({"phase": "fps", "message": "FPS report"})
     fps = fps_report(model, spec.height, spec.width, device, spec.fps_iters,
                      budget_ms=genotype.provenance.budget_ms)
     genotype.save(art / "genotype.json")
-    report = {"kind": "retrain", "genotype_hash": genotype.arch_hash(), "train": result, "fps": fps,
-              "resolution": [spec.height, spec.width], "settings": spec.model_dump(mode="json", exclude={"genotype"})}
+    headline = {"miou": last["miou"], "miou_epoch": last["epoch"], "miou_split": spec.train.eval_split,
+                "miou_selection": MIOU_SELECTION, "best_miou": best["miou"], "best_epoch": best["epoch"]}
+    report = {"kind": "retrain", "genotype_hash": genotype.arch_hash(), **headline, "best_note": BEST_NOTE,
+              "train": result, "fps": fps, "resolution": [spec.height, spec.width],
+              "settings": spec.model_dump(mode="json", exclude={"genotype"})}
     save_json(art / "report.json", report)
-    return {"genotype_hash": genotype.arch_hash(), "miou": result["best"]["miou"], "last_miou": result["last"]["miou"],
-            "best_epoch": result["best"]["epoch"], "fps": fps.get("measured_fps"),
+    return {"genotype_hash": genotype.arch_hash(), **headline, "fps": fps.get("measured_fps"),
             "device": fps.get("device")}
 
 
 def benchmark_pipeline(spec: BenchmarkJobSpec, workdir: Path, progress: Progress, should_cancel: CancelCheck) -> dict:
     art, _ = _dirs(workdir)
     device = pick_device()
+    set_cudnn_benchmark()
     genotype = parse_genotype(spec.genotype)
     _check(should_cancel, "before measuring")
     progress({"phase": "fps", "message": f"measuring at {spec.height}x{spec.width}"})

@@ -68,7 +68,7 @@ class LatencyConfig(_Strict):
     precision: Precision = Field("fp32", description="Deployment precision of the LUT and the budget (fp16/bf16 on CUDA only).")
     weight: float = Field(0.5, ge=0.0, le=100.0, description="λ, the weight of the latency term in the architecture loss.")
     form: LatencyForm = Field("budget", description="'budget': λ·f(LAT/T) pulling toward T; 'paper': λ·LAT/T (plain, minimising).")
-    under_budget_slope: float = Field(0.1, ge=0.0, le=1.0, description="Slope of f below the budget (f(r)=slope·(r-1) for r<1, r-1 above).")
+    under_budget_slope: float = Field(0.1, ge=0.0, le=1.0, description="Slope of f below the budget (f(r)=slope·(1-r) for r<1, r-1 above).")
     warmup_runs: int = Field(10, ge=1, le=1000, description="Untimed runs before each LUT measurement.")
     repeats: int = Field(30, ge=3, le=10_000, description="Timed runs per LUT entry; the median is kept, with p10/p90.")
     lut_burst: int = Field(10, ge=1, le=1000, description="Back-to-back calls per timed LUT sample, as ops queue inside a network [ours]; 1 = each call alone.")

@@ -9,6 +9,10 @@ from typing import Callable
 import torch
 
 PRECISION_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+CUDNN_BENCHMARK = True
+"""torch.backends.cudnn.benchmark for every job (LUT, end-to-end, FPS, training) [ours]: autotuned
+kernels, as a deployment at fixed shapes runs them. The flag is process-global, so each job sets it
+(:func:`set_cudnn_benchmark`) before it measures anything; the LUT context records it."""
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,11 @@ class TimingStats:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def set_cudnn_benchmark() -> None:
+    """Put the process-global cudnn.benchmark flag at :data:`CUDNN_BENCHMARK` (start of every job)."""
+    torch.backends.cudnn.benchmark = CUDNN_BENCHMARK
 
 
 def check_precision(precision: str, device: torch.device) -> None:

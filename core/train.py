@@ -30,6 +30,7 @@ from .data import Augment, DeviceLoader, SegData
 from .jobs import Cancelled
 from .metrics import ConfusionMeter
 from .specs import RetrainConfig
+from .timing import set_cudnn_benchmark
 
 STATE_SUBDIR = "state"
 """Directory of ``workdir`` holding the resumable training state."""
@@ -164,7 +165,7 @@ def train(model: nn.Module, train_data: SegData, eval_data: SegData, cfg: Retrai
     model.to(device)
     if is_cuda:
         model.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True
+        set_cudnn_benchmark()
 
     augment = Augment(flip=cfg.flip, scale_min=cfg.scale_min, scale_max=cfg.scale_max,
                       crop_height=cfg.crop_height, crop_width=cfg.crop_width)

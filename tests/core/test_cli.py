@@ -47,3 +47,13 @@ def test_bad_settings_are_refused_with_the_field_named(tmp_path):
                                        ([1, 2, 3, 4], [1, 3, 2, 4], 0.8)])
 def test_rank_correlation(a, b, rho):
     assert rank_correlation(a, b) == pytest.approx(rho, abs=1e-6)
+
+
+def test_settings_doc_is_the_generated_table():
+    """docs/SETTINGS.md is `python -m core settings` under a fixed header: regenerate it when a spec changes."""
+    from pathlib import Path
+
+    from core.cli import _settings_table
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "SETTINGS.md").read_text()
+    assert doc[doc.index("| setting |"):] == _settings_table() + "\n", "docs/SETTINGS.md is stale: regenerate it"

@@ -74,6 +74,7 @@ def test_search_derive_retrain_evaluate_fps(camvid_subset, tmp_path):
     baseline = most_frequent_class_miou(camvid_subset, tmp_path)
     print(f"mIoU {result['miou']:.4f} vs most-frequent-class {baseline:.4f}")
     assert result["miou"] > max(2 * baseline, baseline + 0.05)
-    assert set(rreport["train"]["best"]["per_class_iou"]) == set(f"class_{i}" for i in range(11)) or \
-        "sky" in rreport["train"]["best"]["per_class_iou"]
+    assert set(rreport["train"]["last"]["per_class_iou"]) == set(f"class_{i}" for i in range(11)) or \
+        "sky" in rreport["train"]["last"]["per_class_iou"]
+    assert result["miou"] == rreport["train"]["last_miou"] and rreport["miou_selection"] == "last epoch"
     assert rreport["fps"]["batch"] == 1 and rreport["fps"]["height"] == H

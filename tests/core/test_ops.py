@@ -57,6 +57,6 @@ def small_table():
 def test_every_op_has_measured_latency(small_table, name):
     cfg, table = small_table
     shapes = cell_shapes(cfg, 32, 48)
-    for stride, k in ((1, 0), (2, 1)):
-        stats = table.entries[op_key(name, 16 if k else 8, shapes[k], stride)]
+    for source, k in ((1, 0), (0, 1), (2, 1)):  # stride 1; stride 2; stride 1 at the reduced shape
+        stats = table.entries[op_key(name, 16 if k else 8, shapes[k], source, k == 1)]
         assert stats.count == 3 and 0 < stats.p10_ms <= stats.median_ms <= stats.p90_ms

@@ -97,3 +97,26 @@ def test_topology_adjacency_is_symmetric_normalised():
     assert a.shape == (14, 14) and torch.allclose(a, a.t())
     assert (a.diagonal() > 0).all()
     assert torch.linalg.eigvalsh(a).max() <= 1.0 + 1e-5
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_search_pooling_is_followed_by_affine_free_bn_and_derived_pooling_is_bare(stride):
+    """DARTS: pooling in the search mixed op gets BatchNorm2d(affine=False), to sit on the BN'd convs' scale."""
+    from torch import nn
+
+    from core.cell import DerivedCell, MixedOp
+    from core.genotype import Cell, Edge
+    from core.ops import op_names
+
+    ops = op_names()
+    mixed = MixedOp(ops, 8, stride).train()
+    pool = mixed.ops[ops.index("max_pool_3x3")]
+    y = pool(3.0 + 2.0 * torch.randn(4, 8, 13, 18))
+    assert y.mean(dim=(0, 2, 3)).abs().max() < 1e-4
+    assert (y.var(dim=(0, 2, 3), unbiased=False) - 1).abs().max() < 1e-3
+    assert list(pool.parameters()) == []  # affine-free
+    assert type(mixed.ops[ops.index("conv_3x3")]).__name__ == "ReLUConvBN"  # other ops unchanged
+
+    cell = DerivedCell(Cell(reduction=stride == 2, nodes=[(Edge(input=0, op="max_pool_3x3"),
+                                                           Edge(input=1, op="max_pool_3x3"))]), 8, 8, 8, False)
+    assert all(type(op) is nn.MaxPool2d for op in cell.ops)

@@ -126,3 +126,37 @@ def test_time_budget_stops_training(tmp_path: Path, camvid_train: SegData, camvi
     assert report["epochs_completed"] < 10_000
     assert budget <= report["train_seconds"] < budget + 2.0
     assert report["last"]["epoch"] == report["epochs_completed"]
+
+
+def test_retrain_reports_and_ships_the_last_epoch_not_the_best(tmp_path: Path, camvid_ref, monkeypatch) -> None:
+    """The headline mIoU is the last epoch's on the eval split (no selection on it); the best is labelled."""
+    import json
+
+    import core.pipeline as pipeline
+    import core.train as core_train
+    from core.derive import random_genotype
+    from core.jobs import run_retrain
+    from core.ops import op_names
+    from core.specs import NetworkConfig, RetrainJobSpec
+
+    net = NetworkConfig(num_cells=3, reduction_cells=[1], init_channels=8, stem_channels=8, head_channels=16,
+                        low_level_channels=8, nodes=2)
+    genotype = random_genotype(net, op_names(), torch.Generator().manual_seed(0))
+    fake = iter([0.2, 0.6, 0.4])  # the best evaluated epoch (2) is not the last (3)
+    real_evaluate = core_train.evaluate
+    monkeypatch.setattr(core_train, "evaluate", lambda *a, **k: {**real_evaluate(*a, **k), "miou": next(fake)})
+    monkeypatch.setattr(pipeline, "fps_report", lambda *a, **k: {"measured_fps": 1.0, "device": "cpu"})
+    spec = RetrainJobSpec(dataset=camvid_ref, genotype=genotype.model_dump(mode="json"), height=48, width=64,
+                          train=_cfg(epochs=3, eval_every=1), fps_iters=5)
+    summary = run_retrain(spec, tmp_path)
+    assert summary["miou"] == 0.4 and summary["miou_epoch"] == 3
+    assert summary["best_miou"] == 0.6 and summary["best_epoch"] == 2
+    assert summary["miou_split"] == "val" and summary["miou_selection"] == "last epoch"
+    report = json.loads((tmp_path / "artifacts" / "report.json").read_text())
+    assert report["miou"] == 0.4 and report["miou_split"] == "val" and report["miou_selection"] == "last epoch"
+    assert report["best_miou"] == 0.6 and report["best_epoch"] == 2 and "best_note" in report
+    shipped = _weights(tmp_path / "artifacts" / "checkpoint.safetensors")
+    last, best = _weights(tmp_path / LAST_WEIGHTS), _weights(tmp_path / BEST_WEIGHTS)
+    assert shipped.keys() == last.keys()
+    assert all(torch.equal(shipped[k], last[k]) for k in last)
+    assert not all(torch.equal(shipped[k], best[k]) for k in best)
