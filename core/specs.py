@@ -81,12 +81,12 @@ class LatencyConfig(_Strict):
 class SearchConfig(_Strict):
     """Search procedure (GAS.md §5, DARTS first-order)."""
 
-    epochs: int = Field(20, ge=1, le=1000, description="Total search epochs, warm-up included.")
-    warmup_epochs: int = Field(5, ge=0, le=1000, description="Epochs training weights only, α frozen.")
+    epochs: int = Field(40, ge=1, le=1000, description="Total search epochs, warm-up included.")
+    warmup_epochs: int = Field(15, ge=0, le=1000, description="Epochs training weights only, α frozen (a third or more of the run, GAS.md §10).")
     steps_per_epoch: int = Field(0, ge=0, le=100_000, description="Steps per epoch; 0 means one pass over the weight half.")
     batch_size: int = Field(8, ge=1, le=256, description="Batch size of both the weight and the architecture steps.")
-    crop_height: int = Field(0, ge=0, le=4096, description="Training crop height; 0 means the full image.")
-    crop_width: int = Field(0, ge=0, le=4096, description="Training crop width; 0 means the full image.")
+    crop_height: int = Field(240, ge=0, le=4096, description="Search crop height (never larger than the data; 0 = the full image); the LUT stays at the deployment resolution.")
+    crop_width: int = Field(320, ge=0, le=4096, description="Search crop width (never larger than the data; 0 = the full image).")
     w_lr: float = Field(0.05, gt=0.0, le=10.0, description="SGD learning rate of the weights (cosine to w_lr_min).")
     w_lr_min: float = Field(0.001, ge=0.0, le=10.0, description="Final weight learning rate.")
     w_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum of the weights.")
@@ -96,7 +96,7 @@ class SearchConfig(_Strict):
     a_weight_decay: float = Field(1e-3, ge=0.0, le=1.0, description="Adam weight decay of α and the GGM.")
     a_betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas of the architecture optimizer.")
     shared_cells: bool = Field(False, description="Ablation: one α for all normal cells and one for all reduction cells (DARTS).")
-    gumbel: bool = Field(False, description="Gumbel-softmax relaxation of the mixed operation instead of softmax.")
+    gumbel: bool = Field(True, description="Gumbel-softmax relaxation of the mixed operation in training mode (off: plain softmax, which lets skip_connect win; docs/SEARCH_QUALITY.md).")
     gumbel_tau: float = Field(1.0, gt=0.0, le=100.0, description="Gumbel-softmax temperature.")
     ops: list[str] | None = Field(None, description="Subset of the op registry to search over (None = all 8).")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of weights, data order and augmentation.")

@@ -1,0 +1,289 @@
+"""Does the search beat chance? GAS against random genotypes of the same LUT latency, in one run.
+
+A benchmark, not a test (issue: "the search must be shown to work"). Every arm's genotype is retrained
+with the same recipe and step budget on CamVid train+val and evaluated once, after the last epoch, on
+CamVid test (SegNet split; nothing is selected on test). Arms:
+
+- ``gas``       GAS as shipped (independent cells, GGM, latency loss), one search per seed in ``--seeds``;
+- ``no_ggm``    the same search without the GCN-Guided Module;
+- ``shared``    shared cells (one α for normal and one for reduction cells, no GGM: the DARTS/CAS ablation);
+- ``softmax``   GAS with the plain softmax mixed op instead of Gumbel-softmax (the pre-fix default);
+- ``lambda_*``  GAS with other latency weights (``--lambdas``; optional);
+- ``random_i``  ``--randoms`` uniformly random genotypes whose LUT latency is closest to the first GAS genotype's.
+
+The budget is the median LUT latency of 200 random genotypes of the space unless ``--budget-ms`` is
+given, so it binds: about half the space is over it. Each arm reports test mIoU, its measured batch-1
+latency against the budget, the LUT prediction and error, and (searches) α' op entropy per cell, the
+GGM's shift ‖α'−α‖/‖α‖, step counts and wall time.
+
+Profiles:
+- ``cpu``: a reduced network (6 cells, 3 nodes, C=12) at 96x128 on this 2-core machine, ≤ 60 min;
+- ``gpu``: the default network at CamVid's 360x480 on one H100/H200, ≤ 10 min, with the torchvision
+  peers of ``../shared/bench/peer_camvid.py`` in the same run.
+
+usage: python bench/search_quality.py --profile cpu|gpu [--data DIR] [--out DIR] [--smoke]
+Writes ``OUT/search_quality_<profile>.json`` and ``.md`` (OUT defaults to bench/results).
+Run it alone on the machine: a busy neighbour corrupts every latency figure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from core.derive import random_genotype  # noqa: E402
+from core.genotype import Genotype, load_genotype  # noqa: E402
+from core.jobs import run_retrain, run_search  # noqa: E402
+from core.latency import LatencyModel, build_table  # noqa: E402
+from core.network import SuperNet  # noqa: E402
+from core.specs import (DatasetRef, GGMConfig, LatencyConfig, NetworkConfig, RetrainConfig,  # noqa: E402
+                        RetrainJobSpec, SearchConfig, SearchJobSpec)
+from core.timing import set_cudnn_benchmark  # noqa: E402
+
+BUDGET_SAMPLES = 200  # random genotypes whose median LUT latency is the default budget
+RANDOM_POOL = 400  # random genotypes sampled to find the ones closest to GAS's LUT latency
+
+
+@dataclass
+class Profile:
+    height: int
+    width: int
+    network: NetworkConfig
+    search: SearchConfig
+    retrain: RetrainConfig
+    threads: int | None  # torch intra-op threads (None = torch's default)
+    seeds: tuple[int, ...] = (0,)
+    randoms: int = 3
+    lambdas: tuple[float, ...] = ()
+    peers: str = ""
+    peer_budget_s: float = 0.0
+    lut_repeats: int = 30
+    e2e_repeats: int = 50
+    arms: tuple[str, ...] = ("no_ggm", "shared", "softmax")
+    notes: list[str] = field(default_factory=list)
+
+
+PROFILES: dict[str, Profile] = {
+    "cpu": Profile(
+        height=96, width=128,
+        network=NetworkConfig(num_cells=6, reduction_cells=[2, 4], init_channels=12, stem_channels=16, nodes=3,
+                              head_channels=32, low_level_channels=16),
+        search=SearchConfig(epochs=20, warmup_epochs=8, batch_size=8, crop_height=0, crop_width=0, seed=0),
+        retrain=RetrainConfig(epochs=40, batch_size=16, lr=2e-3, train_splits=["train", "val"], eval_split="test",
+                              eval_every=10_000, scale_min=0.75, scale_max=1.5, seed=0),
+        threads=2, seeds=(0, 1), randoms=3,
+        notes=["reduced network and resolution so that the whole run fits this 2-core CPU in an hour"]),
+    "gpu": Profile(
+        height=360, width=480, network=NetworkConfig(),
+        search=SearchConfig(epochs=12, warmup_epochs=4, batch_size=8, crop_height=240, crop_width=320, seed=0),
+        retrain=RetrainConfig(epochs=25, batch_size=16, lr=2e-3, train_splits=["train", "val"], eval_split="test",
+                              eval_every=10_000, scale_min=0.75, scale_max=1.5, seed=0),
+        threads=None, seeds=(0,), randoms=3, lambdas=(), peers="lraspp_mbv3", peer_budget_s=45.0,
+        notes=["schedules shortened to fit 10 minutes on one H100/H200; never yet run"]),
+}
+
+
+def smoke(p: Profile) -> Profile:
+    """Toy sizes that check the script end to end in about a minute; its numbers mean nothing."""
+    return Profile(height=48, width=64,
+                   network=NetworkConfig(num_cells=3, reduction_cells=[1], init_channels=8, stem_channels=8, nodes=2,
+                                         head_channels=16, low_level_channels=8),
+                   search=p.search.model_copy(update={"epochs": 2, "warmup_epochs": 1, "steps_per_epoch": 2,
+                                                      "batch_size": 2, "crop_height": 0, "crop_width": 0}),
+                   retrain=p.retrain.model_copy(update={"epochs": 1, "batch_size": 4}),
+                   threads=p.threads, seeds=(0,), randoms=2, lambdas=p.lambdas[:1], peers="tiny" if p.peers else "",
+                   peer_budget_s=5.0, lut_repeats=3, e2e_repeats=5, arms=("no_ggm",), notes=["smoke run"])
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    from core.fps import _cpu_name
+
+    return _cpu_name()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", choices=sorted(PROFILES), required=True)
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "datasets" / "camvid")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    ap.add_argument("--work", type=Path, default=None, help="scratch directory (default: OUT/search_quality_<profile>)")
+    ap.add_argument("--budget-ms", type=float, default=None)
+    ap.add_argument("--peer-script", type=Path, default=REPO.parent / "shared" / "bench" / "peer_camvid.py")
+    ap.add_argument("--smoke", action="store_true", help="toy sizes: checks the script only")
+    a = ap.parse_args()
+    prof = smoke(PROFILES[a.profile]) if a.smoke else PROFILES[a.profile]
+    name = f"search_quality_{a.profile}" + ("_smoke" if a.smoke else "")
+    work = a.work or Path(os.environ.get("TMPDIR", "/tmp")) / name
+    a.out.mkdir(parents=True, exist_ok=True)
+    if prof.threads:
+        torch.set_num_threads(prof.threads)
+    set_cudnn_benchmark()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    h, w = prof.height, prof.width
+    limit = 8 if a.smoke else None
+    ref = DatasetRef(root=str(a.data), layout="camvid", limit=limit)
+    net = prof.network.model_copy(update={"num_classes": ref.num_classes})
+    ops = SuperNet(net, GGMConfig(enabled=False)).ops
+    t_all = time.perf_counter()
+
+    # The LUT (shared by every arm: same cache directory, same context) and the budget.
+    lut_dir = work / "luts"
+    table = build_table(net, ops, h, w, device, "fp32", 10, prof.lut_repeats, lut_dir, burst=10)
+    latm = LatencyModel(table, net, ops, h, w)
+    gen = torch.Generator().manual_seed(12345)
+    space = sorted(latm.genotype_ms(random_genotype(net, ops, gen)) for _ in range(BUDGET_SAMPLES))
+    budget = a.budget_ms or round(statistics.median(space), 3)
+    res: dict = {
+        "benchmark": "search_quality", "profile": a.profile, "smoke": a.smoke, "device": device_name(device),
+        "torch": torch.__version__, "threads": {"intra_op": torch.get_num_threads(),
+                                                "inter_op": torch.get_num_interop_threads()},
+        "resolution": [h, w], "precision": "fp32", "latency_batch": 1, "runtime": "PyTorch eager",
+        "network": net.model_dump(mode="json"), "search": prof.search.model_dump(mode="json"),
+        "retrain": prof.retrain.model_dump(mode="json"), "budget_ms": budget,
+        "budget_rule": "given" if a.budget_ms else f"median LUT latency of {BUDGET_SAMPLES} random genotypes",
+        "space_lut_ms": {"min": round(space[0], 3), "median": round(statistics.median(space), 3),
+                         "max": round(space[-1], 3)},
+        "lut_id": table.id, "notes": prof.notes, "arms": {},
+    }
+
+    lat = LatencyConfig(budget_ms=budget, height=h, width=w, precision="fp32", repeats=prof.lut_repeats,
+                        e2e_repeats=prof.e2e_repeats)
+
+    def search(arm: str, seed: int, ggm: GGMConfig, **search_upd) -> Genotype:
+        t = time.perf_counter()
+        upd = {"seed": seed, **{k: v for k, v in search_upd.items() if k != "weight"}}
+        spec = SearchJobSpec(dataset=ref, network=net, ggm=ggm,
+                             latency=lat.model_copy(update={"weight": search_upd.get("weight", lat.weight)}),
+                             search=prof.search.model_copy(update=upd), fps_iters=prof.e2e_repeats)
+        summary = run_search(spec, work / arm / "search", lut_dir=lut_dir)
+        rep = json.loads((work / arm / "search" / "artifacts" / "report.json").read_text())
+        last = rep["history"][-1]
+        res["arms"][arm] = {"kind": "search", "seed": seed, "search_wall_s": round(time.perf_counter() - t, 1),
+                            "steps": rep["search_steps"], "expected_latency_ms": summary["expected_latency_ms"],
+                            "repair": {k: rep["repair"].get(k) for k in ("repaired", "measured_before_ms",
+                                                                         "measured_after_ms", "budget_met")},
+                            "op_entropy": last["op_entropy"], "ggm_shift": last["ggm_shift"],
+                            "supernet_miou": last["supernet_miou"], "history_op_entropy":
+                                [round(sum(e["op_entropy"]) / len(e["op_entropy"]), 4) for e in rep["history"]]}
+        return load_genotype(work / arm / "search" / "artifacts" / "genotype.json")
+
+    def retrain(arm: str, g: Genotype) -> None:
+        t = time.perf_counter()
+        spec = RetrainJobSpec(dataset=ref, genotype=g.model_dump(mode="json"), height=h, width=w,
+                              train=prof.retrain, fps_iters=prof.e2e_repeats)
+        summary = run_retrain(spec, work / arm / "retrain")
+        rep = json.loads((work / arm / "retrain" / "artifacts" / "report.json").read_text())
+        measured = rep["fps"]["measured_ms"]
+        predicted = latm.genotype_ms(g)
+        ops_used: dict[str, int] = {}
+        for c in g.cells:
+            for pair in c.nodes:
+                for e in pair:
+                    ops_used[e.op] = ops_used.get(e.op, 0) + 1
+        res["arms"].setdefault(arm, {"kind": "random"}).update({
+            "test_miou": summary["miou"], "miou_split": summary["miou_split"], "miou_selection": summary["miou_selection"],
+            "per_class_iou": rep["train"]["last"].get("per_class_iou"), "retrain_steps": rep["train"]["steps"],
+            "retrain_wall_s": round(time.perf_counter() - t, 1), "lut_ms": round(predicted, 4),
+            "measured_ms": round(measured, 4), "lut_error": round((predicted - measured) / measured, 4),
+            "budget_met": measured <= budget, "genotype_hash": g.arch_hash(), "ops": ops_used})
+        (a.out / f"{name}.json").write_text(json.dumps(res, indent=1))  # partial results survive a crash
+
+    searched: dict[str, Genotype] = {}
+    for s in prof.seeds:
+        searched[f"gas_s{s}"] = search(f"gas_s{s}", s, GGMConfig())
+    if "no_ggm" in prof.arms:
+        searched["no_ggm"] = search("no_ggm", prof.seeds[0], GGMConfig(enabled=False))
+    if "shared" in prof.arms:
+        searched["shared"] = search("shared", prof.seeds[0], GGMConfig(enabled=False), shared_cells=True)
+    if "softmax" in prof.arms:
+        searched["softmax"] = search("softmax", prof.seeds[0], GGMConfig(), gumbel=False)
+    for lam in prof.lambdas:
+        searched[f"lambda_{lam:g}"] = search(f"lambda_{lam:g}", prof.seeds[0], GGMConfig(), weight=lam)
+    res["search_wall_s"] = round(time.perf_counter() - t_all, 1)
+
+    target = latm.genotype_ms(searched[f"gas_s{prof.seeds[0]}"])
+    gen = torch.Generator().manual_seed(1)
+    pool = [random_genotype(net, ops, gen) for _ in range(RANDOM_POOL)]
+    pool.sort(key=lambda g: abs(latm.genotype_ms(g) - target))
+    randoms = {f"random_{i}": g for i, g in enumerate(pool[: prof.randoms])}
+    for arm, g in {**searched, **randoms}.items():
+        retrain(arm, g)
+
+    if prof.peers and a.peer_script.exists():
+        peer_out = work / "peers.json"
+        cmd = [sys.executable, str(a.peer_script), str(a.data), str(peer_out), "--budget-s", str(prof.peer_budget_s),
+               "--models", prof.peers]
+        if a.smoke:
+            cmd += ["--limit", "8", "--fps-iters", "5"]
+        subprocess.run(cmd, check=True)
+        res["peers"] = json.loads(peer_out.read_text())
+
+    res["summary"] = summarise(res)
+    res["wall_s"] = round(time.perf_counter() - t_all, 1)
+    (a.out / f"{name}.json").write_text(json.dumps(res, indent=1))
+    (a.out / f"{name}.md").write_text(table_md(res))
+    print(table_md(res))
+
+
+def _stats(xs: list[float]) -> dict:
+    return {"mean": round(statistics.mean(xs), 4), "min": round(min(xs), 4), "max": round(max(xs), 4),
+            "std": round(statistics.stdev(xs), 4) if len(xs) > 1 else 0.0, "n": len(xs)}
+
+
+def summarise(res: dict) -> dict:
+    arms = res["arms"]
+    gas = [v["test_miou"] for k, v in arms.items() if k.startswith("gas_")]
+    rnd = [v["test_miou"] for k, v in arms.items() if k.startswith("random_")]
+    out = {"gas_test_miou": _stats(gas), "random_test_miou": _stats(rnd),
+           "gas_minus_random_mean_miou_points": round(100 * (statistics.mean(gas) - statistics.mean(rnd)), 2),
+           "goal": "GAS beats the random mean by >= 2 mIoU points, every arm within budget",
+           "all_within_budget": all(v["budget_met"] for v in arms.values())}
+    out["goal_met"] = out["gas_minus_random_mean_miou_points"] >= 2.0 and out["all_within_budget"]
+    for k in ("no_ggm", "shared", "softmax"):
+        if k in arms:
+            out[f"gas_minus_{k}_miou_points"] = round(100 * (statistics.mean(gas) - arms[k]["test_miou"]), 2)
+    return out
+
+
+def table_md(res: dict) -> str:
+    s = res["summary"]
+    lines = [f"Device: {res['device']} ({res['threads']['intra_op']} intra-op / {res['threads']['inter_op']} inter-op threads), "
+             f"torch {res['torch']}, {res['runtime']}; resolution {res['resolution'][0]}x{res['resolution'][1]}, "
+             f"{res['precision']}; latency at batch {res['latency_batch']}. Budget {res['budget_ms']} ms "
+             f"({res['budget_rule']}; space {res['space_lut_ms']['min']}–{res['space_lut_ms']['max']} ms by the LUT). "
+             f"CamVid test mIoU after {res['retrain']['epochs']} epochs on train+val (last epoch, no selection on test).",
+             "", "| arm | test mIoU | measured ms | LUT ms | LUT error | within budget | op entropy (mean over cells) | GGM shift (max) | search s | arch steps |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for k, v in res["arms"].items():
+        ent = f"{sum(v['op_entropy']) / len(v['op_entropy']):.3f}" if "op_entropy" in v else "-"
+        shift = f"{max(v['ggm_shift']):.3f}" if "ggm_shift" in v else "-"
+        lines.append(f"| {k} | {100 * v['test_miou']:.1f} | {v['measured_ms']:.2f} | {v['lut_ms']:.2f} | "
+                     f"{100 * v['lut_error']:+.0f} % | {'yes' if v['budget_met'] else 'NO'} | {ent} | {shift} | "
+                     f"{v.get('search_wall_s', '-')} | {v['steps']['arch_steps'] if 'steps' in v else '-'} |")
+    lines += ["", f"GAS {100 * s['gas_test_miou']['mean']:.1f} (n={s['gas_test_miou']['n']}, "
+                  f"{100 * s['gas_test_miou']['min']:.1f}–{100 * s['gas_test_miou']['max']:.1f}) vs random "
+                  f"{100 * s['random_test_miou']['mean']:.1f} (n={s['random_test_miou']['n']}, "
+                  f"{100 * s['random_test_miou']['min']:.1f}–{100 * s['random_test_miou']['max']:.1f}): "
+                  f"{s['gas_minus_random_mean_miou_points']:+.2f} points; goal (≥ +2, all within budget) "
+                  f"{'met' if s['goal_met'] else 'NOT met'}."]
+    if "peers" in res:
+        for m in res["peers"].get("models", []):
+            lines.append(f"Peer {m.get('name', m.get('model'))}: {json.dumps(m)}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
