@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# One prepared run for a lent GPU machine (the device tool): CUDA tests, then the CamVid benchmark
-# with its peers. Expects the CamVid copy in .device_data/camvid (git-ignored; carry it).
+# One prepared run for a lent GPU machine (the device tool), under 10 minutes: the CUDA tests, then
+# bench/search_quality.py --profile gpu (GAS vs no-GGM, shared cells, softmax and LUT-latency-matched
+# random genotypes at 360x480, with torchvision's peers in the same run). Expects the CamVid copy and the
+# peer script in .device_data (git-ignored; carry it):
 #   mkdir -p .device_data && cp -r ../shared/datasets/camvid .device_data/ && cp ../shared/bench/peer_camvid.py .device_data/
-# device run: command "bash bench/device_check.sh", carry [".device_data"], timeout 600
+# device run: command "OUT=\$OUT bash bench/device_check.sh", carry [".device_data"], timeout_s 600
+# MODE=camvid runs the older bench/gas_camvid.py (GAS vs peers, one search) instead of the quality profile.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/device}
@@ -13,7 +16,12 @@ ln -sfn "$PWD/.device_data/camvid" "$GAS_SHARED/datasets/camvid"
 cp .device_data/peer_camvid.py "$GAS_SHARED/bench/" 2>/dev/null
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -m pip install -q --no-deps -e . 2>/dev/null || true
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/core/test_cuda.py tests/core/test_search.py 2>&1 | tee "$OUT/cuda_tests.log"
-timeout 420 python3 bench/gas_camvid.py .device_data/camvid "$OUT" --train-budget-s "${TRAIN_BUDGET_S:-60}" \
-  --search-epochs "${SEARCH_EPOCHS:-6}" --warmup-epochs 2 --lut-samples 8 \
-  --peer-script "$GAS_SHARED/bench/peer_camvid.py" 2>&1 | tee "$OUT/bench.log"
+timeout 60 python3 -m pytest -q -p no:cacheprovider tests/core/test_cuda.py 2>&1 | tee "$OUT/cuda_tests.log"
+if [ "${MODE:-quality}" = camvid ]; then
+  timeout 420 python3 bench/gas_camvid.py .device_data/camvid "$OUT" --train-budget-s "${TRAIN_BUDGET_S:-60}" \
+    --search-epochs "${SEARCH_EPOCHS:-6}" --warmup-epochs 2 --lut-samples 8 \
+    --peer-script "$GAS_SHARED/bench/peer_camvid.py" 2>&1 | tee "$OUT/bench.log"
+else
+  timeout 500 python3 bench/search_quality.py --profile gpu --data .device_data/camvid --out "$OUT" \
+    --work /tmp/sq_gpu --peer-script "$GAS_SHARED/bench/peer_camvid.py" 2>&1 | tee "$OUT/bench.log"
+fi

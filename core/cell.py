@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .genotype import Cell as CellGenotype
@@ -56,13 +57,18 @@ class MixedOp(nn.Module):
         super().__init__()
         self.ops = nn.ModuleList(search_op(o, c, stride) for o in ops)
         self.zero = [OPS[o].zero for o in ops]
+        self.free = [not OPS[o].parametric and not OPS[o].zero for o in ops]
+        self.free_dropout = 0.0  # set by the searcher (SearchConfig.free_op_dropout); training mode only
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         out = None
-        for w, op, zero in zip(weights, self.ops, self.zero):
+        for w, op, zero, free in zip(weights, self.ops, self.zero, self.free):
             if zero:
                 continue  # contributes nothing but its share of the softmax
-            y = w * op(x)
+            y = op(x)
+            if free and self.free_dropout > 0.0 and self.training:
+                y = F.dropout(y, self.free_dropout, training=True)
+            y = w * y
             out = y if out is None else out + y
         return out
 

@@ -119,6 +119,12 @@ class SuperNet(nn.Module):
         arch = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
 
+    def set_free_op_dropout(self, p: float) -> None:
+        """Dropout rate on the outputs of weight-free ops (skip, pooling) in every mixed op (P-DARTS)."""
+        for cell in self.cells:
+            for edge in cell.edges:
+                edge.free_dropout = float(p)
+
     # -- architecture -------------------------------------------------------------------------
     def raw_alpha(self, k: int) -> torch.Tensor:
         if self.shared_cells:

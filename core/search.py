@@ -138,6 +138,7 @@ class Searcher:
             warm = epoch < self.cfg.warmup_epochs
             phase = "warmup" if warm else "search"
             self.model.train()
+            self.model.set_free_op_dropout(self.free_op_dropout(epoch))
             sums: dict[str, float] = {}
             for step in range(self.steps):
                 if self.should_cancel():
@@ -171,7 +172,12 @@ class Searcher:
         return {"epoch": epoch + 1, "phase": phase, "supernet_miou": round(miou, 4),
                 "expected_latency_ms": round(float(self.latency(alphas)), 4),
                 "w_lr": self.sched.get_last_lr()[0], "op_probs": op_probabilities(self.model, alphas),
-                "op_entropy": op_entropy(alphas), "ggm_shift": ggm_shift(self.model, alphas)}
+                "op_entropy": op_entropy(alphas), "ggm_shift": ggm_shift(self.model, alphas),
+                "free_op_dropout": round(self.free_op_dropout(epoch), 4)}
+
+    def free_op_dropout(self, epoch: int) -> float:
+        """Linear decay from ``free_op_dropout`` at the first epoch to 0 after the last."""
+        return self.cfg.free_op_dropout * (1.0 - epoch / self.cfg.epochs)
 
     def step_counts(self) -> dict[str, int]:
         """Steps the schedule makes: weight-only warm-up steps, then arch + weight step pairs."""

@@ -117,9 +117,11 @@ def _digest(items: Any) -> str:
     return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _fingerprint(cfg: RetrainConfig, train_data: SegData, eval_data: SegData, steps_per_epoch: int) -> dict:
+def _fingerprint(cfg: RetrainConfig, train_data: SegData, eval_data: SegData, steps_per_epoch: int,
+                 model: nn.Module) -> dict:
     return {
         "cfg": {k: v for k, v in cfg.model_dump().items() if k not in RESUME_FREE_FIELDS},
+        "model": _digest([[k, list(v.shape)] for k, v in model.state_dict().items()]),
         "train": _digest([train_data.stems, list(train_data.images.shape)]),
         "eval": _digest([eval_data.stems, list(eval_data.images.shape)]),
         "steps_per_epoch": steps_per_epoch,
@@ -175,7 +177,7 @@ def train(model: nn.Module, train_data: SegData, eval_data: SegData, cfg: Retrai
     steps_per_epoch = len(loader)
     total_steps = cfg.epochs * steps_per_epoch
     budget = float(cfg.time_budget_s)
-    fingerprint = _fingerprint(cfg, train_data, eval_data, steps_per_epoch)
+    fingerprint = _fingerprint(cfg, train_data, eval_data, steps_per_epoch, model)
 
     epoch, step, images, train_seconds = 0, 0, 0, 0.0
     best: dict | None = None
@@ -183,7 +185,11 @@ def train(model: nn.Module, train_data: SegData, eval_data: SegData, cfg: Retrai
     stopped_by = "epochs"
     resumed_from: int | None = None
     if state_path.is_file():
-        info = load_training_state(state_path, model, optimizer, None, loader)
+        try:
+            info = load_training_state(state_path, model, optimizer, None, loader)
+        except RuntimeError as exc:  # e.g. a state written for another network (genotype)
+            raise ValueError(f"{state_path} was written by a run with a different network: use a fresh workdir "
+                             f"({str(exc).splitlines()[0][:200]})") from None
         extra = info["extra"]
         _check_fingerprint(extra["fingerprint"], fingerprint, state_path)
         epoch, resumed_from = info["epoch"], info["epoch"]

@@ -79,3 +79,21 @@ def test_cancel_is_polled_between_steps(table, camvid_train, tmp_path):
     with pytest.raises(SearchCancelled, match="epoch"):
         make(table, camvid_train, tmp_path, cancel=cancel).run()
     assert len(calls) == 2
+
+
+def test_default_schedule_can_move_alpha_on_camvid(table, tmp_path):
+    """The shipped defaults on CamVid's 367 training frames: a warm-up of a third or more, and enough
+    arch steps that Adam can move α by more than a logit and a half (lr x steps bounds its travel)."""
+    from core.data import SegData
+
+    n = 367
+    data = SegData(torch.zeros(n, 3, 360, 480, dtype=torch.uint8), torch.zeros(n, 360, 480, dtype=torch.uint8),
+                   [str(i) for i in range(n)], 11, 11)
+    default = SearchConfig()
+    net = SuperNet(CFG, GGMConfig())
+    s = Searcher(net, LatencyModel(table, CFG, net.ops, 48, 64), LatencyPenalty(LatencyConfig()), default, data,
+                 torch.device("cpu"), tmp_path, lambda e: None, lambda: False)
+    steps = s.step_counts()
+    assert steps["warmup_steps"] >= (steps["warmup_steps"] + steps["arch_steps"]) / 3
+    assert default.a_lr * steps["arch_steps"] >= 1.5, steps
+    assert steps["crop"][0] * steps["crop"][1] < 360 * 480  # the search trains on crops; the LUT does not
