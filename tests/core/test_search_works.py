@@ -1,9 +1,9 @@
 """Tests that fail when the search is broken, not only when it crashes (issue: prove the search works).
 
 - A synthetic task whose best op is known by construction: the label of a pixel is the class of the
-  block SHIFT pixels to its right. Only an op that reaches exactly that far in one direction can
-  produce it: at the supernet's 1/4 resolution ``dil_sep_conv_3x3_r4`` does, a skip or a pooling
-  cannot (pooling is symmetric and nonlinear). The search, run through ``Searcher`` with the shipped
+  block SHIFT pixels to its right. Only ops that reach that far in one direction can produce it: at
+  the supernet's 1/4 resolution two ``dil_sep_conv_3x3_r4`` in series do, a skip or a pooling cannot
+  (pooling is symmetric and nonlinear), so a network needs the op on more than one edge of a path. The search, run through ``Searcher`` with the shipped
   defaults (Gumbel-softmax, GGM) and no latency term, must put that op on top, and the derived
   network must beat random genotypes of the same space when all are trained alike.
 - Guards on the two classic "search = random" bugs, through ``arch_step``: the mixed-op weights are
@@ -28,8 +28,8 @@ from core.search import Searcher
 from core.specs import GGMConfig, LatencyConfig, NetworkConfig, SearchConfig
 from core.train import evaluate, segmentation_loss
 
-H = W = 64
-SHIFT, BLOCK = 16, 8  # SHIFT / 4 = 4: the reach of a dilation-4 3x3 at the supernet's 1/4 resolution
+H, W = 64, 96
+SHIFT, BLOCK = 32, 8  # SHIFT / 4 = 8: two dilation-4 3x3s in series at the supernet's 1/4 resolution
 WINNER = "dil_sep_conv_3x3_r4"
 OPS = ["skip_connect", "max_pool_3x3", WINNER]
 IGNORE = 255
