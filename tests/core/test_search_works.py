@@ -37,7 +37,7 @@ NET = NetworkConfig(num_cells=3, reduction_cells=[], init_channels=8, stem_chann
                     low_level_channels=8, nodes=2, num_classes=2)
 # The shipped defaults (Gumbel-softmax, GGM, Adam settings), with a schedule sized for 64 images.
 SEARCH = SearchConfig(epochs=30, warmup_epochs=10, steps_per_epoch=16, batch_size=8, flip=False, seed=0)
-FIT_STEPS = 150
+FIT_STEPS = 60  # short, so that how many edges carry the needed op shows in the score
 
 
 def shift_task(n: int, seed: int) -> SegData:
@@ -116,7 +116,7 @@ def test_mixed_op_weights_in_arch_step_are_a_distribution_over_each_edges_ops(ta
         with torch.no_grad():
             for a in s.model.alphas:  # well away from uniform, so a wrong dimension cannot pass by accident
                 a.copy_(torch.randn_like(a))
-        alphas = [a.detach() for a in s.model.alpha_prime()]
+        alphas = [a.detach().clone() for a in s.model.alpha_prime()]  # α'_1 is α_1 itself: copy it
         s.arch_step(*s.loader_a.next_batch())
         for h in hooks:
             h.remove()
