@@ -173,7 +173,7 @@ def main() -> None:
         spec = SearchJobSpec(dataset=ref, network=net, ggm=ggm,
                              latency=lat.model_copy(update={"weight": search_upd.get("weight", lat.weight)}),
                              search=prof.search.model_copy(update=upd), fps_iters=prof.e2e_repeats)
-        summary = run_search(spec, work / arm / "search", lut_dir=lut_dir)
+        summary = run_search(spec, work / arm / "search", lut_dir=lut_dir, data_cache_dir=work / "data_cache")
         rep = json.loads((work / arm / "search" / "artifacts" / "report.json").read_text())
         last = rep["history"][-1]
         res["arms"][arm] = {"kind": "search", "seed": seed, "search_wall_s": round(time.perf_counter() - t, 1),
@@ -189,7 +189,7 @@ def main() -> None:
         t = time.perf_counter()
         spec = RetrainJobSpec(dataset=ref, genotype=g.model_dump(mode="json"), height=h, width=w,
                               train=prof.retrain, fps_iters=prof.e2e_repeats)
-        summary = run_retrain(spec, work / arm / "retrain")
+        summary = run_retrain(spec, work / arm / "retrain", data_cache_dir=work / "data_cache")
         rep = json.loads((work / arm / "retrain" / "artifacts" / "report.json").read_text())
         measured = rep["fps"]["measured_ms"]
         predicted = latm.genotype_ms(g)
@@ -312,8 +312,10 @@ def table_md(res: dict) -> str:
                   f"{s['gas_minus_random_mean_miou_points']:+.2f} points; goal (≥ +2, all within budget) "
                   f"{'met' if s['goal_met'] else 'NOT met'}."]
     if "peers" in res:
-        for m in res["peers"].get("models", []):
-            lines.append(f"Peer {m.get('name', m.get('model'))}: {json.dumps(m)}")
+        lines += ["", f"Peers (`peer_camvid.py`, same run, trained {res['peers'].get('budget_s', '?')} s each):", "",
+                  "| peer | test mIoU | FPS 360x480 fp32 | params M |", "|---|---|---|---|"]
+        for peer, m in res["peers"].get("models", {}).items():
+            lines.append(f"| {peer} | {100 * m['test_mIoU']:.1f} | {m.get('fps_360x480_fp32', '-')} | {m.get('params_M', '-')} |")
     return "\n".join(lines) + "\n"
 
 
