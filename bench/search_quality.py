@@ -292,7 +292,8 @@ def summarise(res: dict) -> dict:
 
 def table_md(res: dict) -> str:
     s = res["summary"]
-    lines = [f"Device: {res['device']} ({res['threads']['intra_op']} intra-op / {res['threads']['inter_op']} inter-op threads), "
+    lines = ["**Smoke run: toy sizes, these numbers mean nothing.**", ""] if res.get("smoke") else []
+    lines += [f"Device: {res['device']} ({res['threads']['intra_op']} intra-op / {res['threads']['inter_op']} inter-op threads), "
              f"torch {res['torch']}, {res['runtime']}; resolution {res['resolution'][0]}x{res['resolution'][1]}, "
              f"{res['precision']}; latency at batch {res['latency_batch']}. Budget {res['budget_ms']} ms "
              f"({res['budget_rule']}; space {res['space_lut_ms']['min']}–{res['space_lut_ms']['max']} ms by the LUT). "

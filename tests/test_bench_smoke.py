@@ -1,0 +1,31 @@
+"""The search-quality benchmark runs end to end (toy sizes, CPU), so a GPU lease is not wasted on a crash.
+
+Its numbers mean nothing; the benchmark itself is run by hand (docs/SEARCH_QUALITY.md).
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CAMVID = Path(os.environ.get("GAS_SHARED", REPO.parent / "shared")) / "datasets" / "camvid"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("profile", ["cpu", "gpu"])
+def test_search_quality_smoke_writes_every_arm(profile, tmp_path):
+    if not CAMVID.is_dir():
+        pytest.fail(f"CamVid not found at {CAMVID} (set GAS_SHARED)")
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    subprocess.run([sys.executable, str(REPO / "bench" / "search_quality.py"), "--profile", profile, "--smoke",
+                    "--data", str(CAMVID), "--out", str(tmp_path / "out"), "--peer-script", str(tmp_path / "absent.py")],
+                   check=True, env=env, timeout=600, capture_output=True)
+    res = json.loads((tmp_path / "out" / f"search_quality_{profile}_smoke.json").read_text())
+    assert {"gas_s0", "random_0", "random_1", "no_ggm"} <= set(res["arms"])
+    for arm in res["arms"].values():
+        assert arm["measured_ms"] > 0 and len(arm["measured_rounds_ms"]) == 5 and "test_miou" in arm
+    assert res["device"] and res["threads"]["intra_op"] >= 1 and "summary" in res
+    assert (tmp_path / "out" / f"search_quality_{profile}_smoke.md").read_text().startswith("**Smoke run")
