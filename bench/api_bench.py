@@ -225,7 +225,7 @@ def main() -> int:
     machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
                "os": platform.platform(), "database": "postgresql" if args.pg else "sqlite",
                "api_workers": args.workers, "note": "load generator on the same machine"}
-    doc = {"machine": machine, "targets": {"p99_ms": 25.0, "rps": 800.0}, "results": results}
+    doc = {"device": f"{machine['cpu']}, {machine['cores']} cores (CPU)", "machine": machine, "targets": {"p99_ms": 25.0, "rps": 800.0}, "results": results}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(doc, indent=2))
