@@ -13,7 +13,8 @@ The message is shaped so that it guides α instead of replacing it [ours, issue 
   same vector to every edge of every cell;
 - ``center_message``: the message's mean over the edges of a cell is subtracted, so the GGM
   cannot impose one global op preference on every edge (that is what α_k's own rows are for);
-- ``message_bound``: the message is b·tanh(m/b), bounded by b logits before γ.
+- ``message_bound``: the message is b·tanh(m/b), bounded by b logits before γ (applied after the centring,
+  so a bounded message's mean over edges is near zero, not exactly zero).
 """
 from __future__ import annotations
 

@@ -117,11 +117,18 @@ def _digest(items: Any) -> str:
     return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _model_digest(model: nn.Module) -> str:
+    """The architecture: the genotype's hash where the model has one (weight-free ops and edge inputs have no
+    parameters), plus the names and shapes of its tensors."""
+    arch = getattr(getattr(model, "genotype", None), "arch_hash", lambda: None)()
+    return _digest([arch, [[k, list(v.shape)] for k, v in model.state_dict().items()]])
+
+
 def _fingerprint(cfg: RetrainConfig, train_data: SegData, eval_data: SegData, steps_per_epoch: int,
                  model: nn.Module) -> dict:
     return {
         "cfg": {k: v for k, v in cfg.model_dump().items() if k not in RESUME_FREE_FIELDS},
-        "model": _digest([[k, list(v.shape)] for k, v in model.state_dict().items()]),
+        "model": _model_digest(model),
         "train": _digest([train_data.stems, list(train_data.images.shape)]),
         "eval": _digest([eval_data.stems, list(eval_data.images.shape)]),
         "steps_per_epoch": steps_per_epoch,
@@ -130,6 +137,8 @@ def _fingerprint(cfg: RetrainConfig, train_data: SegData, eval_data: SegData, st
 
 def _check_fingerprint(saved: str, current: dict, path: Path) -> None:
     old = json.loads(saved)
+    if "model" not in old:  # states written before the architecture was part of the fingerprint
+        current = {k: v for k, v in current.items() if k != "model"}
     if old == json.loads(json.dumps(current)):
         return
     diff = sorted({k for k in set(old) | set(current) if old.get(k) != json.loads(json.dumps(current.get(k)))})
@@ -187,7 +196,9 @@ def train(model: nn.Module, train_data: SegData, eval_data: SegData, cfg: Retrai
     if state_path.is_file():
         try:
             info = load_training_state(state_path, model, optimizer, None, loader)
-        except RuntimeError as exc:  # e.g. a state written for another network (genotype)
+        except RuntimeError as exc:  # a state written for another network (genotype); anything else propagates
+            if "Error(s) in loading state_dict" not in str(exc):
+                raise
             raise ValueError(f"{state_path} was written by a run with a different network: use a fresh workdir "
                              f"({str(exc).splitlines()[0][:200]})") from None
         extra = info["extra"]

@@ -58,12 +58,12 @@ def test_recursive_chain_uses_the_previous_alpha_prime():
     assert not torch.allclose(one_hop.alpha_prime()[2], ap[2])
 
 
-def _searcher(camvid_train, tmp_path, **ggm) -> Searcher:
+def _searcher(camvid_train, tmp_path, epochs: int = 2, **ggm) -> Searcher:
     torch.manual_seed(0)
     net = SuperNet(CFG, GGMConfig(**ggm))
     table = build_table(CFG, net.ops, 48, 64, torch.device("cpu"), "fp32", 1, 3)
     lat = LatencyModel(table, CFG, net.ops, 48, 64)
-    sc = SearchConfig(epochs=2, warmup_epochs=0, steps_per_epoch=6, batch_size=2, seed=0)
+    sc = SearchConfig(epochs=epochs, warmup_epochs=0, steps_per_epoch=6, batch_size=2, seed=0)
     return Searcher(net, lat, LatencyPenalty(LatencyConfig(budget_ms=1e4)), sc, camvid_train, torch.device("cpu"),
                     tmp_path, lambda e: None, lambda: False)
 
@@ -100,7 +100,5 @@ def test_epoch_history_and_progress_log_ggm_shift_and_op_entropy(camvid_train, t
 
 def test_ggm_stays_a_correction_after_a_real_search(camvid_train, tmp_path):
     """After 60 arch steps on CamVid the GGM moves no cell's α by more than its own size."""
-    s = _searcher(camvid_train, tmp_path)
-    s.cfg = s.cfg.model_copy(update={"epochs": 10})
-    result = s.run()
+    result = _searcher(camvid_train, tmp_path, epochs=10).run()
     assert max(result.history[-1]["ggm_shift"]) < 1.0, result.history[-1]["ggm_shift"]

@@ -160,3 +160,26 @@ def test_retrain_reports_and_ships_the_last_epoch_not_the_best(tmp_path: Path, c
     assert shipped.keys() == last.keys()
     assert all(torch.equal(shipped[k], last[k]) for k in last)
     assert not all(torch.equal(shipped[k], best[k]) for k in best)
+
+
+def test_resume_refuses_the_state_of_a_network_that_differs_only_in_weight_free_ops(
+        tmp_path: Path, camvid_train: SegData, camvid_val: SegData) -> None:
+    """A skip <-> max_pool swap changes no parameter shape; the fingerprint still tells the networks apart."""
+    from core.derive import random_genotype
+    from core.genotype import Edge
+    from core.network import DerivedNet
+    from core.specs import NetworkConfig
+
+    net = NetworkConfig(num_cells=2, reduction_cells=[1], init_channels=8, stem_channels=8, head_channels=16,
+                        low_level_channels=8, nodes=2)
+    ops = ["none", "skip_connect", "max_pool_3x3", "conv_3x3"]
+    g = random_genotype(net, ops, torch.Generator().manual_seed(0))
+    edge = g.cells[0].nodes[1][1]
+    g.cells[0].nodes[1] = (g.cells[0].nodes[1][0], Edge(input=edge.input, op="skip_connect"))
+    other = g.model_copy(deep=True)
+    other.cells[0].nodes[1] = (g.cells[0].nodes[1][0], Edge(input=edge.input, op="max_pool_3x3"))
+    cfg = _cfg(epochs=1)
+    train(DerivedNet(g), camvid_train, camvid_val, cfg, tmp_path, "cpu")
+    (tmp_path / LAST_WEIGHTS).unlink()  # only the state matters for resuming
+    with pytest.raises(ValueError, match=r"different settings or data \(model\)"):
+        train(DerivedNet(other), camvid_train, camvid_val, cfg, tmp_path, "cpu")
