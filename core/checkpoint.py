@@ -145,11 +145,15 @@ def save_training_state(path: str | Path, model: nn.Module, optimizer: torch.opt
 
 def load_training_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                         scheduler: Any | None = None, loader: Any | None = None,
-                        restore_rng: bool = True) -> dict[str, Any]:
-    """Restore a :func:`save_training_state` checkpoint in place; returns ``{"epoch", "extra"}``."""
+                        restore_rng: bool = True,
+                        check_extra: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Restore a :func:`save_training_state` checkpoint in place; returns ``{"epoch", "extra"}``.
+    ``check_extra`` sees the saved ``extra`` before anything is restored, and raises to refuse the state."""
     state = load_state(path)
     if state.get("version") != STATE_FORMAT_VERSION:
         raise ValueError(f"{path}: training-state version {state.get('version')}, expected {STATE_FORMAT_VERSION}")
+    if check_extra is not None:
+        check_extra(state["extra"])
     model.load_state_dict(state["model"])
     if optimizer is not None and state["optimizer"] is not None:
         optimizer.load_state_dict(state["optimizer"])

@@ -103,7 +103,6 @@ class SuperNet(nn.Module):
         self.alphas = nn.ParameterList(nn.Parameter(ALPHA_INIT_STD * torch.randn(n_edges, n_ops)) for _ in range(n_alpha))
         self.ggm = GCNGuidedModule(n_ops, cfg.nodes, ggm) if ggm.enabled else None
         self.ggm_cfg = ggm
-        self.ggm_gamma, self.ggm_recursive = ggm.gamma, ggm.recursive
 
     # -- parameter groups -------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -138,8 +137,8 @@ class SuperNet(nn.Module):
         for k in range(self.cfg.num_cells):
             a = self.raw_alpha(k)
             if k > 0 and self.ggm is not None:
-                prev = out[k - 1] if self.ggm_recursive else self.raw_alpha(k - 1)
-                a = a + self.ggm_gamma * self.ggm(prev)
+                prev = out[k - 1] if self.ggm_cfg.recursive else self.raw_alpha(k - 1)
+                a = a + self.ggm_cfg.gamma * self.ggm(prev)
             out.append(a)
         return out
 

@@ -181,8 +181,8 @@ class Searcher:
 
     def step_counts(self) -> dict[str, int]:
         """Steps the schedule makes: weight-only warm-up steps, then arch + weight step pairs."""
-        warm = min(self.cfg.warmup_epochs, self.cfg.epochs) * self.steps
-        arch = (self.cfg.epochs - min(self.cfg.warmup_epochs, self.cfg.epochs)) * self.steps
+        warm_epochs = min(self.cfg.warmup_epochs, self.cfg.epochs)
+        warm, arch = warm_epochs * self.steps, (self.cfg.epochs - warm_epochs) * self.steps
         return {"steps_per_epoch": self.steps, "warmup_steps": warm, "arch_steps": arch, "weight_steps": warm + arch,
                 "batch_size": self.loader_w.batch_size, "crop": list(self.crop)}
 

@@ -194,15 +194,10 @@ def train(model: nn.Module, train_data: SegData, eval_data: SegData, cfg: Retrai
     stopped_by = "epochs"
     resumed_from: int | None = None
     if state_path.is_file():
-        try:
-            info = load_training_state(state_path, model, optimizer, None, loader)
-        except RuntimeError as exc:  # a state written for another network (genotype); anything else propagates
-            if "Error(s) in loading state_dict" not in str(exc):
-                raise
-            raise ValueError(f"{state_path} was written by a run with a different network: use a fresh workdir "
-                             f"({str(exc).splitlines()[0][:200]})") from None
+        # The fingerprint (settings, data, network) is checked before anything is restored.
+        info = load_training_state(state_path, model, optimizer, None, loader, check_extra=lambda extra:
+                                   _check_fingerprint(extra["fingerprint"], fingerprint, state_path))
         extra = info["extra"]
-        _check_fingerprint(extra["fingerprint"], fingerprint, state_path)
         epoch, resumed_from = info["epoch"], info["epoch"]
         step, images, train_seconds = int(extra["step"]), int(extra["images"]), float(extra["train_seconds"])
         best, last = json.loads(extra["best"]), json.loads(extra["last"])

@@ -52,7 +52,7 @@ def test_recursive_chain_uses_the_previous_alpha_prime():
             p.copy_(torch.randn_like(p))
     ap = net.alpha_prime()
     for k in range(1, CFG.num_cells):
-        torch.testing.assert_close(ap[k], net.alphas[k] + net.ggm_gamma * net.ggm(ap[k - 1]))
+        torch.testing.assert_close(ap[k], net.alphas[k] + net.ggm_cfg.gamma * net.ggm(ap[k - 1]))
     one_hop = SuperNet(CFG, GGMConfig(message_bound=0.0))
     one_hop.load_state_dict(net.state_dict())
     assert not torch.allclose(one_hop.alpha_prime()[2], ap[2])
