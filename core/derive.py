@@ -1,4 +1,15 @@
-"""Derivation (GAS.md §6): α' -> genotype, random genotypes, and over-budget repair."""
+"""Derivation (GAS.md §6): α' -> genotype, random genotypes, budget filling and over-budget repair.
+
+Two derivations (``latency.derivation``), in :data:`DERIVATIONS`:
+
+- ``argmax`` (the paper's, DARTS's): on each kept edge the strongest non-``none`` op of α';
+- ``fill`` [ours]: on each kept edge the strongest *parametric* op, then the repair's greedy steps to
+  cheaper ops, in the order that gives up the least α' probability per ms saved, until the LUT
+  predicts the budget. Weight-free ops (skip, pooling) are kept only where the budget needs them,
+  where α' prefers them most. Why: argmax reads op strength from α magnitudes, and on a barely
+  trained supernet those favour weight-free ops (the DARTS collapse), which left attempts 1–2 of
+  docs/SEARCH_QUALITY.md 30–50 % under budget and no better than random networks at the budget.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,21 +22,26 @@ from .cell import cell_edges
 from .genotype import Cell, Edge, Genotype, Provenance
 from .latency import LatencyModel
 from .ops import OPS
-from .specs import NetworkConfig
+from .specs import Derivation, NetworkConfig
 
 EDGES_PER_NODE = 2  # each intermediate node keeps its two strongest inputs
 
 
 def derive_genotype(alphas: list[torch.Tensor], ops: list[str], cfg: NetworkConfig,
-                    provenance: Provenance | None = None) -> Genotype:
+                    provenance: Provenance | None = None, parametric_only: bool = False) -> Genotype:
     """Per cell: keep the 2 incoming edges with the largest max_{o≠none} softmax(α'), and on each
-    the strongest non-``none`` op."""
+    the strongest non-``none`` op (the strongest parametric op with ``parametric_only``, where the
+    op set has one)."""
     keep = torch.tensor([not OPS[o].zero for o in ops])
+    op_keep = keep & torch.tensor([OPS[o].parametric for o in ops]) if parametric_only else keep
+    if not bool(op_keep.any()):
+        op_keep = keep
     edges = cell_edges(cfg.nodes)
     cells = []
     for k, a in enumerate(alphas):
-        p = F.softmax(a.detach().float().cpu(), dim=-1).masked_fill(~keep, -1.0)
-        best_p, best_o = p.max(dim=-1)
+        p = F.softmax(a.detach().float().cpu(), dim=-1)
+        best_p = p.masked_fill(~keep, -1.0).max(dim=-1).values  # edge strength: every kept op counts
+        best_o = p.masked_fill(~op_keep, -1.0).argmax(dim=-1)
         nodes = []
         for i in range(cfg.nodes):
             rows = [e for e, (_, dst) in enumerate(edges) if dst == i]
@@ -103,6 +119,58 @@ def _replace(genotype: Genotype, k: int, i: int, slot: int, op: str) -> Genotype
     return Genotype.model_validate(doc)
 
 
+def step_down_to(genotype: Genotype, alphas: list[torch.Tensor], lat: LatencyModel, target_ms: float,
+                 max_steps: int, changes: list[dict] | None = None) -> tuple[Genotype, int]:
+    """Apply :func:`_cheapest_step` until the LUT predicts at most ``target_ms`` (or nothing cheaper is
+    left, or ``max_steps``); each change is appended to ``changes``. Returns the genotype and the steps."""
+    steps = 0
+    while lat.genotype_ms(genotype) > target_ms and steps < max_steps:
+        step = _cheapest_step(genotype, alphas, lat)
+        if step is None:
+            break
+        k, i, slot, op, saved = step
+        old = genotype.cells[k].nodes[i][slot].op
+        genotype = _replace(genotype, k, i, slot, op)
+        if changes is not None:
+            changes.append({"cell": k, "node": i, "slot": slot, "from": old, "to": op, "saved_ms": round(saved, 4)})
+        steps += 1
+    return genotype, steps
+
+
+def derive_to_budget(alphas: list[torch.Tensor], ops: list[str], cfg: NetworkConfig, lat: LatencyModel,
+                     budget_ms: float, provenance: Provenance | None = None) -> tuple[Genotype, dict]:
+    """The ``fill`` derivation: strongest parametric op per kept edge, then step down to ``budget_ms``
+    by the LUT. Returns the genotype and a report (LUT ms of the start and the end, the changes)."""
+    argmax_ms = lat.genotype_ms(derive_genotype(alphas, ops, cfg))
+    genotype = derive_genotype(alphas, ops, cfg, provenance, parametric_only=True)
+    start_ms = lat.genotype_ms(genotype)
+    changes: list[dict] = []
+    genotype, _ = step_down_to(genotype, alphas, lat, budget_ms, max_steps=10 ** 6, changes=changes)
+    return genotype, {"derivation": "fill", "budget_ms": budget_ms, "argmax_predicted_ms": round(argmax_ms, 4),
+                      "predicted_start_ms": round(start_ms, 4),
+                      "predicted_ms": round(lat.genotype_ms(genotype), 4), "edges_changed": changes}
+
+
+def derive(mode: Derivation, alphas: list[torch.Tensor], ops: list[str], cfg: NetworkConfig, lat: LatencyModel,
+           budget_ms: float, provenance: Provenance | None = None) -> tuple[Genotype, dict]:
+    """Dispatch on :data:`DERIVATIONS`; returns the genotype and what the derivation did."""
+    try:
+        fn = DERIVATIONS[mode]
+    except KeyError:
+        raise ValueError(f"unknown derivation {mode!r}; known: {sorted(DERIVATIONS)}") from None
+    return fn(alphas, ops, cfg, lat, budget_ms, provenance)
+
+
+def _derive_argmax(alphas: list[torch.Tensor], ops: list[str], cfg: NetworkConfig, lat: LatencyModel,
+                   budget_ms: float, provenance: Provenance | None = None) -> tuple[Genotype, dict]:
+    genotype = derive_genotype(alphas, ops, cfg, provenance)
+    return genotype, {"derivation": "argmax", "budget_ms": budget_ms,
+                      "predicted_ms": round(lat.genotype_ms(genotype), 4), "edges_changed": []}
+
+
+DERIVATIONS: dict[str, Callable[..., tuple[Genotype, dict]]] = {"argmax": _derive_argmax, "fill": derive_to_budget}
+
+
 def repair_to_budget(genotype: Genotype, alphas: list[torch.Tensor], lat: LatencyModel,
                      measure_ms: Callable[[Genotype], float], budget_ms: float, max_rounds: int,
                      max_steps: int) -> tuple[Genotype, RepairReport]:
@@ -119,17 +187,7 @@ def repair_to_budget(genotype: Genotype, alphas: list[torch.Tensor], lat: Latenc
         rounds += 1
         predicted = lat.genotype_ms(genotype)
         target = predicted * budget_ms / measured
-        steps = 0
-        while lat.genotype_ms(genotype) > target and steps < max_steps:
-            step = _cheapest_step(genotype, alphas, lat)
-            if step is None:
-                break
-            k, i, slot, op, saved = step
-            old = genotype.cells[k].nodes[i][slot].op
-            genotype = _replace(genotype, k, i, slot, op)
-            report.edges_changed.append({"cell": k, "node": i, "slot": slot, "from": old, "to": op,
-                                         "saved_ms": round(saved, 4)})
-            steps += 1
+        genotype, steps = step_down_to(genotype, alphas, lat, target, max_steps, report.edges_changed)
         if steps == 0:
             break  # nothing cheaper left
         measured = measure_ms(genotype)

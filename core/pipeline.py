@@ -15,7 +15,7 @@ import torch
 
 from .checkpoint import load_weights, save_json, save_weights
 from .data import load_split
-from .derive import derive_genotype, repair_to_budget
+from .derive import derive, repair_to_budget
 from .fps import fps_report, measure_latency
 from .genotype import Genotype, Provenance, parse_genotype
 from .jobs import Cancelled
@@ -96,7 +96,8 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
     latency = latency.cpu()
     provenance = Provenance(lut_id=table.id, budget_ms=lat_cfg.budget_ms, settings_hash=settings_hash(spec),
                             seed=spec.search.seed, source="search")
-    genotype = derive_genotype(result.alphas, model.ops, net_cfg, provenance)
+    genotype, derivation = derive(lat_cfg.derivation, result.alphas, model.ops, net_cfg, latency, lat_cfg.budget_ms,
+                                  provenance)
     progress({"phase": "measure", "message": "measuring the derived network end to end"})
 
     def measure(g: Genotype) -> float:
@@ -129,7 +130,7 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
                                                  "context": table.context.__dict__},
         "expected_latency_ms": result.expected_latency_ms, "predicted_latency_ms": latency.genotype_ms(genotype),
         "measured_latency_ms": repair_doc["measured_after_ms"], "budget_met": repair_doc["budget_met"],
-        "repair": repair_doc, "lut_validation": validation, "fps": fps, "history": result.history,
+        "derivation": derivation, "repair": repair_doc, "lut_validation": validation, "fps": fps, "history": result.history,
         "search_steps": result.steps, "resumed_from_epoch": result.resumed_from_epoch, "wall_s": round(time.perf_counter() - t0, 2),
         "settings": spec.model_dump(mode="json"),
     }
