@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from core.specs import BenchmarkJobSpec, DatasetRef, RetrainJobSpec, SearchJobSpec, ValidateJobSpec
+from core.specs import (BenchmarkJobSpec, DatasetRef, RetrainJobSpec, SearchJobSpec, ValidateJobSpec,
+                        normalization_from_report)
 from storage import datasets as dsm
 from storage import jobs as sm
 from storage.artifacts import safe_name
@@ -349,6 +350,9 @@ def build_retrain_spec(s: Session, tenant: str, body: RetrainJobCreate) -> tuple
             spec["train"][key] = getattr(st, key)
     spec.setdefault("height", st.height or height)
     spec.setdefault("width", st.width or width)
+    # normalisation is data: the dataset's own channel statistics (validation report), else CamVid's
+    spec.setdefault("normalization", normalization_from_report(
+        ds.report, f"dataset {ds.id} validation report").model_dump(mode="json"))
     spec.update(dataset=ref, genotype=genotype)
     try:
         model = RetrainJobSpec.model_validate(spec)

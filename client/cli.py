@@ -8,6 +8,7 @@ Examples::
     gas jobs list --status running
     gas watch JOB_ID ; gas cancel JOB_ID ; gas events JOB_ID
     gas download JOB_ID checkpoint.safetensors -o ./out/
+    gas predict JOB_ID street.png more.png -o masks/ --overlay   # onnxruntime on this machine, no torch
 """
 from __future__ import annotations
 
@@ -117,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("job_id")
     dl.add_argument("name", nargs="?", help="artifact name (default: all)")
     dl.add_argument("-o", "--output", default=".", help="directory or file")
+    pr = sub.add_parser("predict", help="segment images with a retrain job's model.onnx (downloaded once, cached)")
+    pr.add_argument("job_id")
+    pr.add_argument("images", nargs="+", type=Path)
+    pr.add_argument("-o", "--output", default=".", help="directory for <stem>.png masks (and overlays)")
+    pr.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
+    pr.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours")
+    pr.add_argument("--mask-size", choices=["input", "model"], default="input",
+                    help="masks at each image's own size (nearest) or at the model's resolution")
     return ap
 
 
@@ -186,6 +195,20 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             if args.cmd == "artifacts":
                 _print(c.artifacts(args.job_id))
+                return 0
+            if args.cmd == "predict":
+                from .predict import ModelError
+
+                missing = [str(p) for p in args.images if not p.is_file()]
+                if missing:
+                    print(f"error: no such image: {', '.join(missing)}", file=sys.stderr)
+                    return 2
+                try:
+                    _print(c.predict(args.job_id, args.images, args.output, overlay=args.overlay, alpha=args.alpha,
+                                     mask_size=args.mask_size))
+                except ModelError as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+                    return 2
                 return 0
             if args.cmd == "download":
                 names = [args.name] if args.name else [a["name"] for a in c.artifacts(args.job_id)]

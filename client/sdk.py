@@ -14,6 +14,14 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 UPLOAD_CHUNK = 1 << 20  # bytes per read while streaming an upload
 
 
+def _sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 class GasError(Exception):
     """An error answer of the service; ``problem`` is its problem+json body."""
 
@@ -192,6 +200,30 @@ class GasClient:
             raise GasError(502, {"detail": f"checksum mismatch downloading {name}"})
         os.replace(part, dest)
         return dest
+
+    def model_file(self, job_id: str) -> Path:
+        """The job's ``model.onnx``, downloaded once into the user cache (``<cache>/models/<sha256>.onnx``,
+        see :func:`client.predict.cache_dir`); a cached file is reused when its sha256 still matches."""
+        from .predict import MODEL_ARTIFACT, cache_dir
+
+        meta = {a["name"]: a for a in self.artifacts(job_id)}.get(MODEL_ARTIFACT)
+        if meta is None:
+            raise GasError(404, {"detail": f"job {job_id} has no {MODEL_ARTIFACT} (only succeeded retrain jobs export one)"})
+        dest = cache_dir() / "models" / f"{meta['sha256']}.onnx"
+        if dest.is_file() and _sha256(dest) == meta["sha256"]:
+            return dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return self.download(job_id, MODEL_ARTIFACT, dest)
+
+    def predict(self, job_id: str, images: list[str | Path], out_dir: str | Path, *, overlay: bool = False,
+                alpha: float = 0.5, mask_size: str = "input") -> list[dict]:
+        """Segment ``images`` with the job's exported model (onnxruntime on this machine, no torch):
+        writes ``<stem>.png`` palette masks (and ``<stem>_overlay.png``) into ``out_dir``; see
+        :func:`client.predict.predict_files`."""
+        from .predict import load_model, predict_files
+
+        model = load_model(self.model_file(job_id))
+        return predict_files(model, images, out_dir, overlay=overlay, alpha=alpha, mask_size=mask_size)
 
     def wait(self, job_id: str, *, timeout: float = 3600.0, poll: float = 1.0,
              on_update: Callable[[dict], None] | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""Local command line (no service needed): ``gas-local search|retrain|benchmark|settings``.
+"""Local command line (no service needed): ``gas-local search|retrain|benchmark|export|settings``.
 
 Each command writes genotype/checkpoint/report into ``--out`` (its ``artifacts/`` folder) and
 resumes when run again with the same ``--out``. Settings are given as JSON files or dotted
@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .specs import (BenchmarkJobSpec, DatasetRef, GGMConfig, LatencyConfig, NetworkConfig, RetrainConfig,
-                    RetrainJobSpec, SearchConfig, SearchJobSpec)
+from .specs import (BenchmarkJobSpec, DatasetRef, ExportConfig, GGMConfig, LatencyConfig, NetworkConfig,
+                    Normalization, RetrainConfig, RetrainJobSpec, SearchConfig, SearchJobSpec)
 
 
 def _set(doc: dict, dotted: str) -> None:
@@ -70,7 +70,8 @@ def _spec(args: argparse.Namespace, base: dict) -> dict:
 
 def _settings_table() -> str:
     rows = []
-    for model in (NetworkConfig, GGMConfig, LatencyConfig, SearchConfig, RetrainConfig, DatasetRef):
+    for model in (NetworkConfig, GGMConfig, LatencyConfig, SearchConfig, RetrainConfig, Normalization, ExportConfig,
+                  DatasetRef):
         for name, f in model.model_fields.items():
             default = "required" if f.is_required() else json.dumps(f.default if not isinstance(f.default, BaseModel) else None)
             rows.append(f"| {model.__name__}.{name} | {default} | {f.description or ''} |")
@@ -91,11 +92,24 @@ def main(argv: list[str] | None = None) -> int:
         if name != "search":
             p.add_argument("--genotype", type=Path, help="genotype.json to train or measure")
         p.add_argument("--lut-dir", type=Path, default=None, help="shared latency-table cache (search)")
+    ex = sub.add_parser("export", help="model.onnx from a genotype + checkpoint, parity-checked against PyTorch")
+    ex.add_argument("--genotype", type=Path, required=True, help="genotype.json")
+    ex.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.safetensors")
+    ex.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
+    ex.add_argument("--images", type=Path, nargs="*", default=[], help="images for the parity check")
+    ex.add_argument("--data", help="dataset root: parity on the first images of --split instead")
+    ex.add_argument("--layout", default="camvid", choices=["camvid", "folder", "cityscapes"])
+    ex.add_argument("--split", default="val")
+    ex.add_argument("--height", type=int, help="resolution (default: the checkpoint's)")
+    ex.add_argument("--width", type=int)
+    ex.add_argument("--set", action="append", help="ExportConfig override, e.g. export.opset=18")
     sub.add_parser("settings", help="print every setting with its default and meaning")
     args = ap.parse_args(argv)
     if args.cmd == "settings":
         print(_settings_table())
         return 0
+    if args.cmd == "export":
+        return _export(args)
 
     from .jobs import run_benchmark, run_retrain, run_search
 
@@ -117,6 +131,53 @@ def main(argv: list[str] | None = None) -> int:
         bars.close()
     json.dump(result, sys.stdout, indent=1)
     print(f"artifacts in {args.out / 'artifacts'}", file=sys.stderr)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    """``gas-local export``: the retrain's export and parity check for a genotype + checkpoint."""
+    from .export import export_checked, load_model
+    from .layouts import palette_for
+    from .preprocess import Preprocessing
+    from .specs import ExportConfig
+
+    doc: dict = {}
+    for s in args.set or []:
+        _set(doc, s)
+    cfg = ExportConfig.model_validate(doc.get("export", doc))
+    model = load_model(args.genotype, args.checkpoint)
+    genotype, pre = model.genotype, model.preprocessing
+    n_cls = genotype.network.num_classes
+    if pre is None:  # a checkpoint from before the record existed: CamVid's statistics, the resolution given
+        if not (args.height and args.width):
+            raise SystemExit("this checkpoint records no preprocessing: give --height and --width")
+        pre = Preprocessing.for_model(Normalization(), args.height, args.width)
+    elif args.height or args.width:
+        pre = pre.model_copy(update={"height": args.height or pre.height, "width": args.width or pre.width})
+    names = model.class_names or [f"class_{i}" for i in range(n_cls)]
+    palette = model.palette or palette_for(args.layout, n_cls)
+    images = list(args.images)
+    if args.data:
+        from .layouts import get_layout
+
+        pairs = sorted(get_layout(args.layout).list_split(Path(args.data), args.split, False))
+        images += [ip for _, ip, _ in pairs[: cfg.parity_images]]
+    if images:
+        import numpy as np
+        import torch
+
+        x = torch.from_numpy(np.concatenate([pre.apply(p) for p in images[: max(cfg.parity_images, len(args.images))]]))
+        parity_on = f"{x.shape[0]} image(s)"
+    else:
+        import torch
+
+        x = torch.randn(cfg.parity_images, 3, pre.height, pre.width, generator=torch.Generator().manual_seed(0))
+        parity_on = f"{x.shape[0]} random input(s) (give --images or --data to check on real images)"
+    doc_out = export_checked(model, args.out, genotype, pre, names, palette, x, cfg.opset, cfg.dynamic_shape,
+                             cfg.parity_rtol, cfg.parity_min_argmax_agreement)
+    doc_out["parity"]["inputs"] = parity_on
+    json.dump(doc_out, sys.stdout, indent=1)
+    print(f"\nwrote {args.out} (parity on {parity_on})", file=sys.stderr)
     return 0
 
 

@@ -13,9 +13,12 @@ float batches with flips, scale jitter and crops computed there, drawing every r
 a CPU ``torch.Generator`` it owns; ``state_dict()`` / ``load_state_dict()`` capture the generator,
 the current permutation and the position in it, so a resumed run draws identical batches.
 
-Normalisation: fixed CamVid RGB statistics (:data:`MEAN_RGB`, :data:`STD_RGB`, the same as
-``shared/bench/peer_camvid.py``) for every dataset, so a checkpoint's input convention never depends
-on which images it was trained on.
+Normalisation is data (:class:`core.specs.Normalization`, issue 12): the loaders take the mean/std a
+job chose (the service reads them from the dataset's validation report); without one they use the
+CamVid RGB statistics (:data:`MEAN_RGB`, :data:`STD_RGB`, the same as ``shared/bench/peer_camvid.py``).
+The record a model ships with (:class:`core.preprocess.Preprocessing`) applies exactly this
+pipeline to one image: RGB conversion (grayscale replicated to 3 channels, alpha dropped), PIL
+bilinear resize to the model's resolution, ``(pixel - 255*mean) / (255*std)`` in float32.
 """
 from __future__ import annotations
 
@@ -34,15 +37,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .layouts import CAMVID_CLASSES, IMAGE_EXTENSIONS, MASK_EXTENSION, get_layout  # noqa: F401 (re-exported)
-from .specs import DatasetRef
+from .specs import CAMVID_MEAN_RGB, CAMVID_STD_RGB, DatasetRef, Normalization
 
 SINGLE_CHANNEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
 """PIL modes accepted for masks: label values, not colours."""
 
-MEAN_RGB: tuple[float, float, float] = (0.39, 0.41, 0.43)
-"""Per-channel RGB mean in [0, 1] used to normalise inputs (CamVid statistics, all datasets)."""
-STD_RGB: tuple[float, float, float] = (0.30, 0.31, 0.30)
-"""Per-channel RGB standard deviation in [0, 1] used to normalise inputs."""
+MEAN_RGB: tuple[float, float, float] = CAMVID_MEAN_RGB
+"""Per-channel RGB mean in [0, 1] used to normalise inputs where no :class:`Normalization` is given (CamVid)."""
+STD_RGB: tuple[float, float, float] = CAMVID_STD_RGB
+"""Per-channel RGB standard deviation in [0, 1] used where no :class:`Normalization` is given (CamVid)."""
 
 SPLIT_JOIN = "+"
 """Separator of joined splits, e.g. ``"train+val"``."""
@@ -261,10 +264,13 @@ class Augment:
         return self.scale_min != 1.0 or self.scale_max != 1.0
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 NCHW RGB -> float32 normalised with :data:`MEAN_RGB` / :data:`STD_RGB`."""
-    mean = torch.tensor(MEAN_RGB, device=images.device).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(STD_RGB, device=images.device).view(1, 3, 1, 1) * 255.0
+def normalize(images: torch.Tensor, norm: Normalization | None = None) -> torch.Tensor:
+    """uint8 NCHW RGB -> float32 ``(x - 255*mean) / (255*std)``, with ``norm`` (default: CamVid's
+    :data:`MEAN_RGB` / :data:`STD_RGB`). :meth:`core.preprocess.Preprocessing.apply` computes the same
+    float32 values for one image with numpy."""
+    mean_v, std_v = (norm.mean, norm.std) if norm is not None else (MEAN_RGB, STD_RGB)
+    mean = torch.tensor(mean_v, device=images.device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(std_v, device=images.device).view(1, 3, 1, 1) * 255.0
     return (images.float() - mean) / std
 
 
@@ -280,8 +286,10 @@ class DeviceLoader:
 
     def __init__(self, data: SegData, batch_size: int, device: torch.device | str, *,
                  indices: Sequence[int] | torch.Tensor | None = None, augment: Augment | None = None,
-                 shuffle: bool = True, drop_last: bool = True, seed: int = 0) -> None:
+                 shuffle: bool = True, drop_last: bool = True, seed: int = 0,
+                 normalization: Normalization | None = None) -> None:
         self.device = torch.device(device)
+        self.normalization = normalization
         idx = torch.arange(len(data)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
         if idx.numel() == 0:
             raise ValueError("DeviceLoader needs at least one image")
@@ -356,7 +364,7 @@ class DeviceLoader:
         """All images in order, unaugmented, last batch partial; draws no random numbers."""
         bs = batch_size or self.batch_size
         for i in range(0, self.n, bs):
-            x = self._finish_x(normalize(self.images[i:i + bs]))
+            x = self._finish_x(normalize(self.images[i:i + bs], self.normalization))
             yield x, self.masks[i:i + bs].long()
 
     # -- augmentation ---------------------------------------------------------------------
@@ -371,7 +379,7 @@ class DeviceLoader:
         scales = torch.rand(b, generator=g) * (aug.scale_max - aug.scale_min) + aug.scale_min
         offsets = torch.rand(b, 2, generator=g)
         sel_d = sel.to(self.device)
-        x = normalize(self.images.index_select(0, sel_d))
+        x = normalize(self.images.index_select(0, sel_d), self.normalization)
         y = self.masks.index_select(0, sel_d).long()
         if aug.flip:
             f = flips.to(self.device).view(b, 1, 1, 1)

@@ -33,6 +33,7 @@ class Layout:
     ignore_index: int | None = None
     class_names: tuple[str, ...] | None = None
     label_map: np.ndarray | None = None  # lookup table applied to raw mask values (e.g. Cityscapes ids)
+    palette: tuple[tuple[int, int, int], ...] | None = None  # RGB colour per class id, for masks and overlays
 
     def splits(self, root: Path) -> list[str]:
         return [s for s in KNOWN_SPLITS if self.has_split(root, s)]
@@ -75,12 +76,16 @@ def _pairs_by_stem(split: str, img_dir: Path, mask_dir: Path, strict: bool = Tru
 CAMVID_CLASSES: tuple[str, ...] = ("sky", "building", "pole", "road", "pavement", "tree",
                                    "sign_symbol", "fence", "car", "pedestrian", "bicyclist")
 """Class names of the SegNet CamVid split, index = class id (11 = void is not a class)."""
+CAMVID_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
+    (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192))
+"""The SegNet CamVid colours of :data:`CAMVID_CLASSES`, index = class id."""
 
 register_layout(Layout(
     "camvid", "<split>/<stem>.jpg with <split>annot/<stem>.png",
     lambda root, split, strict=True: _pairs_by_stem(split, root / split, root / f"{split}annot", strict),
     lambda root, split: (root / split).is_dir() and (root / f"{split}annot").is_dir(),
-    num_classes=11, ignore_index=11, class_names=CAMVID_CLASSES))
+    num_classes=11, ignore_index=11, class_names=CAMVID_CLASSES, palette=CAMVID_PALETTE))
 
 register_layout(Layout(
     "folder", "<split>/images/<stem>.<ext> with <split>/masks/<stem>.png",
@@ -96,6 +101,11 @@ CITYSCAPES_TRAIN_IDS: dict[int, int] = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 
                                         24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
 """Cityscapes label id -> train id (the 19 evaluated classes); every other id is ignored (255)."""
 CITYSCAPES_IGNORE = 255
+CITYSCAPES_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
+    (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60), (255, 0, 0),
+    (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32))
+"""The official Cityscapes colours of the 19 train ids."""
 _IMG_SUFFIX, _MASK_SUFFIX = "_leftImg8bit.png", "_gtFine_labelIds.png"
 
 
@@ -128,7 +138,30 @@ register_layout(Layout(
     _cityscapes_pairs,
     lambda root, split: (root / "leftImg8bit" / split).is_dir() and (root / "gtFine" / split).is_dir(),
     num_classes=len(CITYSCAPES_CLASSES), ignore_index=CITYSCAPES_IGNORE, class_names=CITYSCAPES_CLASSES,
-    label_map=_cityscapes_lut()))
+    label_map=_cityscapes_lut(), palette=CITYSCAPES_PALETTE))
+
+
+def default_palette(n: int) -> list[list[int]]:
+    """``n`` distinct RGB colours (the PASCAL VOC bit-interleaved colour map; unique for n <= 256)."""
+    out = []
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        out.append([r, g, b])
+    return out
+
+
+def palette_for(layout: str, num_classes: int) -> list[list[int]]:
+    """RGB colour per class id: the layout's own palette when it has one for ``num_classes``, else
+    :func:`default_palette`."""
+    own = LAYOUTS[layout].palette if layout in LAYOUTS else None
+    if own is not None and len(own) == num_classes:
+        return [list(c) for c in own]
+    return default_palette(num_classes)
 
 
 def get_layout(name: str) -> Layout:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -14,21 +15,26 @@ from typing import Callable
 import torch
 
 from .checkpoint import load_weights, save_json, save_weights
-from .data import load_split
+from .data import load_split, normalize
 from .derive import derive, repair_to_budget
 from .fps import fps_report, measure_latency
+from .export import export_checked, model_metadata
 from .genotype import Genotype, Provenance, parse_genotype
 from .jobs import Cancelled
 from .latency import LatencyModel, build_table
 from .latency_loss import LatencyPenalty
+from .layouts import palette_for
 from .lut_check import validate_table
 from .network import DerivedNet, SuperNet
+from .preprocess import Preprocessing
 from .search import Searcher, SearchCancelled
 from .specs import BenchmarkJobSpec, RetrainJobSpec, SearchJobSpec
 from .timing import set_cudnn_benchmark
 from .train import train
 
 ARTIFACTS, STATE = "artifacts", "state"
+ONNX_NAME = "model.onnx"
+"""The exported model every retrain publishes (after its parity check) next to the checkpoint."""
 MIOU_SELECTION = "last epoch"
 """How a retrain's headline mIoU (and its shipped checkpoint) is chosen: the last epoch, never the
 best evaluated one, which would select on the eval split (the test split in the CamVid protocol)."""
@@ -158,25 +164,47 @@ def retrain_pipeline(spec: RetrainJobSpec, workdir: Path, progress: Progress, sh
     eval_data = load_split(spec.dataset, spec.train.eval_split, spec.height, spec.width, cache)
     torch.manual_seed(spec.train.seed)
     model = DerivedNet(genotype)
-    result = train(model, train_data, eval_data, spec.train, workdir, device, progress, should_cancel)
+    norm = spec.normalization
+    pre = Preprocessing.for_model(norm, spec.height, spec.width)
+    class_names = list(train_data.class_names)
+    palette = palette_for(spec.dataset.layout, spec.dataset.num_classes)
+    result = train(model, train_data, eval_data, spec.train, workdir, device, progress, should_cancel,
+                   normalization=norm)
     # The shipped checkpoint is the last epoch's (the one "miou" refers to, see MIOU_SELECTION); weights only.
     last, best = result["last"], result["best"]
     load_weights(model, result["checkpoints"]["last"])
     save_weights(model, art / "checkpoint.safetensors",
-                 metadata={"genotype_hash": genotype.arch_hash(), "checkpoint": "last", "epoch": str(last["epoch"]),
-                           "miou": repr(last["miou"]), "miou_split": spec.train.eval_split})
+                 metadata={"checkpoint": "last", "epoch": str(last["epoch"]), "miou": repr(last["miou"]),
+                           "miou_split": spec.train.eval_split,
+                           **model_metadata(genotype, pre, class_names, palette)})
+    _check(should_cancel, "before the ONNX export")
+    progress({"phase": "export", "message": f"exporting {ONNX_NAME} and checking parity with PyTorch"})
+    export = spec.export
+    # exported into state/ and moved into artifacts/ only once parity holds: a failed check publishes nothing
+    parity_x = normalize(eval_data.images[: export.parity_images], norm)
+    export_doc = export_checked(model, workdir / STATE / ONNX_NAME, genotype, pre, class_names, palette, parity_x,
+                                export.opset, export.dynamic_shape, export.parity_rtol,
+                                export.parity_min_argmax_agreement)
+    export_doc["parity"]["split"] = spec.train.eval_split
+    export_doc["parity"]["stems"] = eval_data.stems[: export.parity_images]
+    os.replace(workdir / STATE / ONNX_NAME, art / ONNX_NAME)
     progress({"phase": "fps", "message": "FPS report"})
     fps = fps_report(model, spec.height, spec.width, device, spec.fps_iters,
                      budget_ms=genotype.provenance.budget_ms)
     genotype.save(art / "genotype.json")
     headline = {"miou": last["miou"], "miou_epoch": last["epoch"], "miou_split": spec.train.eval_split,
                 "miou_selection": MIOU_SELECTION, "best_miou": best["miou"], "best_epoch": best["epoch"]}
+    # names only: a tenant reads this report, and the work dir is a server path
+    train_doc = {**result, "checkpoints": {k: Path(v).name for k, v in result["checkpoints"].items()}}
     report = {"kind": "retrain", "genotype_hash": genotype.arch_hash(), **headline, "best_note": BEST_NOTE,
-              "train": result, "fps": fps, "resolution": [spec.height, spec.width],
-              "settings": spec.model_dump(mode="json", exclude={"genotype"})}
+              "train": train_doc, "fps": fps, "resolution": [spec.height, spec.width],
+              "preprocessing": pre.model_dump(mode="json"), "class_names": class_names, "palette": palette,
+              "export": export_doc, "settings": spec.model_dump(mode="json", exclude={"genotype"})}
     save_json(art / "report.json", report)
+    par = export_doc["parity"]
     return {"genotype_hash": genotype.arch_hash(), **headline, "fps": fps.get("measured_fps"),
-            "device": fps.get("device")}
+            "device": fps.get("device"), "onnx_parity": {"max_abs_logit_diff": par["max_abs_logit_diff"],
+                                                          "argmax_agreement": par["argmax_agreement"]}}
 
 
 def benchmark_pipeline(spec: BenchmarkJobSpec, workdir: Path, progress: Progress, should_cancel: CancelCheck) -> dict:

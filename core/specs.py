@@ -16,6 +16,13 @@ LatencyForm = Literal["budget", "paper"]
 Derivation = Literal["argmax", "fill"]
 Layout = Literal["camvid", "folder", "cityscapes"]
 
+CAMVID_MEAN_RGB: tuple[float, float, float] = (0.39, 0.41, 0.43)
+"""Per-channel RGB mean in [0, 1] of CamVid: the normalisation used where a dataset has no statistics."""
+CAMVID_STD_RGB: tuple[float, float, float] = (0.30, 0.31, 0.30)
+"""Per-channel RGB standard deviation in [0, 1] of CamVid (same source as :data:`CAMVID_MEAN_RGB`)."""
+MIN_CHANNEL_STD = 1e-3
+"""A dataset whose channel std is below this (constant images) keeps the CamVid default instead."""
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
@@ -106,6 +113,47 @@ class SearchConfig(_Strict):
     flip: bool = Field(True, description="Random horizontal flips during search.")
 
 
+class Normalization(_Strict):
+    """Input normalisation of a model: x = (pixel/255 - mean) / std per RGB channel (core.preprocess)."""
+
+    mean: tuple[float, float, float] = Field(CAMVID_MEAN_RGB, description="Per-channel RGB mean in [0, 1] subtracted from pixel/255; default CamVid's (used where the dataset has no validation statistics).")
+    std: tuple[float, float, float] = Field(CAMVID_STD_RGB, description="Per-channel RGB standard deviation in [0, 1] dividing (pixel/255 - mean); default CamVid's.")
+    source: str = Field("camvid-default", max_length=200, description="Where mean/std come from: 'camvid-default' or the dataset validation report they were read from.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Normalization":
+        if any(not 0.0 <= m <= 1.0 for m in self.mean):
+            raise ValueError(f"mean {list(self.mean)} must lie in [0, 1]")
+        if any(not MIN_CHANNEL_STD <= v <= 1.0 for v in self.std):
+            raise ValueError(f"std {list(self.std)} must lie in [{MIN_CHANNEL_STD}, 1]")
+        return self
+
+
+def normalization_from_report(report: dict | None, source: str) -> Normalization:
+    """The normalisation a dataset's validation report implies: its RGB ``channel_mean``/``channel_std``
+    when present and usable (3 values, std >= :data:`MIN_CHANNEL_STD`), else the CamVid default."""
+    if isinstance(report, dict):
+        mean, std = report.get("channel_mean"), report.get("channel_std")
+        if (isinstance(mean, list) and isinstance(std, list) and len(mean) == 3 and len(std) == 3
+                and all(isinstance(v, (int, float)) for v in mean + std)):
+            try:
+                return Normalization(mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std),
+                                     source=source)
+            except ValueError:
+                pass
+    return Normalization()
+
+
+class ExportConfig(_Strict):
+    """ONNX export of a retrained model and its parity check against PyTorch (core.export)."""
+
+    opset: int = Field(17, ge=13, le=20, description="ONNX opset of model.onnx (classic TorchScript exporter, torch.onnx.export(dynamo=False)).")
+    dynamic_shape: bool = Field(True, description="Batch, height and width are dynamic axes of model.onnx (checked to match PyTorch at other sizes); off = fixed 1x3xHxW.")
+    parity_images: int = Field(4, ge=1, le=64, description="Images of the eval split run through PyTorch and onnxruntime (CPU, fp32) before model.onnx is published.")
+    parity_rtol: float = Field(1e-4, gt=0.0, le=1.0, description="Largest allowed absolute logit difference between onnxruntime and PyTorch, relative to max(1, largest absolute logit); above it the job fails.")
+    parity_min_argmax_agreement: float = Field(0.999, ge=0.0, le=1.0, description="Smallest allowed fraction of pixels whose argmax class agrees between onnxruntime and PyTorch; below it the job fails.")
+
+
 class RetrainConfig(_Strict):
     """Retraining from scratch (GAS.md §8)."""
 
@@ -158,6 +206,8 @@ class RetrainJobSpec(_Strict):
     height: int = Field(360, ge=16, le=4096, description="Training/eval resolution height.")
     width: int = Field(480, ge=16, le=4096, description="Training/eval resolution width.")
     fps_iters: int = Field(50, ge=5, le=100_000, description="Timed iterations of the FPS report.")
+    normalization: Normalization = Field(default_factory=Normalization, description="Input normalisation (the service fills it from the dataset's validation report).")
+    export: ExportConfig = Field(default_factory=ExportConfig, description="ONNX export and parity check.")
 
 
 class BenchmarkJobSpec(_Strict):

@@ -29,7 +29,7 @@ from .checkpoint import load_training_state, save_training_state, save_weights
 from .data import Augment, DeviceLoader, SegData
 from .jobs import Cancelled
 from .metrics import ConfusionMeter
-from .specs import RetrainConfig
+from .specs import Normalization, RetrainConfig
 from .timing import set_cudnn_benchmark
 
 STATE_SUBDIR = "state"
@@ -95,11 +95,12 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: SegData | DeviceLoader, device: torch.device | str,
-             batch_size: int = EVAL_BATCH_SIZE) -> dict:
-    """mIoU, pixel accuracy and named per-class IoU (see :mod:`core.metrics`) over ``data``."""
+             batch_size: int = EVAL_BATCH_SIZE, normalization: Normalization | None = None) -> dict:
+    """mIoU, pixel accuracy and named per-class IoU (see :mod:`core.metrics`) over ``data``
+    (a SegData is normalised with ``normalization``, default CamVid's)."""
     device = torch.device(device)
     loader = data if isinstance(data, DeviceLoader) else DeviceLoader(data, batch_size, device, shuffle=False,
-                                                                       drop_last=False)
+                                                                       drop_last=False, normalization=normalization)
     meter = ConfusionMeter(loader.num_classes, loader.ignore_index, device)
     was_training = model.training
     model.eval()
@@ -125,8 +126,10 @@ def _model_digest(model: nn.Module) -> str:
 
 
 def _fingerprint(cfg: RetrainConfig, train_data: SegData, eval_data: SegData, steps_per_epoch: int,
-                 model: nn.Module) -> dict:
+                 model: nn.Module, normalization: Normalization | None = None) -> dict:
+    norm = normalization or Normalization()
     return {
+        "normalization": [list(norm.mean), list(norm.std)],
         "cfg": {k: v for k, v in cfg.model_dump().items() if k not in RESUME_FREE_FIELDS},
         "model": _model_digest(model),
         "train": _digest([train_data.stems, list(train_data.images.shape)]),
@@ -137,8 +140,9 @@ def _fingerprint(cfg: RetrainConfig, train_data: SegData, eval_data: SegData, st
 
 def _check_fingerprint(saved: str, current: dict, path: Path) -> None:
     old = json.loads(saved)
-    if "model" not in old:  # states written before the architecture was part of the fingerprint
-        current = {k: v for k, v in current.items() if k != "model"}
+    for key in ("model", "normalization"):  # states written before these were part of the fingerprint
+        if key not in old:
+            current = {k: v for k, v in current.items() if k != key}
     if old == json.loads(json.dumps(current)):
         return
     diff = sorted({k for k in set(old) | set(current) if old.get(k) != json.loads(json.dumps(current.get(k)))})
@@ -159,8 +163,11 @@ def _batches(loader: DeviceLoader, should_cancel: Callable[[], bool]) -> Iterato
 
 def train(model: nn.Module, train_data: SegData, eval_data: SegData, cfg: RetrainConfig, workdir: Path,
           device: torch.device | str, progress: Callable[[dict], None] = _noop,
-          should_cancel: Callable[[], bool] = _never) -> dict:
+          should_cancel: Callable[[], bool] = _never, normalization: Normalization | None = None) -> dict:
     """Train ``model`` (freshly initialised by the caller) and return a JSON-able report.
+
+    Inputs are normalised with ``normalization`` (default: CamVid's statistics); it is part of the
+    resume fingerprint.
 
     The report holds ``best`` and ``last`` (mIoU, pixel accuracy, named per-class IoU, epoch and the
     checkpoint file each refers to), ``steps``, ``images_per_s``, ``train_seconds`` (training steps
@@ -180,13 +187,15 @@ def train(model: nn.Module, train_data: SegData, eval_data: SegData, cfg: Retrai
 
     augment = Augment(flip=cfg.flip, scale_min=cfg.scale_min, scale_max=cfg.scale_max,
                       crop_height=cfg.crop_height, crop_width=cfg.crop_width)
-    loader = DeviceLoader(train_data, cfg.batch_size, device, augment=augment, seed=cfg.seed)
-    eval_loader = DeviceLoader(eval_data, EVAL_BATCH_SIZE, device, shuffle=False, drop_last=False)
+    loader = DeviceLoader(train_data, cfg.batch_size, device, augment=augment, seed=cfg.seed,
+                          normalization=normalization)
+    eval_loader = DeviceLoader(eval_data, EVAL_BATCH_SIZE, device, shuffle=False, drop_last=False,
+                               normalization=normalization)
     optimizer = make_optimizer(model, cfg)
     steps_per_epoch = len(loader)
     total_steps = cfg.epochs * steps_per_epoch
     budget = float(cfg.time_budget_s)
-    fingerprint = _fingerprint(cfg, train_data, eval_data, steps_per_epoch, model)
+    fingerprint = _fingerprint(cfg, train_data, eval_data, steps_per_epoch, model, normalization)
 
     epoch, step, images, train_seconds = 0, 0, 0, 0.0
     best: dict | None = None
