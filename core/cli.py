@@ -173,8 +173,14 @@ def _export(args: argparse.Namespace) -> int:
 
         x = torch.randn(cfg.parity_images, 3, pre.height, pre.width, generator=torch.Generator().manual_seed(0))
         parity_on = f"{x.shape[0]} random input(s) (give --images or --data to check on real images)"
-    doc_out = export_checked(model, args.out, genotype, pre, names, palette, x, cfg.opset, cfg.dynamic_shape,
-                             cfg.parity_rtol, cfg.parity_min_argmax_agreement)
+    from .export import ParityError
+
+    try:
+        doc_out = export_checked(model, args.out, genotype, pre, names, palette, x, cfg.opset, cfg.dynamic_shape,
+                                 cfg.parity_rtol, cfg.parity_min_argmax_agreement)
+    except ParityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     doc_out["parity"]["inputs"] = parity_on
     json.dump(doc_out, sys.stdout, indent=1)
     print(f"\nwrote {args.out} (parity on {parity_on})", file=sys.stderr)

@@ -216,6 +216,11 @@ def test_gas_local_export(retrained, camvid_root, tmp_path, capsys):
 
     dims = [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 3, H, W]
+    # parity on the first images of a dataset split; dynamic axes by default
+    assert main(["export", "--genotype", str(art / "genotype.json"), "--checkpoint", str(art / "checkpoint.safetensors"),
+                 "--out", str(out), "--data", str(camvid_root), "--split", "val", "--set", "parity_images=3"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["parity"]["images"] == 3 and doc["parity"]["ok"] and doc["dynamic_shape"] is True
 
 
 def _recipes() -> dict[str, str]:
