@@ -78,3 +78,8 @@ def test_search_derive_retrain_evaluate_fps(camvid_subset, tmp_path):
         "sky" in rreport["train"]["last"]["per_class_iou"]
     assert result["miou"] == rreport["train"]["last_miou"] and rreport["miou_selection"] == "last epoch"
     assert rreport["fps"]["batch"] == 1 and rreport["fps"]["height"] == H
+    # the trained network was exported and its ONNX model matched PyTorch on real eval images (issue 12)
+    parity = rreport["export"]["parity"]
+    print(f"ONNX parity: max |logit diff| {parity['max_abs_logit_diff']:.3g} of max |logit| "
+          f"{parity['max_abs_logit']:.3g}, argmax agreement {parity['argmax_agreement']}")
+    assert (rart / "model.onnx").is_file() and parity["ok"] and parity["images"] == 4
