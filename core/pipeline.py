@@ -40,6 +40,8 @@ MIOU_SELECTION = "last epoch"
 best evaluated one, which would select on the eval split (the test split in the CamVid protocol)."""
 BEST_NOTE = ("best_miou/best_epoch: the best evaluated epoch on the same split, for information only; "
              "choosing it would select on that split")
+PRIVATE_SETTINGS = {"dataset": {"root"}}
+"""Left out of the settings a report repeats: a tenant reads reports, and the dataset root is a server path."""
 Progress = Callable[[dict], None]
 CancelCheck = Callable[[], bool]
 
@@ -138,7 +140,7 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
         "measured_latency_ms": repair_doc["measured_after_ms"], "budget_met": repair_doc["budget_met"],
         "derivation": derivation, "repair": repair_doc, "lut_validation": validation, "fps": fps, "history": result.history,
         "search_steps": result.steps, "resumed_from_epoch": result.resumed_from_epoch, "wall_s": round(time.perf_counter() - t0, 2),
-        "settings": spec.model_dump(mode="json"),
+        "settings": spec.model_dump(mode="json", exclude=PRIVATE_SETTINGS),
     }
     save_json(art / "report.json", report)
     return {"genotype_hash": genotype.arch_hash(), "expected_latency_ms": round(result.expected_latency_ms, 4),
@@ -199,7 +201,7 @@ def retrain_pipeline(spec: RetrainJobSpec, workdir: Path, progress: Progress, sh
     report = {"kind": "retrain", "genotype_hash": genotype.arch_hash(), **headline, "best_note": BEST_NOTE,
               "train": train_doc, "fps": fps, "resolution": [spec.height, spec.width],
               "preprocessing": pre.model_dump(mode="json"), "class_names": class_names, "palette": palette,
-              "export": export_doc, "settings": spec.model_dump(mode="json", exclude={"genotype"})}
+              "export": export_doc, "settings": spec.model_dump(mode="json", exclude={"genotype": True, **PRIVATE_SETTINGS})}
     save_json(art / "report.json", report)
     par = export_doc["parity"]
     return {"genotype_hash": genotype.arch_hash(), **headline, "fps": fps.get("measured_fps"),

@@ -80,8 +80,10 @@ def test_retrain_publishes_parity_checked_onnx_with_metadata(retrained, camvid_r
     assert meta["gas.genotype_hash"] == genotype.arch_hash() == report["genotype_hash"]
     assert json.loads(meta["gas.genotype"]) == genotype.model_dump(mode="json")
     # no server path anywhere a tenant reads
+    root = retrained["report"]["settings"]["dataset"]
+    assert "root" not in root
     for text in ((art / "report.json").read_text(), json.dumps(meta)):
-        assert str(retrained["work"]) not in text
+        assert str(retrained["work"]) not in text and str(camvid_root) not in text
 
 
 def test_normalisation_is_stored_and_round_trips(retrained, camvid_ref, camvid_root):
