@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import io
 import json
 import warnings
 from pathlib import Path
@@ -77,12 +78,16 @@ def load_model(genotype: Genotype | dict | str | Path, checkpoint: str | Path,
     """
     if isinstance(genotype, Path) or (isinstance(genotype, str) and not genotype.lstrip().startswith("{")):
         genotype = load_genotype(genotype)
-    model = DerivedNet(parse_genotype(genotype))
-    meta = load_weights(model, checkpoint)
-    want = meta.get("genotype_hash")
-    if want and want != model.genotype.arch_hash():
+    genotype = parse_genotype(genotype)
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint), framework="pt") as f:
+        want = (f.metadata() or {}).get("genotype_hash")
+    if want and want != genotype.arch_hash():  # checked first: a clearer error than a state_dict mismatch
         raise ValueError(f"checkpoint {Path(checkpoint).name} was trained for genotype {want}, "
-                         f"not {model.genotype.arch_hash()}")
+                         f"not {genotype.arch_hash()}")
+    model = DerivedNet(genotype)
+    meta = load_weights(model, checkpoint)
     model.preprocessing = parse_preprocessing(meta["preprocessing"]) if meta.get("preprocessing") else None
     model.class_names = json.loads(meta["class_names"]) if meta.get("class_names") else None
     model.palette = json.loads(meta["palette"]) if meta.get("palette") else None
@@ -127,8 +132,6 @@ def export_onnx(model: nn.Module, path: str | Path, height: int, width: int, met
         kwargs["dynamic_axes"] = {INPUT_NAME: axes, OUTPUT_NAME: axes}
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         kwargs["dynamo"] = False  # the classic TorchScript-based exporter (see the module docstring)
-    import io
-
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the classic exporter's deprecation notices

@@ -13,8 +13,8 @@ Contract (stable; the service is built against it):
 Finished artifacts are written atomically into ``workdir/artifacts``:
 ``lut_dir`` (search) and ``data_cache_dir`` (search, retrain) are shared caches across jobs:
 latency tables and prepared (decoded, resized uint8) datasets; default: inside ``workdir``.
-``genotype.json`` and ``report.json`` (search), ``checkpoint.safetensors`` and ``report.json``
-(retrain), ``report.json`` (benchmark, validate). The returned dict is a JSON-able result summary.
+``genotype.json`` and ``report.json`` (search), ``checkpoint.safetensors``, ``model.onnx`` (published
+only after its parity check, :mod:`core.export`), ``genotype.json`` and ``report.json`` (retrain), ``report.json`` (benchmark, validate). The returned dict is a JSON-able result summary.
 
 ``progress(event: dict)`` receives ``{"phase", "epoch", "epochs", "step", "steps", "metrics",
 "expected_latency_ms", "op_probs"(search only), "message"}`` (keys may be missing when not

@@ -197,7 +197,7 @@ def test_load_model_refuses_a_checkpoint_of_another_genotype(retrained):
     art = retrained["art"]
     other = tiny_genotype(seed=5)
     assert other.arch_hash() != retrained["genotype"].arch_hash()
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="was trained for genotype"):
         load_model(other, art / "checkpoint.safetensors")
 
 
