@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One prepared run for a lent GPU machine (the device tool), under 10 minutes: the CUDA tests, then
+# One prepared run for a lent GPU machine (the device tool), under 10 minutes: the CUDA tests, the search
+# step cost (bench/search_step_cost.py: plain vs batched cells, ms per step and peak memory at batch 8), then
 # bench/search_quality.py --profile gpu (GAS vs no-GGM, shared cells, softmax and LUT-latency-matched
 # random genotypes at 360x480, with torchvision's peers in the same run). Expects the CamVid copy and the
 # peer script in .device_data (git-ignored; carry it):
@@ -17,11 +18,13 @@ cp .device_data/peer_camvid.py "$GAS_SHARED/bench/" 2>/dev/null
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -m pip install -q --no-deps -e . 2>/dev/null || true
 timeout 60 python3 -m pytest -q -p no:cacheprovider tests/core/test_cuda.py 2>&1 | tee "$OUT/cuda_tests.log"
+# search step cost: aten calls and saved bytes (machine-independent) and, on the GPU, ms per step and peak memory
+timeout 120 python3 bench/search_step_cost.py --out "$OUT" --rounds 2 2>&1 | tail -12 | tee "$OUT/step_cost.log"
 if [ "${MODE:-quality}" = camvid ]; then
   timeout 420 python3 bench/gas_camvid.py .device_data/camvid "$OUT" --train-budget-s "${TRAIN_BUDGET_S:-60}" \
     --search-epochs "${SEARCH_EPOCHS:-6}" --warmup-epochs 2 --lut-samples 8 \
     --peer-script "$GAS_SHARED/bench/peer_camvid.py" 2>&1 | tee "$OUT/bench.log"
 else
-  timeout 500 python3 bench/search_quality.py --profile gpu --data .device_data/camvid --out "$OUT" \
+  timeout 400 python3 bench/search_quality.py --profile gpu --data .device_data/camvid --out "$OUT" \
     --work /tmp/sq_gpu --peer-script "$GAS_SHARED/bench/peer_camvid.py" 2>&1 | tee "$OUT/bench.log"
 fi

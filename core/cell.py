@@ -83,6 +83,10 @@ class SearchCell(nn.Module):
         self.edges = nn.ModuleList(MixedOp(ops, c, edge_stride(j, reduction)) for j, _ in cell_edges(nodes))
         self.out_channels = nodes * c
 
+    def set_free_dropout(self, p: float) -> None:
+        for edge in self.edges:
+            edge.free_dropout = float(p)
+
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         states = list(self.inputs(s0, s1))
         e = 0

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batched_cell import BatchedSearchCell
 from .cell import DerivedCell, SearchCell, cell_edges
 from .genotype import Genotype, parse_genotype
 from .ggm import GCNGuidedModule
@@ -85,7 +86,7 @@ class SuperNet(nn.Module):
     """The search supernet: every cell has its own α (or one per cell type in shared mode)."""
 
     def __init__(self, cfg: NetworkConfig, ggm: GGMConfig, ops: list[str] | None = None,
-                 shared_cells: bool = False, gumbel: bool = False, gumbel_tau: float = 1.0):
+                 shared_cells: bool = False, gumbel: bool = False, gumbel_tau: float = 1.0, batched: bool = True):
         super().__init__()
         self.cfg = cfg
         self.ops = op_names(ops)
@@ -93,8 +94,10 @@ class SuperNet(nn.Module):
         self.gumbel, self.gumbel_tau = gumbel, gumbel_tau
         self.plans = channel_plan(cfg)
         self.stem = Stem(cfg.stem_channels)
+        cell_cls = BatchedSearchCell if batched else SearchCell
+        self.batched = batched
         self.cells = nn.ModuleList(
-            SearchCell(self.ops, cfg.nodes, p.c_prev_prev, p.c_prev, p.c, p.reduction, p.reduction_prev)
+            cell_cls(self.ops, cfg.nodes, p.c_prev_prev, p.c_prev, p.c, p.reduction, p.reduction_prev)
             for p in self.plans)
         self.head = Head(cfg, self.cells[-1].out_channels)
         n_edges, n_ops = len(cell_edges(cfg.nodes)), len(self.ops)
@@ -121,8 +124,7 @@ class SuperNet(nn.Module):
     def set_free_op_dropout(self, p: float) -> None:
         """Dropout rate on the outputs of weight-free ops (skip, pooling) in every mixed op (P-DARTS)."""
         for cell in self.cells:
-            for edge in cell.edges:
-                edge.free_dropout = float(p)
+            cell.set_free_dropout(p)
 
     # -- architecture -------------------------------------------------------------------------
     def raw_alpha(self, k: int) -> torch.Tensor:

@@ -23,17 +23,18 @@ class OpSpec:
     parametric: bool  # has learnable weights
     zero: bool = False  # outputs zeros: costs nothing, never kept by derivation
     search_bn: bool = False  # the search mixed op follows it with BatchNorm2d(affine=False) (DARTS); derived nets do not
+    fuse: tuple | None = None  # how core.batched_cell batches it over a node's out-edges; None = one module per edge
 
 
 OPS: dict[str, OpSpec] = {}
 
 
-def register_op(name: str, *, parametric: bool, zero: bool = False,
-                search_bn: bool = False) -> Callable[[OpBuilder], OpBuilder]:
+def register_op(name: str, *, parametric: bool, zero: bool = False, search_bn: bool = False,
+                fuse: tuple | None = None) -> Callable[[OpBuilder], OpBuilder]:
     def deco(fn: OpBuilder) -> OpBuilder:
         if name in OPS:
             raise ValueError(f"op {name!r} registered twice")
-        OPS[name] = OpSpec(name, fn, parametric, zero, search_bn)
+        OPS[name] = OpSpec(name, fn, parametric, zero, search_bn, fuse)
         return fn
 
     return deco
@@ -117,28 +118,28 @@ def _none(c: int, stride: int, affine: bool) -> nn.Module:
     return Zero(stride)
 
 
-@register_op("skip_connect", parametric=False)
+@register_op("skip_connect", parametric=False, fuse=("skip",))
 def _skip(c: int, stride: int, affine: bool) -> nn.Module:
     return nn.Identity() if stride == 1 else FactorizedReduce(c, c, affine)
 
 
-@register_op("max_pool_3x3", parametric=False, search_bn=True)
+@register_op("max_pool_3x3", parametric=False, search_bn=True, fuse=("max_pool", 3))
 def _max_pool(c: int, stride: int, affine: bool) -> nn.Module:
     return nn.MaxPool2d(3, stride=stride, padding=1)
 
 
-@register_op("conv_3x3", parametric=True)
+@register_op("conv_3x3", parametric=True, fuse=("conv", 3))
 def _conv(c: int, stride: int, affine: bool) -> nn.Module:
     return ReLUConvBN(c, c, 3, stride, 1, affine)
 
 
-@register_op("sep_conv_3x3", parametric=True)
+@register_op("sep_conv_3x3", parametric=True, fuse=("sep", 1))
 def _sep(c: int, stride: int, affine: bool) -> nn.Module:
     return SepConv(c, stride, 1, affine)
 
 
 def _register_dilated(rate: int) -> None:
-    @register_op(f"dil_sep_conv_3x3_r{rate}", parametric=True)
+    @register_op(f"dil_sep_conv_3x3_r{rate}", parametric=True, fuse=("sep", rate))
     def _dil(c: int, stride: int, affine: bool) -> nn.Module:
         return SepConv(c, stride, rate, affine)
 

@@ -17,6 +17,7 @@ import torch
 from .checkpoint import load_weights, save_json, save_weights
 from .data import load_split, normalize
 from .derive import derive, repair_to_budget
+from .estimate import estimate_search, fit_batch
 from .fps import fps_report, measure_latency
 from .export import export_checked, model_metadata
 from .genotype import Genotype, Provenance, parse_genotype
@@ -27,8 +28,8 @@ from .layouts import palette_for
 from .lut_check import validate_table
 from .network import DerivedNet, SuperNet
 from .preprocess import Preprocessing
-from .search import Searcher, SearchCancelled
-from .specs import BenchmarkJobSpec, RetrainJobSpec, SearchJobSpec
+from .search import Searcher, SearchCancelled, search_crop
+from .specs import BenchmarkJobSpec, RetrainJobSpec, SearchConfig, SearchJobSpec
 from .timing import set_cudnn_benchmark
 from .train import train
 
@@ -72,6 +73,26 @@ def end_to_end_ms(genotype: Genotype, height: int, width: int, device: torch.dev
     return float(measure_latency(model, height, width, device, precision, warmup, repeats)["median_ms"])
 
 
+def plan_memory(spec: SearchJobSpec, net_cfg, height: int, width: int, device: torch.device,
+                progress: Progress) -> tuple[SearchConfig, dict]:
+    """Estimate the search's memory before it starts (core/estimate.py); on CUDA, fall back to a smaller
+    batch when the free device memory is short, and say so in the progress and the report."""
+    est = estimate_search(net_cfg, spec.ggm, spec.search, search_crop(spec.search, height, width))
+    doc = {"estimate": est.as_dict(), "batch": spec.search.batch_size, "fallback": None}
+    search_cfg = spec.search
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        doc["device_free_bytes"] = int(free)
+        batch, reason = fit_batch(est, int(free))
+        if reason:
+            search_cfg = spec.search.model_copy(update={"batch_size": batch})
+            doc.update(batch=batch, fallback=reason)
+    progress({"phase": "memory", "message": doc["fallback"] or
+              f"estimated {est.peak_bytes(search_cfg.batch_size) / 2**30:.2f} GiB at batch {search_cfg.batch_size}",
+              "memory": doc})
+    return search_cfg, doc
+
+
 def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, should_cancel: CancelCheck,
                     lut_dir: str | Path | None, data_cache_dir: str | Path | None = None) -> dict:
     art, state = _dirs(workdir)
@@ -84,7 +105,7 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
     data = load_split(spec.dataset, spec.train_split, spec.data_height or lat_cfg.height,
                       spec.data_width or lat_cfg.width, Path(data_cache_dir) if data_cache_dir else workdir / "cache")
     model = SuperNet(net_cfg, spec.ggm, spec.search.ops, spec.search.shared_cells, spec.search.gumbel,
-                     spec.search.gumbel_tau)
+                     spec.search.gumbel_tau, spec.search.batched_cells)
     _check(should_cancel, "before the latency table")
 
     def lut_progress(i: int, n: int, key) -> None:
@@ -94,7 +115,8 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
                         lat_cfg.warmup_runs, lat_cfg.repeats, lut_dir or workdir / "lut", lut_progress,
                         burst=lat_cfg.lut_burst)
     latency = LatencyModel(table, net_cfg, model.ops, lat_cfg.height, lat_cfg.width)
-    searcher = Searcher(model, latency, LatencyPenalty(lat_cfg), spec.search, data, device, state, progress,
+    search_cfg, memory = plan_memory(spec, net_cfg, data.height, data.width, device, progress)
+    searcher = Searcher(model, latency, LatencyPenalty(lat_cfg), search_cfg, data, device, state, progress,
                         should_cancel)
     try:
         result = searcher.run()
@@ -139,8 +161,8 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
         "expected_latency_ms": result.expected_latency_ms, "predicted_latency_ms": latency.genotype_ms(genotype),
         "measured_latency_ms": repair_doc["measured_after_ms"], "budget_met": repair_doc["budget_met"],
         "derivation": derivation, "repair": repair_doc, "lut_validation": validation, "fps": fps, "history": result.history,
-        "search_steps": result.steps, "resumed_from_epoch": result.resumed_from_epoch, "wall_s": round(time.perf_counter() - t0, 2),
-        "settings": spec.model_dump(mode="json", exclude=PRIVATE_SETTINGS),
+        "search_steps": result.steps, "memory": memory, "resumed_from_epoch": result.resumed_from_epoch,
+        "wall_s": round(time.perf_counter() - t0, 2), "settings": spec.model_dump(mode="json", exclude=PRIVATE_SETTINGS),
     }
     save_json(art / "report.json", report)
     return {"genotype_hash": genotype.arch_hash(), "expected_latency_ms": round(result.expected_latency_ms, 4),

@@ -22,7 +22,7 @@ from .specs import SearchConfig
 from .train import autocast_for, evaluate, segmentation_loss
 
 STATE_FILE = "search.pt"
-STATE_VERSION = 2  # 2: the architecture optimizer has two groups (α, GGM)
+STATE_VERSION = 3  # 2: the architecture optimizer has two groups (α, GGM); 3: batched cells' parameter layout
 EVAL_BATCH = 8  # batch size of the per-epoch supernet evaluation on D_α
 
 
@@ -72,6 +72,11 @@ def ggm_shift(model: SuperNet, alphas: list[torch.Tensor]) -> list[float]:
     return out
 
 
+def search_crop(cfg: SearchConfig, height: int, width: int) -> tuple[int, int]:
+    """The crop the search trains on: a crop larger than the data is the whole image (never padding)."""
+    return min(cfg.crop_height or height, height), min(cfg.crop_width or width, width)
+
+
 class Searcher:
     def __init__(self, model: SuperNet, latency: LatencyModel, penalty: LatencyPenalty, cfg: SearchConfig,
                  data: SegData, device: torch.device, state_dir: Path,
@@ -83,8 +88,7 @@ class Searcher:
         if device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)
         half_w, half_a = split_halves(len(data), cfg.seed)
-        # A crop larger than the data is the whole image (never padding).
-        self.crop = (min(cfg.crop_height or data.height, data.height), min(cfg.crop_width or data.width, data.width))
+        self.crop = search_crop(cfg, data.height, data.width)
         aug = Augment(flip=cfg.flip, crop_height=self.crop[0], crop_width=self.crop[1])
         self.loader_w = DeviceLoader(data, cfg.batch_size, device, indices=half_w, augment=aug, seed=cfg.seed)
         self.loader_a = DeviceLoader(data, cfg.batch_size, device, indices=half_a, augment=aug, seed=cfg.seed + 1)

@@ -29,3 +29,14 @@ def test_search_quality_smoke_writes_every_arm(profile, tmp_path):
         assert arm["measured_ms"] > 0 and len(arm["measured_rounds_ms"]) == 5 and "test_miou" in arm
     assert res["device"] and res["threads"]["intra_op"] >= 1 and "summary" in res
     assert (tmp_path / "out" / f"search_quality_{profile}_smoke.md").read_text().startswith("**Smoke run")
+
+
+def test_search_step_cost_smoke(tmp_path):
+    """bench/search_step_cost.py end to end at toy sizes: both variants counted, ratios written."""
+    subprocess.run([sys.executable, str(REPO / "bench" / "search_step_cost.py"), "--smoke", "--out", str(tmp_path)],
+                   check=True, timeout=600, capture_output=True)
+    res = json.loads((tmp_path / "search_step_cost_smoke.json").read_text())
+    plain, batched = res["variants"]["plain"], res["variants"]["batched"]
+    assert batched["aten_calls"]["search_step"]["kernels"] < plain["aten_calls"]["search_step"]["kernels"]
+    assert batched["saved_bytes_per_image"] < plain["saved_bytes_per_image"]
+    assert batched["weight_parameters"] == plain["weight_parameters"]

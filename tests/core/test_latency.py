@@ -161,7 +161,8 @@ def test_every_edge_is_priced_at_the_shape_it_sees_in_a_real_forward():
     x = torch.randn(1, 3, HOOK_H, HOOK_W)
 
     # The supernet: every MixedOp sees one input; all its ops share that key's shape and stride.
-    net = SuperNet(HOOK_CFG, GGMConfig(enabled=False), OPS_).eval()
+    net = SuperNet(HOOK_CFG, GGMConfig(enabled=False), OPS_, batched=False).eval()  # per-edge modules to hook;
+    # the batched cells compute the same function on the same shapes (tests/core/test_batched_cell.py)
     seen: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
     hooks = [mixed.register_forward_hook(lambda m, a, y, k=k, e=e: seen.__setitem__((k, e), (a[0], y)))
              for k, cell in enumerate(net.cells) for e, mixed in enumerate(cell.edges)]

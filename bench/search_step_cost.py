@@ -1,0 +1,220 @@
+"""What one search step costs, in figures that do not depend on the machine (issue "search speed").
+
+For the plain supernet (one module per edge) and the batched one (core/batched_cell.py), on the same
+network and input:
+
+- **aten calls** of one search step (the architecture step: forward + backward to α and the GGM;
+  the weight step: forward + backward to the weights), counted with a ``TorchDispatchMode``: on a GPU
+  each is at least one kernel launch, so this is the launch count that bounds a GPU step at these
+  channel counts;
+- **saved-for-backward bytes per image** of one forward (``saved_tensors_hooks``, each storage counted
+  once), the activation memory of training;
+- **CPU time per step** at a small resolution, both variants interleaved in one run (a ratio; the
+  absolute figure is this machine's).
+
+usage: python bench/search_step_cost.py [--height 360 --width 480] [--batch 2] [--time-hw 96x128] [--out DIR] [--smoke]
+Writes ``OUT/search_step_cost.json`` and ``.md``. Run it alone: the timing part is disturbed by neighbours
+(the counts are not).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+from core.estimate import saved_bytes  # noqa: E402
+from core.network import SuperNet  # noqa: E402
+from core.specs import GGMConfig, NetworkConfig  # noqa: E402
+
+VARIANTS = {"plain": False, "batched": True}
+
+
+class AtenCounter(TorchDispatchMode):
+    """Counts aten calls; ``kernels`` leaves out views (view, select, permute, detach…), which only
+    change metadata and launch nothing on a GPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+        self.views: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.overloadpacket)
+        self.calls[name] += 1
+        if func.is_view or name in METADATA_OPS:
+            self.views[name] += 1
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def kernels(self) -> int:
+        return sum(self.calls.values()) - sum(self.views.values())
+
+
+# not flagged as views by their schema, but allocate or alias without computing
+METADATA_OPS = {"aten.lift_fresh", "aten._unsafe_view", "aten.empty", "aten.unbind", "aten.split", "aten.chunk"}
+
+
+def make(cfg: NetworkConfig, batched: bool, seed: int = 0) -> SuperNet:
+    torch.manual_seed(seed)
+    return SuperNet(cfg, GGMConfig(), batched=batched, gumbel=True).train()
+
+
+def arch_step(net: SuperNet, x: torch.Tensor, y: torch.Tensor) -> None:
+    """As Searcher.arch_step: gradients of α and the GGM only."""
+    loss = F.cross_entropy(net(x), y)
+    torch.autograd.grad(loss, net.arch_parameters(), allow_unused=True)
+
+
+def weight_step(net: SuperNet, x: torch.Tensor, y: torch.Tensor) -> None:
+    loss = F.cross_entropy(net(x), y)
+    torch.autograd.grad(loss, net.weight_parameters(), allow_unused=True)
+
+
+def count_calls(net: SuperNet, x: torch.Tensor, y: torch.Tensor) -> dict:
+    out = {}
+    for name, step in (("arch_step", arch_step), ("weight_step", weight_step)):
+        with AtenCounter() as c:
+            step(net, x, y)
+        out[name] = {"aten": sum(c.calls.values()), "kernels": c.kernels}
+    with torch.no_grad(), AtenCounter() as c:
+        net(x)
+    out["forward"] = {"aten": sum(c.calls.values()), "kernels": c.kernels}
+    out["search_step"] = {k: out["arch_step"][k] + out["weight_step"][k] for k in ("aten", "kernels")}
+    return out
+
+
+def step_time(nets: dict[str, SuperNet], x: torch.Tensor, y: torch.Tensor, rounds: int, reps: int) -> dict:
+    times: dict[str, list[float]] = {k: [] for k in nets}
+    for net in nets.values():  # warm-up
+        arch_step(net, x, y), weight_step(net, x, y)
+    for _ in range(rounds):
+        for k, net in nets.items():
+            t = time.perf_counter()
+            for _ in range(reps):
+                arch_step(net, x, y)
+                weight_step(net, x, y)
+            times[k].append((time.perf_counter() - t) / reps * 1000)
+    return {k: {"median_ms": round(statistics.median(v), 2), "min_ms": round(min(v), 2)} for k, v in times.items()}
+
+
+def cuda_steps(cfg: NetworkConfig, h: int, w: int, batch: int, reps: int = 10) -> dict:
+    """On a GPU: ms per search step (arch + weight, gradients only) and peak memory, for both variants,
+    interleaved, eager, fp32, channels_last, cudnn.benchmark on."""
+    dev = torch.device("cuda")
+    torch.backends.cudnn.benchmark = True
+    g = torch.Generator(device=dev).manual_seed(0)
+    x = torch.randn(batch, 3, h, w, device=dev, generator=g).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(cfg.num_classes, (batch, h, w), device=dev, generator=g)
+    out = {}
+    for k, b in VARIANTS.items():
+        net = make(cfg, b).to(dev).to(memory_format=torch.channels_last)
+        for _ in range(3):
+            arch_step(net, x, y), weight_step(net, x, y)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(dev)
+        ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+        ev[0].record()
+        for _ in range(reps):
+            arch_step(net, x, y), weight_step(net, x, y)
+        ev[1].record()
+        torch.cuda.synchronize()
+        out[k] = {"ms_per_step": round(ev[0].elapsed_time(ev[1]) / reps, 2),
+                  "peak_gib": round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)}
+        del net
+        torch.cuda.empty_cache()
+    return {"device": torch.cuda.get_device_name(dev), "resolution": [h, w], "batch": batch, "reps": reps,
+            "precision": "fp32", "runtime": "PyTorch eager, channels_last", "variants": out}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--height", type=int, default=360)
+    ap.add_argument("--width", type=int, default=480)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--time-hw", default="96x128", help="resolution of the CPU timing part")
+    ap.add_argument("--time-batch", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    ap.add_argument("--smoke", action="store_true", help="toy network and sizes: checks the script only")
+    ap.add_argument("--cuda-batch", type=int, default=8, help="batch of the GPU part (run when CUDA is available)")
+    a = ap.parse_args()
+    cfg = NetworkConfig()
+    if a.smoke:
+        cfg = NetworkConfig(num_cells=3, reduction_cells=[1], init_channels=8, stem_channels=8, nodes=2,
+                            head_channels=16, low_level_channels=8)
+        a.height, a.width, a.time_hw, a.rounds = 32, 48, "32x48", 1
+    th, tw = (int(v) for v in a.time_hw.split("x"))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(a.batch, 3, a.height, a.width, generator=g)
+    y = torch.randint(cfg.num_classes, (a.batch, a.height, a.width), generator=g)
+    res: dict = {"benchmark": "search_step_cost", "device": "cpu (counts and bytes are machine-independent)",
+                 "torch": torch.__version__, "threads": {"intra_op": torch.get_num_threads(),
+                                                         "inter_op": torch.get_num_interop_threads()},
+                 "network": cfg.model_dump(mode="json"), "resolution": [a.height, a.width], "batch": a.batch,
+                 "precision": "fp32", "runtime": "PyTorch eager", "smoke": a.smoke, "variants": {}}
+    nets = {k: make(cfg, b) for k, b in VARIANTS.items()}
+    for k, net in nets.items():
+        res["variants"][k] = {"aten_calls": count_calls(net, x, y),
+                              "saved_bytes_per_image": saved_bytes(net, x) // a.batch,
+                              "weight_parameters": sum(p.numel() for p in net.weight_parameters())}
+    xt = torch.randn(a.time_batch, 3, th, tw, generator=g)
+    yt = torch.randint(cfg.num_classes, (a.time_batch, th, tw), generator=g)
+    timing = step_time(nets, xt, yt, a.rounds, 1 if a.smoke else 3)
+    for k in nets:
+        res["variants"][k]["cpu_step"] = timing[k]
+    p, b = res["variants"]["plain"], res["variants"]["batched"]
+    res["ratios"] = {
+        "aten_calls_per_search_step": round(b["aten_calls"]["search_step"]["aten"] / p["aten_calls"]["search_step"]["aten"], 3),
+        "kernel_calls_per_search_step": round(b["aten_calls"]["search_step"]["kernels"]
+                                              / p["aten_calls"]["search_step"]["kernels"], 3),
+        "saved_bytes_per_image": round(b["saved_bytes_per_image"] / p["saved_bytes_per_image"], 3),
+        "cpu_step_time": round(b["cpu_step"]["median_ms"] / p["cpu_step"]["median_ms"], 3)}
+    res["timing"] = {"resolution": [th, tw], "batch": a.time_batch, "rounds": a.rounds,
+                     "method": "arch step + weight step (gradients only, no optimizer), interleaved rounds, median"}
+    res["goals"] = {"kernel_calls_per_search_step": "<= 1/3 of plain", "saved_bytes_per_image": "<= 0.75 of plain"}
+    if torch.cuda.is_available():
+        res["cuda"] = cuda_steps(cfg, a.height, a.width, 2 if a.smoke else a.cuda_batch)
+    a.out.mkdir(parents=True, exist_ok=True)
+    name = "search_step_cost" + ("_smoke" if a.smoke else "")
+    (a.out / f"{name}.json").write_text(json.dumps(res, indent=1))
+    md = table_md(res)
+    (a.out / f"{name}.md").write_text(md)
+    print(md)
+
+
+def table_md(res: dict) -> str:
+    r = res["ratios"]
+    lines = [f"Default network at {res['resolution'][0]}x{res['resolution'][1]}, batch {res['batch']}, fp32, "
+             f"torch {res['torch']} ({res['threads']['intra_op']} intra-op threads); CPU step time at "
+             f"{res['timing']['resolution'][0]}x{res['timing']['resolution'][1]}, batch {res['timing']['batch']}.", "",
+             "| variant | kernels (aten calls) arch step | weight step | search step | forward | saved MB / image | CPU ms / step |",
+             "|---|---|---|---|---|---|---|"]
+    for k, v in res["variants"].items():
+        c = {n: f"{d['kernels']} ({d['aten']})" for n, d in v["aten_calls"].items()}
+        lines.append(f"| {k} | {c['arch_step']} | {c['weight_step']} | {c['search_step']} | {c['forward']} | "
+                     f"{v['saved_bytes_per_image'] / 2**20:.1f} | {v['cpu_step']['median_ms']} |")
+    lines += ["", "Kernels: aten calls less views and other metadata-only calls (a GPU launches nothing for them).",
+              "", f"batched / plain: kernel calls per search step {r['kernel_calls_per_search_step']} (goal ≤ 0.333; "
+                  f"all aten calls {r['aten_calls_per_search_step']}), saved bytes per image {r['saved_bytes_per_image']} "
+                  f"(goal ≤ 0.75), CPU step time {r['cpu_step_time']}."]
+    if "cuda" in res:
+        c = res["cuda"]
+        lines += ["", f"GPU: {c['device']}, {c['resolution'][0]}x{c['resolution'][1]}, batch {c['batch']}, {c['precision']}, "
+                      f"{c['runtime']}:", "", "| variant | ms / search step | peak GiB |", "|---|---|---|"]
+        lines += [f"| {k} | {v['ms_per_step']} | {v['peak_gib']} |" for k, v in c["variants"].items()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""The memory estimate before a search (core/estimate.py): meta-device counts that agree with a real
+forward, and the batch fallback (the GPU case is exercised with a given capacity: no GPU here)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.estimate import MIN_BATCH, estimate_search, fit_batch, saved_bytes
+from core.network import SuperNet
+from core.specs import GGMConfig, NetworkConfig, SearchConfig
+
+NET = NetworkConfig(num_cells=3, reduction_cells=[1], init_channels=8, stem_channels=8, head_channels=16,
+                    low_level_channels=8, nodes=3)
+
+
+def test_meta_estimate_equals_a_real_forwards_saved_bytes():
+    est = estimate_search(NET, GGMConfig(), SearchConfig(batch_size=4), (48, 64))
+    torch.manual_seed(0)
+    real = SuperNet(NET, GGMConfig(), gumbel=True).train()
+    assert est.saved_bytes_per_image == saved_bytes(real, torch.randn(1, 3, 48, 64))
+    assert est.weight_params == sum(p.numel() for p in real.weight_parameters())
+    assert est.arch_params == sum(p.numel() for p in real.arch_parameters())
+    # activations grow with the pixels: 4x the pixels, about 4x the bytes (the head's fixed part aside)
+    big = estimate_search(NET, GGMConfig(), SearchConfig(batch_size=4), (96, 128))
+    assert 3.5 < big.saved_bytes_per_image / est.saved_bytes_per_image < 4.1
+    assert est.peak_bytes(8) > est.peak_bytes(4) > est.state_bytes
+
+
+def test_batched_cells_save_fewer_bytes_than_plain_ones():
+    plain = estimate_search(NET, GGMConfig(), SearchConfig(batched_cells=False), (48, 64))
+    batched = estimate_search(NET, GGMConfig(), SearchConfig(batched_cells=True), (48, 64))
+    assert batched.saved_bytes_per_image < 0.85 * plain.saved_bytes_per_image
+    assert batched.weight_params == plain.weight_params  # affine-free BNs have none: the same weights, batched
+
+
+def test_fit_batch_halves_the_batch_to_the_capacity_and_says_so():
+    est = estimate_search(NET, GGMConfig(), SearchConfig(batch_size=16), (48, 64))
+    assert fit_batch(est, est.peak_bytes(16)) == (16, None)
+    batch, reason = fit_batch(est, est.peak_bytes(5))
+    assert batch == 4 and "batch 4" in reason and "batch 16" in reason
+    with pytest.raises(MemoryError, match="crop_height"):
+        fit_batch(est, est.peak_bytes(MIN_BATCH) - 1)
