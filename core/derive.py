@@ -2,13 +2,14 @@
 
 Two derivations (``latency.derivation``), in :data:`DERIVATIONS`:
 
-- ``argmax`` (the paper's, DARTS's): on each kept edge the strongest non-``none`` op of α';
+- ``argmax`` (the paper's, DARTS's; the default): on each kept edge the strongest non-``none`` op of α';
 - ``fill`` [ours]: on each kept edge the strongest *parametric* op, then the repair's greedy steps to
   cheaper ops, in the order that gives up the least α' probability per ms saved, until the LUT
   predicts the budget. Weight-free ops (skip, pooling) are kept only where the budget needs them,
   where α' prefers them most. Why: argmax reads op strength from α magnitudes, and on a barely
   trained supernet those favour weight-free ops (the DARTS collapse), which left attempts 1–2 of
   docs/SEARCH_QUALITY.md 30–50 % under budget and no better than random networks at the budget.
+  Measured worse than that (attempt 3): an option, not the default.
 """
 from __future__ import annotations
 
