@@ -96,8 +96,11 @@ class LatencyTable:
     def id(self) -> str:
         return self.context.table_id()
 
-    def noisy_keys(self, keys: Iterable[LutKey]) -> list[LutKey]:
-        return [k for k in keys if k in self.entries and self.entries[k].noisy]
+    def noisy_keys(self, keys: Iterable[LutKey], policy: NoisePolicy | None = None) -> list[LutKey]:
+        """Entries flagged noisy when measured, or whose recorded spread fails ``policy`` now (a table
+        cached with a laxer threshold, or with noise checks off)."""
+        return [k for k in keys if k in self.entries and (self.entries[k].noisy or (
+            policy is not None and is_noisy(self.entries[k].min_ms, self.entries[k].p90_ms, policy)))]
 
     def ms(self, key: LutKey) -> float:
         try:

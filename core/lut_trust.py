@@ -4,9 +4,10 @@
 burst, runtime, torch/CUDA/cuDNN versions, thread counts: a change of any of them is another table),
 measures what is missing, and validates it against ``lut_check_networks`` random networks measured
 end to end (:mod:`core.lut_check`) unless a passing validation for this search space is already
-recorded in it. A table with noisy entries or a failed validation is measured again (the noisy
-entries, or every entry the network needs after a failed validation), at most ``lut_remeasure``
-times. Only a table that passes is saved to the cache; one that still fails is used by this job
+recorded in it. An entry is noisy when it was flagged so, or when its recorded spread fails this
+job's noise threshold (a table cached with noise checks off or a laxer threshold is caught here).
+A table with noisy entries or a failed validation is measured again (the noisy entries, or every
+entry the network needs after a failed validation), at most ``lut_remeasure`` times. Only a table that passes is saved to the cache; one that still fails is used by this job
 but flagged (``trusted: false`` with reasons), never cached.
 """
 from __future__ import annotations
@@ -74,14 +75,14 @@ def trusted_table(cfg: NetworkConfig, ops: list[str], lat: LatencyConfig, device
         trust.trusted, trust.reasons = False, ["cancelled"]
         return table, trust
     recorded = table.validations.get(net)
-    if recorded and recorded.get("passed") and not missing:
+    if recorded and recorded.get("passed") and not missing and not table.noisy_keys(needed, noise):
         trust.validation = recorded  # passed when it was cached, and nothing was added since
         return table, trust
     for attempt in range(lat.lut_remeasure + 1):
         if should_cancel():
             trust.reasons = ["cancelled"]
             break
-        noisy = table.noisy_keys(needed)
+        noisy = table.noisy_keys(needed, noise)
         validation = None
         if lat.lut_check_networks:
             progress({"phase": "validate_lut", "message": f"checking the table against {lat.lut_check_networks} "
