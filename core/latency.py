@@ -20,7 +20,7 @@ from torch import nn
 from .cell import cell_edges, edge_stride
 from .network import STEM_STRIDE, Head, Stem, channel_plan
 from .ops import OPS, FactorizedReduce, ReLUConvBN, build_op
-from .noise import NoisePolicy, is_noisy, measure_until_quiet
+from .noise import BusyHost, NoisePolicy, is_noisy, measure_until_quiet
 from .specs import NetworkConfig
 from .threads import Threads, measuring
 from .timing import TimingStats, device_name, prepare, software_versions, time_callable
@@ -285,11 +285,16 @@ def load_or_new(ctx: LutContext, cache_dir: str | Path | None) -> LatencyTable:
 def measure_into(table: LatencyTable, keys: list[LutKey], cfg: NetworkConfig, device: torch.device, warmup: int,
                  repeats: int, progress: Callable[[int, int, LutKey], None] | None = None,
                  noise: NoisePolicy | None = None, threads: Threads | None = None) -> None:
-    """(Re-)measure ``keys`` into ``table`` with the table's own precision, resolution and burst."""
+    """(Re-)measure ``keys`` into ``table`` with the table's own precision, resolution and burst
+    (retries of noisy entries stop after :data:`core.noise.GIVE_UP_AFTER` in a row stayed noisy)."""
     ctx = table.context
+    busy = BusyHost(noise) if noise is not None else None
     for i, key in enumerate(keys):
-        table.entries[key] = measure_key(key, cfg, ctx.height, ctx.width, device, ctx.precision, warmup, repeats,
-                                         ctx.burst, noise, threads)
+        stats = measure_key(key, cfg, ctx.height, ctx.width, device, ctx.precision, warmup, repeats, ctx.burst,
+                            busy.current() if busy else None, threads)
+        table.entries[key] = stats
+        if busy:
+            busy.record(stats.noisy)
         if progress:
             progress(i + 1, len(keys), key)
 

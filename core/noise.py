@@ -60,6 +60,25 @@ def is_noisy(min_ms: float | None, p90_ms: float, policy: NoisePolicy) -> bool:
 
 T = TypeVar("T")
 
+GIVE_UP_AFTER = 3
+"""Consecutive timings of one table that stayed noisy after their retries, after which the rest of
+that table is measured once each (the host is busy; the table is flagged either way) [ours]."""
+
+
+class BusyHost:
+    """Per table: stop spending retries once :data:`GIVE_UP_AFTER` timings in a row stayed noisy."""
+
+    def __init__(self, policy: NoisePolicy):
+        self.policy, self.streak = policy, 0
+
+    def current(self) -> NoisePolicy:
+        if self.streak >= GIVE_UP_AFTER:
+            return NoisePolicy(self.policy.max_ratio, 0, 0.0)
+        return self.policy
+
+    def record(self, noisy: bool) -> None:
+        self.streak = self.streak + 1 if noisy else 0
+
 
 def measure_until_quiet(measure: Callable[[], T], noisy: Callable[[T], bool], policy: NoisePolicy,
                         sleep: Callable[[float], None] = time.sleep) -> tuple[T, int, bool]:
