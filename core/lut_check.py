@@ -27,7 +27,7 @@ def rank_correlation(a: list[float], b: list[float]) -> float:
     ra = torch.empty(len(a)).index_put_((torch.tensor(a).argsort(),), torch.arange(len(a), dtype=torch.float))
     rb = torch.empty(len(b)).index_put_((torch.tensor(b).argsort(),), torch.arange(len(b), dtype=torch.float))
     ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp(min=1e-12))
+    return float(((ra * rb).sum() / (ra.norm() * rb.norm()).clamp(min=1e-12)).clamp(-1.0, 1.0))  # float32 rounding
 
 
 def verdict(median_rel_error: float | None, rho: float | None, noisy: int, max_error: float | None,
