@@ -1,8 +1,8 @@
 """LUT validation (GAS.md §4, issue 11): random derived networks, LUT-predicted vs measured end to end.
 
 A table *passes* when its median relative error is at most ``max_error``, its Spearman ρ at least
-``min_rank_corr``, and no end-to-end measurement stayed noisy (a noisy check proves nothing either
-way). :mod:`core.lut_trust` re-measures a table that fails and caches only one that passes.
+``min_rank_corr`` (``accurate``), and no end-to-end measurement stayed noisy (a noisy check proves
+nothing either way). :mod:`core.lut_trust` re-measures a table that fails and caches only one that passes.
 """
 from __future__ import annotations
 
@@ -69,7 +69,8 @@ def validate_table(latency: LatencyModel, samples: int, device: torch.device, pr
     med = statistics.median(errors) if errors else None
     noisy = sum(r["noisy"] for r in rows)
     reasons = verdict(med, rho, noisy, max_error, min_rank_corr)
-    return {"samples": len(rows), "median_rel_error": med, "rank_correlation": rho,
+    accurate = not verdict(med, rho, 0, max_error, min_rank_corr)
+    return {"samples": len(rows), "median_rel_error": med, "rank_correlation": rho, "accurate": accurate,
             "mean_signed_error": statistics.fmean((p - m) / m for p, m in zip(pred, meas) if m > 0) if errors else None,
             "noisy_networks": noisy, "passed": not reasons, "reasons": reasons,
             "thresholds": {"max_error": max_error, "min_rank_corr": min_rank_corr}, "networks": rows}

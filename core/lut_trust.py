@@ -7,7 +7,8 @@ end to end (:mod:`core.lut_check`) unless a passing validation for this search s
 recorded in it. An entry is noisy when it was flagged so, or when its recorded spread fails this
 job's noise threshold (a table cached with noise checks off or a laxer threshold is caught here).
 A table with noisy entries or a failed validation is measured again (the noisy entries, or every
-entry the network needs after a failed validation), at most ``lut_remeasure`` times. Only a table that passes is saved to the cache; one that still fails is used by this job
+entry the network needs when the check found it inaccurate; a check that was only noisy is simply
+repeated), at most ``lut_remeasure`` times. Only a table that passes is saved to the cache; one that still fails is used by this job
 but flagged (``trusted: false`` with reasons), never cached.
 """
 from __future__ import annotations
@@ -101,8 +102,8 @@ def trusted_table(cfg: NetworkConfig, ops: list[str], lat: LatencyConfig, device
         trust.reasons = reasons
         if attempt == lat.lut_remeasure:
             break
-        failed = validation is not None and not validation["passed"]
-        again = needed if failed else noisy
+        inaccurate = validation is not None and not validation["accurate"]
+        again = needed if inaccurate else noisy  # a check that was only noisy is repeated, the table kept
         trust.remeasured.append("; ".join(reasons))
         progress({"phase": "latency_table", "message": f"re-measuring {len(again)} entries: {'; '.join(reasons)}",
                   "noisy": True})
