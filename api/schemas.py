@@ -170,6 +170,9 @@ class ResultSummary(BaseModel):
     expected_latency_ms: float | None = Field(None, description="LUT-predicted latency of the derived network.")
     budget_ms: float | None = None
     budget_met: bool | None = None
+    measurements_trusted: bool | None = Field(
+        None, description="False when the job's timings stayed noisy or its latency table failed validation: the "
+                          "latency and budget_met are not to be relied on (the report's noise_warnings say why).")
     device: str | None = None
     genotype_id: str | None = None
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from .cell import cell_edges
 from .genotype import Cell, Edge, Genotype, Provenance
 from .latency import LatencyModel
+from .noise import Measurement
 from .ops import OPS
 from .specs import Derivation, NetworkConfig
 
@@ -77,6 +78,9 @@ class RepairReport:
     predicted_after_ms: float
     rounds: int
     edges_changed: list[dict] = field(default_factory=list)
+    stopped: str = "within budget"  # why the repair ended (REPAIR_STOPS)
+    trusted: bool = True  # False: it ended on a noisy measurement, or on one the LUT disagrees with
+    measurements: list[dict] = field(default_factory=list)  # every end-to-end measurement, in order
 
     @property
     def repaired(self) -> bool:
@@ -90,7 +94,20 @@ class RepairReport:
         return {"budget_ms": self.budget_ms, "measured_before_ms": self.measured_before_ms,
                 "measured_after_ms": self.measured_after_ms, "predicted_before_ms": self.predicted_before_ms,
                 "predicted_after_ms": self.predicted_after_ms, "rounds": self.rounds, "repaired": self.repaired,
-                "budget_met": self.budget_met, "edges_changed": self.edges_changed}
+                "budget_met": self.budget_met, "edges_changed": self.edges_changed, "stopped": self.stopped,
+                "stop_reason": REPAIR_STOPS[self.stopped], "trusted": self.trusted,
+                "measurements": self.measurements}
+
+
+REPAIR_STOPS = {
+    "within budget": "the measured latency is within the budget",
+    "noisy": "a measurement stayed noisy after its retries: the repair does not act on it",
+    "disagree": "the measured change after a round disagrees with the LUT's prediction beyond repair_max_disagreement",
+    "edge limit": "the next step would change more than repair_max_fraction of the network's edges",
+    "nothing cheaper": "every kept edge already has the cheapest op",
+    "rounds": "repair_rounds measured rounds were used up",
+}
+"""Why a repair ends (``RepairReport.stopped``), each with the sentence its report carries."""
 
 
 def _cheapest_step(genotype: Genotype, alphas: list[torch.Tensor], lat: LatencyModel) -> tuple[int, int, int, str, float] | None:
@@ -173,26 +190,75 @@ DERIVATIONS: dict[str, Callable[..., tuple[Genotype, dict]]] = {"argmax": _deriv
 
 
 def repair_to_budget(genotype: Genotype, alphas: list[torch.Tensor], lat: LatencyModel,
-                     measure_ms: Callable[[Genotype], float], budget_ms: float, max_rounds: int,
-                     max_steps: int) -> tuple[Genotype, RepairReport]:
+                     measure_ms: Callable[[Genotype], "float | Measurement | dict"], budget_ms: float, max_rounds: int,
+                     max_steps: int, max_fraction: float = 0.5,
+                     max_disagreement: float = 0.5) -> tuple[Genotype, RepairReport]:
     """Step the weakest edges to cheaper ops (by the LUT) until the *measured* latency fits.
 
     Each round converts the measured excess into a LUT-scale target (measured/predicted ratio),
-    applies the cheapest steps until the LUT predicts the target, then measures again.
+    applies the cheapest steps until the LUT predicts the target, then measures again. It acts only
+    on a measurement that passed the noise check (``measure_ms`` may return a plain number, taken as
+    quiet, or a :class:`~core.noise.Measurement` / measure_latency dict with its verdict), and stops
+    with a reason (:data:`REPAIR_STOPS`) when a measurement stays noisy, when the measured change
+    after a round is off the LUT-scaled expectation by more than ``max_disagreement`` (relative),
+    or before changing more than ``max_fraction`` of the network's edges.
     """
-    measured = measured0 = measure_ms(genotype)
+    total_edges = sum(len(pair) for cell in genotype.cells for pair in cell.nodes)
+    edge_limit = int(max_fraction * total_edges)
     predicted0 = lat.genotype_ms(genotype)
-    report = RepairReport(budget_ms, measured0, measured0, predicted0, predicted0, 0)
-    rounds = 0
-    while measured > budget_ms and rounds < max_rounds:
+
+    def take(g: Genotype, round_: int) -> Measurement:
+        m = Measurement.of(measure_ms(g))
+        report.measurements.append({"round": round_, **m.as_dict(), "predicted_ms": lat.genotype_ms(g)})
+        return m
+
+    report = RepairReport(budget_ms, 0.0, 0.0, predicted0, predicted0, 0)
+    m = take(genotype, 0)
+    report.measured_before_ms = m.ms
+    touched: set[tuple[int, int, int]] = set()
+    rounds, stopped = 0, "within budget"
+    while m.ms > budget_ms:
+        if m.noisy:
+            stopped = "noisy"
+            break
+        if rounds >= max_rounds:
+            stopped = "rounds"
+            break
         rounds += 1
         predicted = lat.genotype_ms(genotype)
-        target = predicted * budget_ms / measured
-        genotype, steps = step_down_to(genotype, alphas, lat, target, max_steps, report.edges_changed)
+        target = predicted * budget_ms / m.ms
+        steps = 0
+        while lat.genotype_ms(genotype) > target and steps < max_steps:
+            step = _cheapest_step(genotype, alphas, lat)
+            if step is None:
+                stopped = "nothing cheaper"
+                break
+            k, i, slot, op, saved = step
+            if (k, i, slot) not in touched and len(touched) >= edge_limit:
+                stopped = "edge limit"
+                break
+            touched.add((k, i, slot))
+            old = genotype.cells[k].nodes[i][slot].op
+            genotype = _replace(genotype, k, i, slot, op)
+            report.edges_changed.append({"cell": k, "node": i, "slot": slot, "from": old, "to": op,
+                                         "saved_ms": round(saved, 4), "round": rounds})
+            steps += 1
         if steps == 0:
-            break  # nothing cheaper left
-        measured = measure_ms(genotype)
-    report.rounds, report.measured_after_ms = rounds, measured
+            break  # stopped says why: nothing cheaper, or the edge limit
+        before = m
+        m = take(genotype, rounds)
+        expected = before.ms * lat.genotype_ms(genotype) / predicted
+        if not m.noisy and abs(m.ms / expected - 1.0) > max_disagreement:
+            stopped = "disagree"
+            break
+        if stopped != "within budget":
+            break  # a limit was hit inside the round: measured, reported, no further rounds
+    else:
+        stopped = "within budget"
+    if m.noisy and m.ms > budget_ms:
+        stopped = "noisy"
+    report.stopped, report.trusted = stopped, not m.noisy and stopped != "disagree"
+    report.rounds, report.measured_after_ms = rounds, m.ms
     report.predicted_after_ms = lat.genotype_ms(genotype)
     if report.repaired:
         genotype.provenance.source = "repaired"

@@ -21,6 +21,8 @@ from typing import Callable, Literal
 import torch
 from torch import nn
 
+from .noise import DEFAULT_POLICY, NoisePolicy, is_noisy, measure_until_quiet, noise_ratio
+from .threads import Threads, measuring
 from .timing import PRECISION_DTYPES, percentile, prepare, time_calls
 
 DEFAULT_WARMUP = 10
@@ -36,13 +38,30 @@ Precision = Literal["fp32", "fp16", "bf16"]
 
 
 def latency_stats(times_ms: list[float]) -> dict:
-    """``{"median_ms", "p90_ms", "mean_ms", "min_ms", "count", "fps"}`` (fps = 1000 / median; None if the median is 0, keeping reports valid JSON)."""
+    """``{"median_ms", "p90_ms", "mean_ms", "min_ms", "count", "fps", "noise_ratio"}`` (fps = 1000 / median;
+    None if the median is 0, keeping reports valid JSON; noise_ratio = p90/min, see core.noise)."""
     if not times_ms:
         raise ValueError("no timings")
     s = sorted(times_ms)
     med = statistics.median(s)
-    return {"median_ms": med, "p90_ms": percentile(s, PERCENTILE_HIGH), "mean_ms": statistics.fmean(s),
-            "min_ms": s[0], "count": len(s), "fps": 1000.0 / med if med > 0 else None}
+    p90 = percentile(s, PERCENTILE_HIGH)
+    return {"median_ms": med, "p90_ms": p90, "mean_ms": statistics.fmean(s),
+            "min_ms": s[0], "count": len(s), "fps": 1000.0 / med if med > 0 else None,
+            "noise_ratio": noise_ratio(s[0], p90)}
+
+
+def timed_stats(fn: Callable[[], object], device: torch.device, warmup: int, iters: int,
+                noise: NoisePolicy | None, threads: Threads | None) -> dict:
+    """:func:`latency_stats` of ``fn`` under ``threads``, re-measured while noisy (bounded by ``noise``;
+    None = :data:`core.noise.DEFAULT_POLICY`), with ``noisy``, ``attempts`` and ``threads`` added."""
+    policy = noise or DEFAULT_POLICY
+
+    def once() -> dict:
+        with measuring(threads) as used:
+            return {**latency_stats(time_calls(fn, device, warmup, iters)), "threads": used.as_dict()}
+
+    stats, attempts, noisy = measure_until_quiet(once, lambda d: is_noisy(d["min_ms"], d["p90_ms"], policy), policy)
+    return {**stats, "noisy": noisy, "attempts": attempts}
 
 
 def _prepared(model: nn.Module, height: int, width: int, device: torch.device,
@@ -55,14 +74,14 @@ def _prepared(model: nn.Module, height: int, width: int, device: torch.device,
 
 
 def measure_latency(model: nn.Module, height: int, width: int, device: torch.device | str,
-                    precision: Precision = "fp32", warmup: int = DEFAULT_WARMUP, iters: int = DEFAULT_ITERS) -> dict:
-    """Eager batch-1 latency: :func:`latency_stats` plus precision, resolution and batch."""
+                    precision: Precision = "fp32", warmup: int = DEFAULT_WARMUP, iters: int = DEFAULT_ITERS, *,
+                    noise: NoisePolicy | None = None, threads: Threads | None = None) -> dict:
+    """Eager batch-1 latency: :func:`timed_stats` plus precision, resolution and batch."""
     device = torch.device(device)
     m, x = _prepared(model, height, width, device, precision)
     with torch.no_grad():
-        times = time_calls(lambda: m(x), device, warmup, iters)
-    return {**latency_stats(times), "precision": precision, "height": height, "width": width, "batch": 1,
-            "mode": "eager"}
+        stats = timed_stats(lambda: m(x), device, warmup, iters, noise, threads)
+    return {**stats, "precision": precision, "height": height, "width": width, "batch": 1, "mode": "eager"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,7 +130,8 @@ def optimised_methods(device: torch.device) -> list[str]:
 
 def measure_optimised(model: nn.Module, height: int, width: int, device: torch.device | str,
                       precision: Precision = "fp32", warmup: int = DEFAULT_WARMUP, iters: int = DEFAULT_ITERS,
-                      methods: list[str] | None = None) -> dict:
+                      methods: list[str] | None = None, *, noise: NoisePolicy | None = None,
+                      threads: Threads | None = None) -> dict:
     """Latency of the first optimised path that works, and why the others did not.
 
     Returns ``{"method", "status": "ok" | "unavailable: <reasons>", "attempts": {method: status}, ...stats}``.
@@ -121,14 +141,15 @@ def measure_optimised(model: nn.Module, height: int, width: int, device: torch.d
     for name in methods or optimised_methods(device):
         m, x = _prepared(model, height, width, device, precision)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), measuring(threads):
                 fn = _OPTIMISERS[name](m, x)
-                times = time_calls(fn, device, warmup, iters)
+            with torch.no_grad():
+                stats = timed_stats(fn, device, warmup, iters, noise, threads)
         except Exception as exc:  # reported, never silent
             attempts[name] = f"unavailable: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             continue
         attempts[name] = "ok"
-        return {**latency_stats(times), "method": name, "status": "ok", "attempts": attempts,
+        return {**stats, "method": name, "status": "ok", "attempts": attempts,
                 "precision": precision, "mode": "optimised"}
     reasons = "; ".join(f"{k}: {v}" for k, v in attempts.items())
     return {"method": None, "status": f"unavailable: {reasons}", "attempts": attempts, "precision": precision,
@@ -167,12 +188,14 @@ def environment(device: torch.device | str) -> dict:
 
 def fps_report(model: nn.Module, height: int, width: int, device: torch.device | str, iters: int = DEFAULT_ITERS,
                lut_prediction_ms: float | None = None, budget_ms: float | None = None, *,
-               precision: Precision = "fp32", warmup: int = DEFAULT_WARMUP, optimise: bool = True) -> dict:
+               precision: Precision = "fp32", warmup: int = DEFAULT_WARMUP, optimise: bool = True,
+               noise: NoisePolicy | None = None, threads: Threads | None = None) -> dict:
     """Batch-1 speed report: eager and optimised, fp32 (and fp16 on CUDA), with the LUT beside it.
 
     ``precision`` is the one the LUT and the budget refer to; ``budget_met`` compares the eager
     median at that precision (the way the LUT is measured) with ``budget_ms``. The optimised
-    median's verdict is ``budget_met_optimised``.
+    median's verdict is ``budget_met_optimised``. Every timing runs under ``threads`` and is
+    re-measured while noisy (``noise``); ``measured_noisy`` says whether the reference one stayed noisy.
     """
     device = torch.device(device)
     is_cuda = device.type == "cuda"
@@ -183,12 +206,15 @@ def fps_report(model: nn.Module, height: int, width: int, device: torch.device |
             else "fp32 only: reduced precision is measured on CUDA only")
     measurements: dict[str, dict] = {}
     for p in precisions:
-        entry = {"eager": measure_latency(model, height, width, device, p, warmup, iters)}  # type: ignore[arg-type]
+        entry = {"eager": measure_latency(model, height, width, device, p, warmup, iters,  # type: ignore[arg-type]
+                                          noise=noise, threads=threads)}
         if optimise:
-            entry["optimised"] = measure_optimised(model, height, width, device, p, warmup, iters)  # type: ignore[arg-type]
+            entry["optimised"] = measure_optimised(model, height, width, device, p, warmup, iters,  # type: ignore[arg-type]
+                                                   noise=noise, threads=threads)
         measurements[p] = entry
     ref_precision = precision if precision in measurements else "fp32"
-    measured = measurements[ref_precision]["eager"]["median_ms"]
+    ref = measurements[ref_precision]["eager"]
+    measured = ref["median_ms"]
     opt = measurements[ref_precision].get("optimised") or {}
     opt_ms = opt.get("median_ms")
     report = {
@@ -200,6 +226,8 @@ def fps_report(model: nn.Module, height: int, width: int, device: torch.device |
         "reference_precision": ref_precision,
         "measured_ms": measured,
         "measured_fps": 1000.0 / measured if measured > 0 else None,
+        "measured_min_ms": ref["min_ms"], "measured_p90_ms": ref["p90_ms"], "measured_noise_ratio": ref["noise_ratio"],
+        "measured_noisy": ref["noisy"], "threads": ref["threads"], "noise_policy": (noise or DEFAULT_POLICY).as_dict(),
         "optimised_ms": opt_ms,
         "lut_prediction_ms": lut_prediction_ms,
         "lut_error_pct": (100.0 * (lut_prediction_ms - measured) / measured

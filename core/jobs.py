@@ -18,7 +18,12 @@ only after its parity check, :mod:`core.export`), ``genotype.json`` and ``report
 
 ``progress(event: dict)`` receives ``{"phase", "epoch", "epochs", "step", "steps", "metrics",
 "expected_latency_ms", "op_probs"(search only), "message"}`` (keys may be missing when not
-applicable). ``should_cancel()`` is polled between steps; when it answers True the function
+applicable). Latency trust (issue 11): an event ``{"phase": "noise", "noisy": True, "message"}`` is sent
+whenever a timing stays noisy after its retries, a latency table is not trusted, the repair stops on
+bad data, or two measurements of the final network disagree; the search summary then has
+``measurements_trusted: False`` and the count ``noise_warnings`` (the report lists them), and its
+``measured_latency_ms``, ``fps`` and ``budget_met`` come from one verdict (``latency_source``).
+``should_cancel()`` is polled between steps; when it answers True the function
 raises :class:`Cancelled` after writing nothing further.
 """
 from __future__ import annotations

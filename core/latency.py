@@ -20,10 +20,13 @@ from torch import nn
 from .cell import cell_edges, edge_stride
 from .network import STEM_STRIDE, Head, Stem, channel_plan
 from .ops import OPS, FactorizedReduce, ReLUConvBN, build_op
+from .noise import BusyHost, NoisePolicy, is_noisy, measure_until_quiet
 from .specs import NetworkConfig
+from .threads import Threads, measuring
 from .timing import TimingStats, device_name, prepare, software_versions, time_callable
 
-LUT_FORMAT_VERSION = 1
+LUT_FORMAT_VERSION = 2  # 2: spread (min) and noise verdict per entry, runtime and threads in the identity, validations
+RUNTIME = "torch-eager"  # the only runtime measured so far (issue 11 item 5 adds others)
 BATCH = 1  # the LUT and every FPS figure are batch 1
 
 
@@ -58,25 +61,46 @@ class LutContext:
     cudnn_benchmark: bool
     channels_last: bool
     burst: int = 1  # back-to-back calls per timed sample
+    runtime: str = RUNTIME
+    intra_op_threads: int = 0  # threads the entries were timed with (0: not recorded)
+    inter_op_threads: int = 0
 
     def table_id(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def current_context(device: torch.device, precision: str, height: int, width: int, burst: int = 1) -> LutContext:
+def current_context(device: torch.device, precision: str, height: int, width: int, burst: int = 1,
+                    threads: Threads | None = None) -> LutContext:
+    """The identity of a table measured now, here, under ``threads`` (None: the threads in force)."""
     v = software_versions()
-    return LutContext(device_name(device), precision, BATCH, height, width, v["torch"], v["cuda"], v["cudnn"],
-                      bool(torch.backends.cudnn.benchmark), device.type == "cuda", burst)
+    with measuring(threads) as used:
+        name = device_name(device)
+    return LutContext(name, precision, BATCH, height, width, v["torch"], v["cuda"], v["cudnn"],
+                      bool(torch.backends.cudnn.benchmark), device.type == "cuda", burst, RUNTIME,
+                      used.intra_op, used.inter_op)
+
+
+def network_key(cfg: NetworkConfig, ops: Iterable[str]) -> str:
+    """Which search space a validation of a table refers to (a table can serve several)."""
+    doc = {"network": cfg.model_dump(mode="json"), "ops": sorted(ops)}
+    return "net-" + hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
 class LatencyTable:
     context: LutContext
     entries: dict[LutKey, TimingStats] = field(default_factory=dict)
+    validations: dict[str, dict] = field(default_factory=dict)  # network_key -> lut_check.validate_table result
 
     @property
     def id(self) -> str:
         return self.context.table_id()
+
+    def noisy_keys(self, keys: Iterable[LutKey], policy: NoisePolicy | None = None) -> list[LutKey]:
+        """Entries flagged noisy when measured, or whose recorded spread fails ``policy`` now (a table
+        cached with a laxer threshold, or with noise checks off)."""
+        return [k for k in keys if k in self.entries and (self.entries[k].noisy or (
+            policy is not None and is_noisy(self.entries[k].min_ms, self.entries[k].p90_ms, policy)))]
 
     def ms(self, key: LutKey) -> float:
         try:
@@ -89,11 +113,13 @@ class LatencyTable:
         return json.dumps({
             "format_version": LUT_FORMAT_VERSION, "id": self.id, "context": asdict(self.context),
             "entries": [{**asdict(k), **v.as_dict()} for k, v in sorted(self.entries.items())],
+            "validations": self.validations,
         }, indent=1)
 
     def save(self, path: str | Path) -> None:
         from .checkpoint import atomic_write_bytes
 
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, self.to_json().encode())
 
     @classmethod
@@ -103,9 +129,10 @@ class LatencyTable:
             raise ValueError(f"{path}: LUT format_version {doc.get('format_version')!r}, expected {LUT_FORMAT_VERSION}")
         ctx = LutContext(**doc["context"])
         key_fields = set(LutKey.__dataclass_fields__)
-        entries = {LutKey(**{k: e[k] for k in key_fields}): TimingStats(e["median_ms"], e["p10_ms"], e["p90_ms"], e["count"])
+        stat_fields = set(TimingStats.__dataclass_fields__)
+        entries = {LutKey(**{k: e[k] for k in key_fields}): TimingStats(**{k: e[k] for k in stat_fields if k in e})
                    for e in doc["entries"]}
-        return cls(ctx, entries)
+        return cls(ctx, entries, dict(doc.get("validations") or {}))
 
 
 # -- what a network needs ------------------------------------------------------------------------
@@ -229,29 +256,62 @@ def _module_and_inputs(key: LutKey, cfg: NetworkConfig, height: int, width: int)
 
 
 def measure_key(key: LutKey, cfg: NetworkConfig, height: int, width: int, device: torch.device, precision: str,
-                warmup: int, repeats: int, burst: int = 1) -> TimingStats:
+                warmup: int, repeats: int, burst: int = 1, noise: NoisePolicy | None = None,
+                threads: Threads | None = None) -> TimingStats:
+    """Time one key; with a noise policy a noisy timing is repeated (bounded) and kept flagged if it stays noisy."""
     mod, inputs = _module_and_inputs(key, cfg, height, width)
     mod, inputs = prepare(mod, inputs, device, precision)
-    with torch.no_grad():
-        return time_callable(lambda: mod(*inputs), device, warmup, repeats, burst)
+
+    def once() -> TimingStats:
+        with torch.no_grad(), measuring(threads):
+            return time_callable(lambda: mod(*inputs), device, warmup, repeats, burst)
+
+    if noise is None:
+        return once()
+    stats, attempts, noisy = measure_until_quiet(once, lambda t: is_noisy(t.min_ms, t.p90_ms, noise), noise)
+    return TimingStats(stats.median_ms, stats.p10_ms, stats.p90_ms, stats.count, stats.min_ms, noisy, attempts)
+
+
+def table_path(cache_dir: str | Path, ctx: LutContext) -> Path:
+    return Path(cache_dir) / f"lut-{ctx.table_id()}.json"
+
+
+def load_or_new(ctx: LutContext, cache_dir: str | Path | None) -> LatencyTable:
+    """The cached table of this identity, or an empty one."""
+    path = table_path(cache_dir, ctx) if cache_dir else None
+    return LatencyTable.load(path) if path and path.exists() else LatencyTable(ctx)
+
+
+def measure_into(table: LatencyTable, keys: list[LutKey], cfg: NetworkConfig, device: torch.device, warmup: int,
+                 repeats: int, progress: Callable[[int, int, LutKey], None] | None = None,
+                 noise: NoisePolicy | None = None, threads: Threads | None = None) -> None:
+    """(Re-)measure ``keys`` into ``table`` with the table's own precision, resolution and burst
+    (retries of noisy entries stop after :data:`core.noise.GIVE_UP_AFTER` in a row stayed noisy)."""
+    ctx = table.context
+    busy = BusyHost(noise) if noise is not None else None
+    for i, key in enumerate(keys):
+        stats = measure_key(key, cfg, ctx.height, ctx.width, device, ctx.precision, warmup, repeats, ctx.burst,
+                            busy.current() if busy else None, threads)
+        table.entries[key] = stats
+        if busy:
+            busy.record(stats.noisy)
+        if progress:
+            progress(i + 1, len(keys), key)
 
 
 def build_table(cfg: NetworkConfig, ops: list[str], height: int, width: int, device: torch.device, precision: str,
                 warmup: int, repeats: int, cache_dir: str | Path | None = None,
-                progress: Callable[[int, int, LutKey], None] | None = None, burst: int = 1) -> LatencyTable:
-    """Measure every key the network needs (reusing a cached table of the same context).
-    ``burst``: back-to-back calls per timed sample (1 = each call timed alone)."""
-    ctx = current_context(device, precision, height, width, burst)
-    path = Path(cache_dir) / f"lut-{ctx.table_id()}.json" if cache_dir else None
-    table = LatencyTable.load(path) if path and path.exists() else LatencyTable(ctx)
+                progress: Callable[[int, int, LutKey], None] | None = None, burst: int = 1,
+                noise: NoisePolicy | None = None, threads: Threads | None = None) -> LatencyTable:
+    """Measure every key the network needs (reusing a cached table of the same context), unchecked.
+    ``burst``: back-to-back calls per timed sample (1 = each call timed alone). A job uses
+    :func:`core.lut_trust.trusted_table`, which validates a table before it caches or trusts it."""
+    ctx = current_context(device, precision, height, width, burst, threads)
+    table = load_or_new(ctx, cache_dir)
     missing = [k for k in required_keys(cfg, ops, height, width) if k not in table.entries]
-    for i, key in enumerate(missing):
-        table.entries[key] = measure_key(key, cfg, height, width, device, precision, warmup, repeats, burst)
-        if progress:
-            progress(i + 1, len(missing), key)
-    if path and missing:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        table.save(path)
+    measure_into(table, missing, cfg, device, warmup, repeats, progress, noise, threads)
+    if cache_dir and missing:
+        table.save(table_path(cache_dir, ctx))
     return table
 
 

@@ -22,15 +22,19 @@ from .fps import fps_report, measure_latency
 from .export import export_checked, model_metadata
 from .genotype import Genotype, Provenance, parse_genotype
 from .jobs import Cancelled
-from .latency import LatencyModel, build_table
+from .latency import LatencyModel
 from .latency_loss import LatencyPenalty
 from .layouts import palette_for
 from .lut_check import validate_table
+from .lut_trust import trusted_table
 from .network import DerivedNet, SuperNet
+from .noise import NoisePolicy
 from .preprocess import Preprocessing
 from .search import Searcher, SearchCancelled, search_crop
-from .specs import BenchmarkJobSpec, RetrainJobSpec, SearchConfig, SearchJobSpec
+from .specs import BenchmarkJobSpec, LatencyConfig, RetrainJobSpec, SearchConfig, SearchJobSpec
+from .threads import Threads, apply_inter_op, effective
 from .timing import set_cudnn_benchmark
+from .verdict import Timed, latency_verdict
 from .train import train
 
 ARTIFACTS, STATE = "artifacts", "state"
@@ -67,10 +71,32 @@ def _check(should_cancel: CancelCheck, where: str) -> None:
         raise Cancelled(f"cancelled {where}")
 
 
-def end_to_end_ms(genotype: Genotype, height: int, width: int, device: torch.device, precision: str,
-                  warmup: int, repeats: int) -> float:
-    model = DerivedNet(genotype)
-    return float(measure_latency(model, height, width, device, precision, warmup, repeats)["median_ms"])
+def job_threads(lat: LatencyConfig) -> Threads:
+    """The job's timing threads (issue 11): inter-op set now if the process still allows it."""
+    return Threads(lat.intra_op_threads, apply_inter_op(lat.inter_op_threads))
+
+
+class NoiseLog:
+    """Noise warnings of a job: each goes to the progress stream at once and into the report."""
+
+    def __init__(self, progress: Progress):
+        self.progress, self.messages = progress, []
+
+    def __call__(self, message: str) -> None:
+        self.messages.append(message)
+        self.progress({"phase": "noise", "noisy": True, "message": message})
+
+
+def end_to_end(genotype: Genotype, lat: LatencyConfig, device: torch.device, noise: NoisePolicy,
+               threads: Threads) -> dict:
+    """measure_latency of the derived network at the budget's resolution and precision."""
+    return measure_latency(DerivedNet(genotype), lat.height, lat.width, device, lat.precision, lat.warmup_runs,
+                           lat.e2e_repeats, noise=noise, threads=threads)
+
+
+def _noisy_note(what: str, m: dict, noise: NoisePolicy) -> str:
+    return (f"{what} stayed noisy after {m['attempts']} attempt(s): p90/min {m['p90_ms'] / m['min_ms']:.2f} > "
+            f"{noise.max_ratio} (median {m['median_ms']:.3f} ms, min {m['min_ms']:.3f} ms); not acted on")
 
 
 def plan_memory(spec: SearchJobSpec, net_cfg, height: int, width: int, device: torch.device,
@@ -108,12 +134,12 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
                      spec.search.gumbel_tau, spec.search.batched_cells)
     _check(should_cancel, "before the latency table")
 
-    def lut_progress(i: int, n: int, key) -> None:
-        progress({"phase": "latency_table", "step": i, "steps": n, "message": key.as_str()})
-
-    table = build_table(net_cfg, model.ops, lat_cfg.height, lat_cfg.width, device, lat_cfg.precision,
-                        lat_cfg.warmup_runs, lat_cfg.repeats, lut_dir or workdir / "lut", lut_progress,
-                        burst=lat_cfg.lut_burst)
+    noise, threads, warn = NoisePolicy.from_config(lat_cfg), job_threads(lat_cfg), NoiseLog(progress)
+    table, trust = trusted_table(net_cfg, model.ops, lat_cfg, device, lut_dir or workdir / "lut", spec.search.seed,
+                                 progress, should_cancel)
+    _check(should_cancel, "while measuring the latency table")
+    if not trust.trusted:
+        warn.messages.append(f"latency table {table.id} not trusted (not cached): {'; '.join(trust.reasons)}")
     latency = LatencyModel(table, net_cfg, model.ops, lat_cfg.height, lat_cfg.width)
     search_cfg, memory = plan_memory(spec, net_cfg, data.height, data.width, device, progress)
     searcher = Searcher(model, latency, LatencyPenalty(lat_cfg), search_cfg, data, device, state, progress,
@@ -130,36 +156,58 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
                                   provenance)
     progress({"phase": "measure", "message": "measuring the derived network end to end"})
 
-    def measure(g: Genotype) -> float:
+    def measure(g: Genotype) -> dict:
         _check(should_cancel, "while measuring")
-        return end_to_end_ms(g, lat_cfg.height, lat_cfg.width, device, lat_cfg.precision, lat_cfg.warmup_runs,
-                             lat_cfg.e2e_repeats)
+        m = end_to_end(g, lat_cfg, device, noise, threads)
+        if m["noisy"]:
+            warn(_noisy_note(f"end-to-end measurement of {g.arch_hash()[:12]}", m, noise))
+        return m
 
     if lat_cfg.repair:
         genotype, repair = repair_to_budget(genotype, result.alphas, latency, measure, lat_cfg.budget_ms,
-                                            lat_cfg.repair_rounds, lat_cfg.repair_steps_per_round)
+                                            lat_cfg.repair_rounds, lat_cfg.repair_steps_per_round,
+                                            lat_cfg.repair_max_fraction, lat_cfg.repair_max_disagreement)
         repair_doc = repair.as_dict()
+        if repair.stopped in ("noisy", "disagree", "edge limit"):
+            warn(f"repair stopped ({repair.stopped}): {repair_doc['stop_reason']}; "
+                 f"{len(repair.edges_changed)} edge change(s) kept")
     else:
-        measured = measure(genotype)
-        repair_doc = {"repaired": False, "measured_before_ms": measured, "measured_after_ms": measured,
-                      "budget_met": measured <= lat_cfg.budget_ms, "budget_ms": lat_cfg.budget_ms}
+        m = measure(genotype)
+        repair_doc = {"repaired": False, "measured_before_ms": m["median_ms"], "measured_after_ms": m["median_ms"],
+                      "budget_met": m["median_ms"] <= lat_cfg.budget_ms, "budget_ms": lat_cfg.budget_ms,
+                      "trusted": not m["noisy"], "measurements": [{"round": 0, "ms": m["median_ms"], "noisy": m["noisy"],
+                                                                  "min_ms": m["min_ms"], "p90_ms": m["p90_ms"]}]}
     validation = None
     if spec.validate_lut_samples:
         progress({"phase": "validate_lut", "message": f"measuring {spec.validate_lut_samples} random networks"})
         validation = validate_table(latency, spec.validate_lut_samples, device, lat_cfg.precision,
-                                    lat_cfg.warmup_runs, lat_cfg.e2e_repeats, spec.search.seed, should_cancel)
+                                    lat_cfg.warmup_runs, lat_cfg.e2e_repeats, spec.search.seed, should_cancel,
+                                    noise=noise, threads=threads, max_error=lat_cfg.lut_max_error,
+                                    min_rank_corr=lat_cfg.lut_min_rank_corr)
     progress({"phase": "fps", "message": "FPS report"})
     fps = fps_report(DerivedNet(genotype), lat_cfg.height, lat_cfg.width, device, spec.fps_iters,
                      lut_prediction_ms=latency.genotype_ms(genotype), budget_ms=lat_cfg.budget_ms,
-                     precision=lat_cfg.precision)
+                     precision=lat_cfg.precision, noise=noise, threads=threads)
+    ref = fps["measurements"][fps["reference_precision"]]["eager"]
+    if ref["noisy"]:
+        warn(_noisy_note("FPS measurement", ref, noise))
+    verdict = latency_verdict([Timed.of("end_to_end", repair_doc["measurements"][-1]), Timed.of("fps_eager", ref)],
+                              lat_cfg.budget_ms)
+    if not verdict["agree"] or not verdict["trusted"]:
+        warn(f"latency verdict: {verdict['reason']}")
+    fps["budget_met_eager"], fps["budget_met"] = fps["budget_met"], verdict["budget_met"]
+    fps["verdict_source"] = verdict["source"]
+    trusted = trust.trusted and verdict["trusted"] and repair_doc.get("trusted", True)
     genotype.save(art / "genotype.json")
     report = {
         "kind": "search", "genotype_hash": genotype.arch_hash(), "budget_ms": lat_cfg.budget_ms,
         "resolution": [lat_cfg.height, lat_cfg.width], "precision": lat_cfg.precision, "batch": 1,
         "device": table.context.device, "lut": {"id": table.id, "entries": len(table.entries),
-                                                 "context": table.context.__dict__},
+                                                 "context": table.context.__dict__, "trust": trust.as_dict()},
         "expected_latency_ms": result.expected_latency_ms, "predicted_latency_ms": latency.genotype_ms(genotype),
-        "measured_latency_ms": repair_doc["measured_after_ms"], "budget_met": repair_doc["budget_met"],
+        "measured_latency_ms": verdict["measured_latency_ms"], "budget_met": verdict["budget_met"],
+        "measurements_trusted": trusted, "noise_warnings": warn.messages, "latency_verdict": verdict,
+        "threads": effective(threads).as_dict(), "noise_policy": noise.as_dict(),
         "derivation": derivation, "repair": repair_doc, "lut_validation": validation, "fps": fps, "history": result.history,
         "search_steps": result.steps, "memory": memory, "resumed_from_epoch": result.resumed_from_epoch,
         "wall_s": round(time.perf_counter() - t0, 2), "settings": spec.model_dump(mode="json", exclude=PRIVATE_SETTINGS),
@@ -170,7 +218,8 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
             "measured_latency_ms": round(report["measured_latency_ms"], 4), "budget_ms": lat_cfg.budget_ms,
             "budget_met": report["budget_met"], "repaired": repair_doc["repaired"], "lut_id": table.id,
             "device": table.context.device, "supernet_miou": result.history[-1]["supernet_miou"] if result.history else None,
-            "fps": fps.get("measured_fps")}
+            "fps": verdict["fps"], "measurements_trusted": trusted, "noise_warnings": len(warn.messages),
+            "latency_source": verdict["source"]}
 
 
 def retrain_pipeline(spec: RetrainJobSpec, workdir: Path, progress: Progress, should_cancel: CancelCheck,
@@ -214,7 +263,7 @@ def retrain_pipeline(spec: RetrainJobSpec, workdir: Path, progress: Progress, sh
     os.replace(workdir / STATE / ONNX_NAME, art / ONNX_NAME)
     progress({"phase": "fps", "message": "FPS report"})
     fps = fps_report(model, spec.height, spec.width, device, spec.fps_iters,
-                     budget_ms=genotype.provenance.budget_ms)
+                     budget_ms=genotype.provenance.budget_ms, threads=job_threads(LatencyConfig()))
     genotype.save(art / "genotype.json")
     headline = {"miou": last["miou"], "miou_epoch": last["epoch"], "miou_split": spec.train.eval_split,
                 "miou_selection": MIOU_SELECTION, "best_miou": best["miou"], "best_epoch": best["epoch"]}
@@ -228,7 +277,8 @@ def retrain_pipeline(spec: RetrainJobSpec, workdir: Path, progress: Progress, sh
     par = export_doc["parity"]
     return {"genotype_hash": genotype.arch_hash(), **headline, "fps": fps.get("measured_fps"),
             "device": fps.get("device"), "onnx_parity": {"max_abs_logit_diff": par["max_abs_logit_diff"],
-                                                          "argmax_agreement": par["argmax_agreement"]}}
+                                                          "argmax_agreement": par["argmax_agreement"]},
+            "measurements_trusted": not fps.get("measured_noisy", False)}
 
 
 def benchmark_pipeline(spec: BenchmarkJobSpec, workdir: Path, progress: Progress, should_cancel: CancelCheck) -> dict:
@@ -238,6 +288,8 @@ def benchmark_pipeline(spec: BenchmarkJobSpec, workdir: Path, progress: Progress
     genotype = parse_genotype(spec.genotype)
     _check(should_cancel, "before measuring")
     progress({"phase": "fps", "message": f"measuring at {spec.height}x{spec.width}"})
-    fps = fps_report(DerivedNet(genotype), spec.height, spec.width, device, spec.iters, budget_ms=spec.budget_ms)
+    fps = fps_report(DerivedNet(genotype), spec.height, spec.width, device, spec.iters, budget_ms=spec.budget_ms,
+                     threads=job_threads(LatencyConfig()))
     save_json(art / "report.json", {"kind": "benchmark", "genotype_hash": genotype.arch_hash(), "fps": fps})
-    return {"genotype_hash": genotype.arch_hash(), "fps": fps.get("measured_fps"), "device": fps.get("device")}
+    return {"genotype_hash": genotype.arch_hash(), "fps": fps.get("measured_fps"), "device": fps.get("device"),
+            "measurements_trusted": not fps.get("measured_noisy", False)}

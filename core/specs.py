@@ -85,6 +85,17 @@ class LatencyConfig(_Strict):
     repair: bool = Field(True, description="Step weak edges to cheaper ops when the derived net measures over budget.")
     repair_rounds: int = Field(4, ge=1, le=100, description="Measure-and-repair rounds before giving up.")
     repair_steps_per_round: int = Field(64, ge=1, le=10_000, description="Op changes allowed per repair round.")
+    repair_max_fraction: float = Field(0.5, gt=0.0, le=1.0, description="Most of the network's edges a repair may change; a budget that needs more is reported as not met instead [ours].")
+    repair_max_disagreement: float = Field(0.5, gt=0.0, le=100.0, description="A repair round stops when the measured latency after it differs from the LUT-scaled expectation by more than this fraction (the table and the clock disagree) [ours].")
+    intra_op_threads: int = Field(1, ge=0, le=1024, description="torch intra-op threads while timing (LUT, end to end, FPS); part of the LUT identity. 1 stays stable on a shared host, where 2 threads on 2 busy cores stalled for seconds; 0 = torch's default [ours].")
+    inter_op_threads: int = Field(1, ge=0, le=1024, description="torch inter-op threads, set at the job's start when the process still allows it; the value in force is recorded (0 = torch's default) [ours].")
+    noise_max_ratio: float = Field(2.0, gt=1.0, le=1e9, description="A timing is noisy when its p90/min exceeds this (quiet CPU timings here stay <= 1.75; with two CPU hogs 2.7-58) [ours].")
+    noise_retries: int = Field(2, ge=0, le=100, description="Re-measurements of a noisy timing before it is kept and flagged as noisy.")
+    noise_retry_pause_s: float = Field(0.2, ge=0.0, le=60.0, description="Pause before re-measuring a noisy timing.")
+    lut_check_networks: int = Field(4, ge=0, le=1000, description="Random networks measured end to end to validate a LUT before it is trusted and cached (0 = no check; the table is then cached unchecked).")
+    lut_max_error: float = Field(0.5, gt=0.0, le=100.0, description="A LUT fails validation when its median relative error against the end-to-end measurements exceeds this (quiet CPU tables here under-predict by 25-31 %) [ours].")
+    lut_min_rank_corr: float = Field(0.0, ge=-1.0, le=1.0, description="A LUT fails validation when the Spearman rank correlation of its predictions with the measurements is below this (with few networks ρ is coarse, so the default only rejects inverted rankings) [ours].")
+    lut_remeasure: int = Field(1, ge=0, le=10, description="Times a table that fails validation (or holds noisy entries) is measured again before the job goes on with it flagged and uncached.")
 
 
 class SearchConfig(_Strict):

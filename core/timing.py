@@ -21,6 +21,9 @@ class TimingStats:
     p10_ms: float
     p90_ms: float
     count: int
+    min_ms: float | None = None  # None: a timing recorded before the spread was kept
+    noisy: bool = False  # p90/min above the job's noise threshold after every retry (core.noise)
+    attempts: int = 1  # measurements taken (1 + retries of noisy ones)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -90,9 +93,10 @@ def time_calls(fn: Callable[[], object], device: torch.device, warmup: int, iter
 
 def time_callable(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int,
                   burst: int = 1) -> TimingStats:
-    """Median, p10 and p90 of :func:`time_calls`."""
+    """Median, p10, p90 and minimum of :func:`time_calls`."""
     samples = sorted(time_calls(fn, device, warmup, repeats, burst))
-    return TimingStats(statistics.median(samples), percentile(samples, 0.1), percentile(samples, 0.9), len(samples))
+    return TimingStats(statistics.median(samples), percentile(samples, 0.1), percentile(samples, 0.9), len(samples),
+                       samples[0])
 
 
 def device_name(device: torch.device) -> str:

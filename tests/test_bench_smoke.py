@@ -40,3 +40,18 @@ def test_search_step_cost_smoke(tmp_path):
     assert batched["aten_calls"]["search_step"]["kernels"] < plain["aten_calls"]["search_step"]["kernels"]
     assert batched["saved_bytes_per_image"] < plain["saved_bytes_per_image"]
     assert batched["weight_parameters"] == plain["weight_parameters"]
+
+
+@pytest.mark.slow
+def test_latency_trust_smoke_writes_both_conditions(tmp_path):
+    """bench/latency_trust.py at toy sizes (it starts two CPU hogs for a few seconds)."""
+    subprocess.run([sys.executable, str(REPO / "bench" / "latency_trust.py"), "--smoke", "--out", str(tmp_path)],
+                   check=True, timeout=600, capture_output=True)
+    res = json.loads((tmp_path / "latency_trust_smoke.json").read_text())
+    assert res["device"] and res["runtime"] == "torch-eager" and len(res["runs"]) == 2
+    for run in res["runs"]:
+        assert [c["condition"] for c in run["conditions"]] == ["quiet", "hogs"]
+        assert {"lut_vs_quiet", "measured_vs_quiet", "flagged"} <= set(run["silent"])
+        for c in run["conditions"]:
+            assert len(c["networks"]) == 3 and "median_rel_error" in c and "trusted" in c["table"]
+    assert (tmp_path / "latency_trust_smoke.md").read_text().startswith("**Smoke run")

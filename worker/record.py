@@ -62,6 +62,7 @@ def summarize(kind: str, result: dict, report: dict | None, spec: dict) -> dict:
         "expected_latency_ms": _num(flat, "expected_latency_ms", "lut_latency_ms", "predicted_latency_ms"),
         "budget_ms": budget,
         "budget_met": met,
+        "measurements_trusted": flat.get("measurements_trusted") if isinstance(flat.get("measurements_trusted"), bool) else None,
         "device": flat.get("device") if isinstance(flat.get("device"), str) else None,
     }
     return {k: v for k, v in summary.items() if v is not None}

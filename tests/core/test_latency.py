@@ -211,13 +211,14 @@ def test_jobs_set_cudnn_benchmark_before_measuring_whatever_ran_before(tmp_path,
         pass
 
     tables = []
+    real = pipeline.trusted_table
 
     def build_then_stop(*args, **kwargs):
-        tables.append(build_table(*args, **kwargs))
+        tables.append(real(*args, **kwargs)[0])
         raise Stop
 
-    monkeypatch.setattr(pipeline, "build_table", build_then_stop)
-    lat = LatencyConfig(height=H, width=W, repeats=3, warmup_runs=1, lut_burst=1)
+    monkeypatch.setattr(pipeline, "trusted_table", build_then_stop)
+    lat = LatencyConfig(height=H, width=W, repeats=3, warmup_runs=1, lut_burst=1, lut_check_networks=0)
     for before in (CUDNN_BENCHMARK, not CUDNN_BENCHMARK):
         monkeypatch.setattr(torch.backends.cudnn, "benchmark", before)
         spec = SearchJobSpec(dataset=camvid_ref, network=CFG, latency=lat)
