@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from core.redact import redact_text
 from core.specs import (BenchmarkJobSpec, DatasetRef, RetrainJobSpec, SearchJobSpec, ValidateJobSpec,
                         normalization_from_report)
 from storage import datasets as dsm
@@ -135,7 +136,8 @@ def register_upload(s: Session, settings: ServiceSettings, tenant: str, params: 
         target = dsm.upload_target(settings.upload_path, tenant, sha256)
         if target.exists():  # left by a deleted dataset or an interrupted registration
             shutil.rmtree(target)
-        limits = ExtractLimits(settings.archive_max_members, settings.archive_max_total_bytes, settings.archive_max_ratio)
+        limits = ExtractLimits(settings.archive_max_members, settings.archive_max_total_bytes, settings.archive_max_ratio,
+                               settings.archive_max_member_depth, settings.archive_max_name_bytes)
         try:
             extract_archive(tmp, target, limits)
         except ArchiveRefused as exc:
@@ -186,8 +188,8 @@ def dataset_out(s: Session, ds: Dataset, settings: ServiceSettings) -> dict:
     else:
         try:
             rel = str(Path(ds.root).relative_to(Path(settings.datasets_root).resolve()))
-        except ValueError:
-            rel = ds.root
+        except ValueError:  # registered under another datasets root: never show the server path
+            rel = redact_text(ds.root)
     report = ds.report
     if report is None and reason:
         report = {"ok": False, "error": reason}
@@ -225,6 +227,25 @@ def _dataset_ref(s: Session, tenant: str, dataset_id: str, limit: int | None) ->
 
 
 # -------------------------------------------------------------------------------------------- jobs
+def _advanced(advanced) -> dict[str, Any]:
+    """The tenant's allow-listed core knobs (api.schemas.*AdvancedIn) as a partial core spec."""
+    return advanced.model_dump(mode="json", exclude_none=True) if advanced is not None else {}
+
+
+def dataset_splits(ds: Dataset) -> list[str]:
+    """The splits found when the dataset was registered (and checked by its validation job)."""
+    return sorted(k for k, v in ((ds.stats or {}).get("images") or {}).items() if v)
+
+
+def _check_splits(ds: Dataset, field: str, names: list[str]) -> None:
+    """A split a job reads is one of the dataset's own splits, never a path a tenant makes up."""
+    known = dataset_splits(ds)
+    for name in names:
+        if name not in known:
+            raise invalid(field, f"{name!r} is not a split of dataset {ds.id}; its splits: {', '.join(known) or 'none'}",
+                          "unknown_split")
+
+
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
@@ -235,7 +256,7 @@ def _merge(base: dict, over: dict) -> dict:
 def build_search_spec(s: Session, tenant: str, body: SearchJobCreate) -> tuple[dict, Dataset]:
     st = body.settings
     ds, ref = _dataset_ref(s, tenant, body.dataset_id, st.dataset_limit)
-    spec: dict[str, Any] = _merge({}, st.advanced or {})
+    spec: dict[str, Any] = _advanced(st.advanced)
     for section in ("network", "ggm", "latency", "search"):
         spec.setdefault(section, {})
         if not isinstance(spec[section], dict):
@@ -261,6 +282,7 @@ def build_search_spec(s: Session, tenant: str, body: SearchJobCreate) -> tuple[d
         raise from_spec_error(exc, "settings") from None
     if model.search.warmup_epochs > model.search.epochs:
         raise invalid("settings.warmup_epochs", f"must not exceed epochs ({model.search.epochs})")
+    _check_splits(ds, "settings.advanced.train_split", model.train_split.split("+"))
     return model.model_dump(mode="json"), ds
 
 
@@ -341,15 +363,14 @@ def build_retrain_spec(s: Session, tenant: str, body: RetrainJobCreate) -> tuple
     else:
         genotype = body.genotype or {}
         _check_genotype(genotype, "genotype")
-    spec: dict[str, Any] = _merge({}, st.advanced or {})
+    spec: dict[str, Any] = _advanced(st.advanced)
     spec.setdefault("train", {})
     if not isinstance(spec["train"], dict):
         raise invalid("settings.advanced.train", "must be an object")
     for key in ("epochs", "time_budget_s", "batch_size", "lr", "seed", "crop_height", "crop_width"):
         if getattr(st, key) is not None:
             spec["train"][key] = getattr(st, key)
-    spec.setdefault("height", st.height or height)
-    spec.setdefault("width", st.width or width)
+    spec.update(height=st.height or height, width=st.width or width)
     # normalisation is data: the dataset's own channel statistics (validation report), else CamVid's
     spec.setdefault("normalization", normalization_from_report(
         ds.report, f"dataset {ds.id} validation report").model_dump(mode="json"))
@@ -358,6 +379,8 @@ def build_retrain_spec(s: Session, tenant: str, body: RetrainJobCreate) -> tuple
         model = RetrainJobSpec.model_validate(spec)
     except ValidationError as exc:
         raise from_spec_error(exc, "settings") from None
+    _check_splits(ds, "settings.advanced.train.train_splits", model.train.train_splits)
+    _check_splits(ds, "settings.advanced.train.eval_split", [model.train.eval_split])
     return model.model_dump(mode="json"), ds, parent
 
 
