@@ -25,6 +25,7 @@ PROBLEM_RESPONSES = {code: {"content": {PROBLEM: {}}, "description": desc} for c
                       401: "Missing, invalid or revoked API key (problem+json, WWW-Authenticate)",
                       403: "Forbidden (problem+json)", 404: "Unknown id (problem+json)",
                       409: "Conflict, or the tenant's storage quota is used up (problem+json)",
+                      413: "Request body larger than GAS_JSON_MAX_BYTES (problem+json)",
                       422: "Invalid request (problem+json)",
                       429: "The tenant's concurrent-jobs quota is reached (problem+json, Retry-After)",
                       503: "The database is unreachable (problem+json, Retry-After)"}.items()}

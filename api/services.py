@@ -448,13 +448,16 @@ def get_job(s: Session, tenant: str, job_id: str) -> Job:
     return job
 
 
-def list_jobs(s: Session, tenant: str, kind: str | None, status: str | None, limit: int, offset: int) -> list[Job]:
-    q = select(Job).where(Job.tenant_id == tenant)
+def list_jobs(s: Session, tenant: str, kind: str | None, status: str | None, limit: int, offset: int) -> list:
+    """One page of the tenant's jobs: the columns a listing shows (never the stored spec and request)."""
+    t = Job.__table__
+    q = select(*[t.c[n] for n in READ_COLUMNS], t.c.request["budget"].label("budget")).where(t.c.tenant_id == tenant)
     if kind:
-        q = q.where(Job.kind == kind)
+        q = q.where(t.c.kind == kind)
     if status:
-        q = q.where(Job.status == status)
-    return list(s.scalars(q.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)))
+        q = q.where(t.c.status == status)
+    rows = s.execute(q.order_by(t.c.created_at.desc(), t.c.id).limit(limit).offset(offset)).mappings()
+    return [SimpleNamespace(**row) for row in rows]
 
 
 def job_out(job: Job) -> dict:

@@ -64,6 +64,7 @@ class ServiceSettings(BaseSettings):
     api_host: str = Field("127.0.0.1", description="Bind address of the API (embedded mode binds to loopback only).")
     api_port: int = Field(8000, ge=1, le=65535, description="Port of the API.")
     api_workers: int = Field(1, ge=1, le=64, description="Uvicorn worker processes of the API.")
+    json_max_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="Largest JSON request body (bytes, declared or counted); past it 413 problem+json. Archive uploads have their own cap.")
     page_size_default: int = Field(50, ge=1, le=PAGE_SIZE_LIMIT, description="Default page size of list endpoints.")
     page_size_max: int = Field(200, ge=1, le=PAGE_SIZE_LIMIT, description="Cap on the page size of list endpoints.")
     db_pool_size: int = Field(10, ge=1, description="SQLAlchemy connection pool size (PostgreSQL).")

@@ -354,3 +354,23 @@ def test_concurrent_jobs_quota_holds_under_10_racing_submissions_on_sqlite(lite)
 def test_concurrent_jobs_quota_holds_under_10_racing_submissions_on_postgresql(fake_stack):
     codes = _race(fake_stack)
     assert codes == [202] * 2 + [429] * 8, codes
+
+
+# --------------------------------------------------------------------------- 2. body size caps
+def test_json_body_past_the_cap_is_413_declared_or_chunked(fake_stack, api, dataset_id):
+    cap = 1 << 20  # GAS_JSON_MAX_BYTES default
+    big = json.dumps({**_search(dataset_id, {}), "padding": "x" * (cap + 10)}).encode()
+    for content in (big, iter([big[i:i + 65536] for i in range(0, len(big), 65536)])):  # Content-Length / chunked
+        body = _problem(api.post("/api/v1/jobs/search", content=content, headers={"content-type": "application/json"}),
+                        413)
+        assert body["limit"] == cap and "GAS_JSON_MAX_BYTES" in body["detail"], body
+    ok = api.post("/api/v1/jobs/benchmark", json={"genotype": GENOTYPE, "iters": 5, "height": 32, "width": 32})
+    assert ok.status_code == 202, ok.text  # small bodies pass the cap untouched
+    api.post(f"/api/v1/jobs/{ok.json()['id']}/cancel")
+
+
+def test_inline_genotype_has_its_own_cap(api):
+    g = copy.deepcopy(GENOTYPE)
+    g["ops"] = g["ops"] + [f"op_{i}_" + "x" * 1000 for i in range(300)]  # ~300 kB, otherwise valid
+    fields = _fields(_problem(api.post("/api/v1/jobs/benchmark", json={"genotype": g, "iters": 5}), 422))
+    assert "genotype" in fields and "at most" in fields["genotype"], fields
