@@ -1,4 +1,5 @@
-"""Request body cap of the JSON routes (pure ASGI): a body past ``GAS_JSON_MAX_BYTES`` is answered
+"""Request guards (pure ASGI): a path holding a NUL character is 404 (no id or name has one);
+the body cap of the JSON routes: a body past ``GAS_JSON_MAX_BYTES`` is answered
 413 problem+json before any handler or validator sees it, whether the client declared its length
 or streams it chunked. Archive uploads stream to disk under their own cap
 (``GAS_UPLOAD_MAX_BYTES``) and are not buffered here."""
@@ -20,6 +21,11 @@ class BodyLimitMiddleware:
         await resp(scope, receive, send)
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and "\x00" in scope.get("path", ""):
+            # no id or name holds a NUL (and PostgreSQL cannot even compare one): nothing is there
+            resp = problem_response(404, "no such resource (the path holds a NUL character)",
+                                    type_="about:blank")
+            return await resp(scope, receive, send)
         if (scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE")
                 or scope.get("path", "").rstrip("/") in STREAMED_PATHS):
             return await self.app(scope, receive, send)

@@ -6,7 +6,8 @@ import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, create_model, field_validator,
+                      model_validator)
 
 from core.specs import (GGMConfig, LatencyConfig, Layout, NetworkConfig, Precision, RetrainConfig, RetrainJobSpec,
                         SearchConfig, SearchJobSpec)
@@ -17,9 +18,33 @@ JSON_MAX_DEPTH = 16
 """Deepest nesting of a free-form JSON document a client sends (an inline genotype)."""
 
 
+def _text_problem(v: Any) -> str | None:
+    """Why a string a client sent (anywhere in ``v``) cannot be stored or used, or None."""
+    if isinstance(v, str):
+        if "\x00" in v:
+            return "contains a NUL character (PostgreSQL cannot store it)"
+        if any("\ud800" <= c <= "\udfff" for c in v):
+            return "contains a lone UTF-16 surrogate (not valid Unicode)"
+        return None
+    if isinstance(v, dict):
+        return next((p for k, x in v.items() if (p := _text_problem(k) or _text_problem(x))), None)
+    if isinstance(v, (list, tuple)):
+        return next((p for x in v if (p := _text_problem(x))), None)
+    return None
+
+
 class _In(BaseModel):
     # every model a client feeds: unknown fields are 422, and so are NaN and +-Infinity
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable_text(cls, v: Any) -> Any:
+        # every string a client sends, nested ones included: no NUL (PostgreSQL text and jsonb
+        # refuse it) and no lone surrogate (JSON's \ud800 escapes; nothing can encode it)
+        if problem := _text_problem(v):
+            raise ValueError(problem)
+        return v
 
 
 def _json_document(value: dict, *, max_bytes: int = GENOTYPE_MAX_BYTES) -> dict:

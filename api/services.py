@@ -46,12 +46,19 @@ def register_dataset(s: Session, settings: ServiceSettings, tenant: str, body: D
     if "\x00" in body.path:
         raise invalid("path", "contains a NUL byte")
     cand = Path(body.path)
-    real = (cand if cand.is_absolute() else root / cand).resolve()
-    if real != root and root not in real.parents:
+    if any(len(part.encode("utf-8", "surrogateescape")) > 255 for part in cand.parts):
+        raise invalid("path", "a path component is longer than 255 bytes")
+    try:
+        real = (cand if cand.is_absolute() else root / cand).resolve()
+        outside = real != root and root not in real.parents
+        is_dir = not outside and real.is_dir()
+    except (OSError, ValueError) as exc:  # name too long, a link loop, an unencodable name
+        raise invalid("path", f"not a usable directory path ({type(exc).__name__})") from None
+    if outside:
         raise Problem(403, "path is outside the datasets root of this server", type_="/problems/path-outside-root",
                       errors=[{"loc": ["body", "path"], "field": "path", "msg": "outside the datasets root",
                                "type": "forbidden_path"}])
-    if not real.is_dir():
+    if not is_dir:
         raise invalid("path", "no such directory under the datasets root")
     return _create_dataset(s, settings, tenant, body, real, root, "path", source="directory")
 

@@ -374,3 +374,23 @@ def test_inline_genotype_has_its_own_cap(api):
     g["ops"] = g["ops"] + [f"op_{i}_" + "x" * 1000 for i in range(300)]  # ~300 kB, otherwise valid
     fields = _fields(_problem(api.post("/api/v1/jobs/benchmark", json={"genotype": g, "iters": 5}), 422))
     assert "genotype" in fields and "at most" in fields["genotype"], fields
+
+
+# ------------------------------------------------------- strings PostgreSQL cannot store or compare
+def test_nul_characters_and_lone_surrogates_are_4xx_not_500(fake_stack, api, dataset_id):
+    for path in ("/api/v1/jobs/%00", "/api/v1/datasets/a%00b", "/api/v1/jobs/%00/events", "/api/v1/jobs/x%00/artifacts"):
+        _problem(api.get(path), 404)
+    g = copy.deepcopy(GENOTYPE)
+    g["provenance"] = {"source": "a\x00b"}
+    for path, body, field in [
+            ("/api/v1/datasets", {"name": "a\x00b", "path": "camvid_tiny"}, "name"),
+            ("/api/v1/datasets", {"name": "n", "path": "camvid_tiny", "class_names": ["a\x00"] * 11}, "class_names"),
+            ("/api/v1/jobs/search", {"dataset_id": "\x00", "budget": {"fps": 1}}, "dataset_id"),
+            ("/api/v1/jobs/benchmark", {"genotype": g}, "genotype"),
+            ("/api/v1/jobs/benchmark", {"genotype": {**GENOTYPE, "ops": GENOTYPE["ops"] + ["x\x00"]}}, "genotype")]:
+        fields = _fields(_problem(api.post(path, json=body), 422))
+        assert any(f.startswith(field) for f in fields), (body, fields)
+    raw = json.dumps({"genotype": {**GENOTYPE, "ops": GENOTYPE["ops"] + ["@S@"]}}).replace("@S@", "\\ud800")
+    r = api.post("/api/v1/jobs/benchmark", content=raw, headers={"content-type": "application/json"})
+    assert "genotype" in _fields(_problem(r, 422))
+    _problem(api.post("/api/v1/datasets/uploads", params={"name": "a\x00"}, content=b"PK\x03\x04"), 422)
