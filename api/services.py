@@ -72,14 +72,14 @@ def _create_dataset(s: Session, settings: ServiceSettings, tenant: str, body: Da
 
     try:
         layout = get_layout(body.layout) if body.layout else detect_layout(real)
-    except ValueError as exc:
-        raise invalid("layout" if body.layout else field, _strip_root(str(exc), shown_root)) from None
+    except (ValueError, OSError) as exc:  # OSError: an unreadable or odd directory, named without its path
+        raise invalid("layout" if body.layout else field, _strip_root(_reason(exc), shown_root)) from None
     splits: dict[str, Any] = {}
-    for split in layout.splits(real):
-        try:
+    try:
+        for split in layout.splits(real):
             splits[split] = len(layout.list_split(real, split, False))
-        except ValueError as exc:
-            raise invalid(field, _strip_root(str(exc), shown_root)) from None
+    except (ValueError, OSError) as exc:
+        raise invalid(field, _strip_root(_reason(exc), shown_root)) from None
     if not splits.get("train"):
         raise invalid(field, f"{layout.name} layout: no training split (expected {layout.expected})")
     num_classes = body.num_classes or (len(body.class_names) if body.class_names else layout.num_classes)
@@ -181,6 +181,11 @@ def delete_dataset(s: Session, settings: ServiceSettings, tenant: str, dataset_i
     s.commit()
     if ds.source == "upload" and ds.sha256:
         shutil.rmtree(dsm.upload_target(settings.upload_path, tenant, ds.sha256), ignore_errors=True)
+
+
+def _reason(exc: Exception) -> str:
+    """A refusal's reason: a ValueError's message; for an OSError its kind only (no path)."""
+    return str(exc) if isinstance(exc, ValueError) else f"cannot read the directory ({type(exc).__name__}: {exc.strerror})"
 
 
 def _strip_root(msg: str, root: Path) -> str:
