@@ -27,11 +27,11 @@ class OutsideRootError(ValueError):
     """A split directory, image or mask that resolves (symlinks followed) outside the dataset root."""
 
 
-def confined(root: Path, path: Path) -> Path:
+def confined(root: Path, path: Path, real_root: Path | None = None) -> Path:
     """``path`` if it resolves (symlinks included) to a place under the resolved ``root``, else
-    :class:`OutsideRootError`. Every directory and file a layout opens goes through this first.
-    The message names the path relative to the root, never where the link points."""
-    real_root = Path(root).resolve()
+    :class:`OutsideRootError`. The message names the path relative to the root, never where a
+    link points."""
+    real_root = real_root or Path(root).resolve()
     real = Path(path).resolve()
     if real != real_root and real_root not in real.parents:
         try:
@@ -40,6 +40,29 @@ def confined(root: Path, path: Path) -> Path:
             shown = Path(Path(path).name)
         raise OutsideRootError(f"{shown} resolves outside the dataset root (a link or '..'); refused")
     return path
+
+
+class Confiner:
+    """Every directory and file a layout opens goes through this first (one per listing): a
+    directory is resolved once; a file in a confined directory is resolved only when it is itself
+    a link (otherwise its real path is its directory's plus its name)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.real_root = self.root.resolve()
+        self._dirs: set[Path] = set()
+
+    def dir(self, d: Path) -> Path:
+        if d not in self._dirs:
+            confined(self.root, d, self.real_root)
+            self._dirs.add(d)
+        return d
+
+    def file(self, p: Path) -> Path:
+        self.dir(p.parent)
+        if p.is_symlink():
+            confined(self.root, p, self.real_root)
+        return p
 
 
 @dataclass(frozen=True)
@@ -74,8 +97,9 @@ def _images_in(directory: Path) -> list[Path]:
 
 
 def _pairs_by_stem(root: Path, split: str, img_dir: Path, mask_dir: Path, strict: bool = True) -> list[Pair]:
-    confined(root, img_dir)
-    confined(root, mask_dir)
+    guard = Confiner(root)
+    guard.dir(img_dir)
+    guard.dir(mask_dir)
     if not img_dir.is_dir():
         raise ValueError(f"split {split!r}: image directory {img_dir} does not exist")
     images = _images_in(img_dir)
@@ -88,8 +112,8 @@ def _pairs_by_stem(root: Path, split: str, img_dir: Path, mask_dir: Path, strict
     pairs = []
     for p in images:
         m = mask_dir / f"{p.stem}{MASK_EXTENSION}"
-        confined(root, p)
-        confined(root, m)
+        guard.file(p)
+        guard.file(m)
         if strict and not m.is_file():
             raise ValueError(f"split {split!r}: mask {m} for image {p} does not exist")
         pairs.append((p.stem, p, m))
@@ -141,8 +165,9 @@ def _cityscapes_lut() -> np.ndarray:
 
 def _cityscapes_pairs(root: Path, split: str, strict: bool = True) -> list[Pair]:
     img_root, mask_root = root / "leftImg8bit" / split, root / "gtFine" / split
-    confined(root, img_root)
-    confined(root, mask_root)
+    guard = Confiner(root)
+    guard.dir(img_root)
+    guard.dir(mask_root)
     if not img_root.is_dir():
         raise ValueError(f"split {split!r}: image directory {img_root} does not exist")
     images = sorted(img_root.glob(f"*/*{_IMG_SUFFIX}"))
@@ -152,8 +177,8 @@ def _cityscapes_pairs(root: Path, split: str, strict: bool = True) -> list[Pair]
     for p in images:
         ident = p.name[: -len(_IMG_SUFFIX)]
         m = mask_root / p.parent.name / f"{ident}{_MASK_SUFFIX}"
-        confined(root, p)
-        confined(root, m)
+        guard.file(p)
+        guard.file(m)
         if strict and not m.is_file():
             raise ValueError(f"split {split!r}: mask {m} for image {p} does not exist")
         pairs.append((ident, p, m))
