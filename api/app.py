@@ -11,6 +11,7 @@ from storage.settings import ServiceSettings, get_settings
 
 from . import problems
 from .auth import KeyCache, add_security_to_openapi
+from .limits import BodyLimitMiddleware
 from .metrics import JobsCollector, Metrics, MetricsMiddleware
 from .routes import api, system
 from .services import jobs_by_status, make_reader
@@ -44,6 +45,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(api)
     app.include_router(system)
     app.include_router(system, prefix="/api/v1", include_in_schema=False)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.json_max_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     base_openapi = app.openapi
 

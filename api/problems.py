@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,6 +13,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM = "application/problem+json"
 log = logging.getLogger("gas.api")
+LOG_TRACEBACK_CHARS = 8000
+"""Most characters of one logged traceback (its head and tail are kept)."""
+LOG_TRACEBACK_FRAMES = 30
+"""Most stack frames of one logged traceback."""
 TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
           413: "Payload Too Large", 415: "Unsupported Media Type", 416: "Range Not Satisfiable",
           422: "Unprocessable Content", 429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
@@ -35,12 +40,24 @@ def problem_response(status: int, detail: str, *, instance: str | None = None, t
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
+def _hint(loc: list[str], msg: str, type_: str) -> str:
+    """What to do about a field a client cannot set (one rule for every model a client feeds)."""
+    if type_ != "extra_forbidden":
+        return msg
+    from .schemas import SERVER_OWNED, UNKNOWN_FIELD_HINT
+
+    for suffix, hint in SERVER_OWNED.items():
+        if tuple(loc[-len(suffix):]) == suffix:
+            return f"{loc[-1]!r} cannot be set by a client: {hint}"
+    return f"{loc[-1]!r} is {UNKNOWN_FIELD_HINT}" if loc else msg
+
+
 def validation_errors(exc: ValidationError | RequestValidationError, prefix: tuple = ()) -> list[dict]:
     out = []
     for e in exc.errors():
-        loc = [*prefix, *e.get("loc", ())]
-        out.append({"loc": [str(x) for x in loc], "field": ".".join(str(x) for x in loc if x != "body"),
-                    "msg": e.get("msg", ""), "type": e.get("type", "")})
+        loc = [str(x) for x in (*prefix, *e.get("loc", ()))]
+        out.append({"loc": loc, "field": ".".join(x for x in loc if x != "body"),
+                    "msg": _hint(loc, str(e.get("msg", ""))[:500], e.get("type", "")), "type": e.get("type", "")})
     return out
 
 
@@ -58,6 +75,14 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
+        errors = validation_errors(exc)
+        return problem_response(422, f"invalid request: {_summary(errors)}", instance=request.url.path,
+                                type_="/problems/validation", errors=errors)
+
+    @app.exception_handler(ValidationError)
+    async def _invalid_below(request: Request, exc: ValidationError):
+        # a pydantic model validated below a route (a core spec, a dataset reference): still the
+        # client's input, so a 422 naming the field, never a 500
         errors = validation_errors(exc)
         return problem_response(422, f"invalid request: {_summary(errors)}", instance=request.url.path,
                                 type_="/problems/validation", errors=errors)
@@ -91,7 +116,10 @@ def install(app: FastAPI) -> None:
     async def _crash(request: Request, exc: Exception):
         if _database_down(exc):
             return await _unavailable(request, exc)
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        # one bounded record per crash: a hostile input must not write megabytes into the log
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=LOG_TRACEBACK_FRAMES))
+        log.error("unhandled error on %s %s: %s", request.method, request.url.path[:200],
+                  tb if len(tb) <= LOG_TRACEBACK_CHARS else tb[:LOG_TRACEBACK_CHARS // 2] + "\n[...]\n" + tb[-LOG_TRACEBACK_CHARS // 2:])
         return problem_response(500, "internal error (logged)", instance=request.url.path)
 
 

@@ -1,5 +1,6 @@
 """Per-tenant quotas, checked when a job is created (in its transaction, the tenant row locked on
-PostgreSQL so that concurrent submissions of one tenant are counted one after the other):
+PostgreSQL, the database write-locked with ``BEGIN IMMEDIATE`` on SQLite, so that concurrent
+submissions of one tenant are counted one after the other):
 
 - concurrent jobs (queued + running + cancelling search/retrain/benchmark jobs): past the cap the
   submission is answered 429 with ``Retry-After``;
@@ -24,7 +25,21 @@ USER_KINDS = ("search", "retrain", "benchmark")
 ACTIVE = (sm.QUEUED, sm.RUNNING, sm.CANCELLING)
 
 
+def serialize(s: Session) -> None:
+    """Make the rest of this transaction the only writer of the database on SQLite: ``BEGIN
+    IMMEDIATE`` takes the write lock now (others wait on the busy timeout), so two submissions
+    cannot both count the same free slot. A transaction that already wrote holds that lock."""
+    conn = s.connection()
+    if conn.dialect.name != "sqlite":
+        return
+    dbapi = conn.connection.dbapi_connection
+    if not dbapi.in_transaction:  # pysqlite begins (deferred) only before its first write
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def limits(s: Session, settings: ServiceSettings, tenant: str, *, lock: bool = False) -> tuple[int, int]:
+    if lock:
+        serialize(s)
     q = select(Tenant).where(Tenant.id == tenant)
     if lock and s.get_bind().dialect.name == "postgresql":
         q = q.with_for_update()

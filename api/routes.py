@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from storage.db import get_sessionmaker
+from storage.settings import PAGE_SIZE_LIMIT
 
 from . import services as svc
 from .auth import Authenticated
@@ -24,13 +25,16 @@ PROBLEM_RESPONSES = {code: {"content": {PROBLEM: {}}, "description": desc} for c
                       401: "Missing, invalid or revoked API key (problem+json, WWW-Authenticate)",
                       403: "Forbidden (problem+json)", 404: "Unknown id (problem+json)",
                       409: "Conflict, or the tenant's storage quota is used up (problem+json)",
+                      413: "Request body larger than GAS_JSON_MAX_BYTES (problem+json)",
                       422: "Invalid request (problem+json)",
                       429: "The tenant's concurrent-jobs quota is reached (problem+json, Retry-After)",
                       503: "The database is unreachable (problem+json, Retry-After)"}.items()}
 AUTH_RESPONSES = {401: PROBLEM_RESPONSES[401], 503: PROBLEM_RESPONSES[503]}
 IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
                                        description="Retrying a POST with the same key returns the same job.")]
-Limit = Annotated[int | None, Query(ge=1, description="Page size (default GAS_PAGE_SIZE_DEFAULT, capped at GAS_PAGE_SIZE_MAX).")]
+# every integer a client sends has both bounds (past them: 422, never a database overflow)
+MAX_INT64 = 2**63 - 1
+Limit = Annotated[int | None, Query(ge=1, le=PAGE_SIZE_LIMIT, description="Page size (default GAS_PAGE_SIZE_DEFAULT, capped at GAS_PAGE_SIZE_MAX).")]
 Offset = Annotated[int, Query(ge=0, le=10_000_000)]
 
 # Every /api/v1 route needs an API key (api.auth); handlers get the tenant from the same dependency.
@@ -180,7 +184,7 @@ def cancel_job(job_id: str, s: SessionDep, tenant: TenantDep):
 
 @api.get("/jobs/{job_id}/events", response_model=EventList, tags=["jobs"])
 def job_events(job_id: str, s: SessionDep, settings: SettingsDep, tenant: TenantDep,
-               after: Annotated[int, Query(ge=0, description="Return events with id > after.")] = 0,
+               after: Annotated[int, Query(ge=0, le=MAX_INT64, description="Return events with id > after.")] = 0,
                limit: Limit = None):
     n = _limit(settings, limit)
     items = svc.list_events(s, tenant, job_id, after, n)

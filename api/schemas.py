@@ -1,16 +1,130 @@
 """Request and response schemas of the HTTP API (separate from the tables in storage.models)."""
 from __future__ import annotations
 
+import json
+import math
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, create_model, field_validator,
+                      model_validator)
 
-from core.specs import Layout, Precision
+from core.specs import (GGMConfig, LatencyConfig, Layout, NetworkConfig, Precision, RetrainConfig, RetrainJobSpec,
+                        SearchConfig, SearchJobSpec)
+
+GENOTYPE_MAX_BYTES = 256 * 1024
+"""Largest inline genotype document (its compact JSON); a real one is a few kB."""
+JSON_MAX_DEPTH = 16
+"""Deepest nesting of a free-form JSON document a client sends (an inline genotype)."""
+
+
+def _text_problem(v: Any) -> str | None:
+    """Why a string a client sent (anywhere in ``v``) cannot be stored or used, or None."""
+    if isinstance(v, str):
+        if "\x00" in v:
+            return "contains a NUL character (PostgreSQL cannot store it)"
+        if any("\ud800" <= c <= "\udfff" for c in v):
+            return "contains a lone UTF-16 surrogate (not valid Unicode)"
+        return None
+    if isinstance(v, dict):
+        return next((p for k, x in v.items() if (p := _text_problem(k) or _text_problem(x))), None)
+    if isinstance(v, (list, tuple)):
+        return next((p for x in v if (p := _text_problem(x))), None)
+    return None
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # every model a client feeds: unknown fields are 422, and so are NaN and +-Infinity
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable_text(cls, v: Any) -> Any:
+        # every string a client sends, nested ones included: no NUL (PostgreSQL text and jsonb
+        # refuse it) and no lone surrogate (JSON's \ud800 escapes; nothing can encode it)
+        if problem := _text_problem(v):
+            raise ValueError(problem)
+        return v
+
+
+def _json_document(value: dict, *, max_bytes: int = GENOTYPE_MAX_BYTES) -> dict:
+    """A free-form JSON object a client sends: finite numbers only, bounded depth and size."""
+
+    def walk(v: Any, depth: int, where: str) -> None:
+        if depth > JSON_MAX_DEPTH:
+            raise ValueError(f"nested deeper than {JSON_MAX_DEPTH} levels at {where or '(top)'}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"non-finite number (NaN or Infinity) at {where or '(top)'}")
+        if isinstance(v, dict):
+            for k, x in v.items():
+                walk(x, depth + 1, f"{where}.{k}" if where else str(k))
+        elif isinstance(v, list):
+            for i, x in enumerate(v):
+                walk(x, depth + 1, f"{where}.{i}" if where else str(i))
+
+    walk(value, 0, "")
+    size = len(json.dumps(value, separators=(",", ":")))
+    if size > max_bytes:
+        raise ValueError(f"document is {size} bytes of JSON; at most {max_bytes}")
+    return value
+
+
+GenotypeDoc = Annotated[dict[str, Any], AfterValidator(_json_document)]
+ClassName = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+# ---------------------------------------------------------------------------- advanced settings
+# ``settings.advanced`` is an ALLOW-LIST of the core's numeric/boolean knobs a tenant may tune,
+# generated from core.specs (same bounds and descriptions). Everything the server owns (the
+# dataset and its directory, the budget and resolution, num_classes, the genotype) is absent:
+# naming it is a 422 that says where it is set instead (SERVER_OWNED).
+def _tunable(model: type[BaseModel], name: str, *, exclude: tuple[str, ...] = (), only: tuple[str, ...] | None = None,
+             nested: dict[str, type[BaseModel]] | None = None, doc: str = "") -> type[BaseModel]:
+    fields: dict[str, Any] = {}
+    for n, f in model.model_fields.items():
+        if n in exclude or (only is not None and n not in only and n not in (nested or {})):
+            continue
+        if nested and n in nested:
+            fields[n] = (nested[n] | None, Field(None, description=(nested[n].__doc__ or "").strip()))
+            continue
+        ann = Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
+        fields[n] = (ann | None, Field(None, description=f.description))
+    return create_model(name, __base__=_In, __doc__=doc, **fields)
+
+
+NetworkTunable = _tunable(NetworkConfig, "NetworkTunable", exclude=("num_classes",),
+                          doc="core NetworkConfig (num_classes comes from the dataset).")
+GGMTunable = _tunable(GGMConfig, "GGMTunable", doc="core GGMConfig.")
+LatencyTunable = _tunable(LatencyConfig, "LatencyTunable", exclude=("budget_ms", "height", "width", "precision"),
+                          doc="core LatencyConfig (budget, resolution and precision are set with `budget`).")
+SearchTunable = _tunable(SearchConfig, "SearchTunable", doc="core SearchConfig.")
+SearchAdvancedIn = _tunable(
+    SearchJobSpec, "SearchAdvancedIn", exclude=("dataset",),
+    nested={"network": NetworkTunable, "ggm": GGMTunable, "latency": LatencyTunable, "search": SearchTunable},
+    doc="Core knobs a tenant may tune for a search (an allow-list of core.specs.SearchJobSpec; the dataset, "
+        "budget, resolution and num_classes are set by the service). train_split must be one of the dataset's splits.")
+RetrainTunable = _tunable(RetrainConfig, "RetrainTunable", doc="core RetrainConfig.")
+RetrainAdvancedIn = _tunable(
+    RetrainJobSpec, "RetrainAdvancedIn", exclude=("dataset", "genotype", "height", "width"),
+    nested={"train": RetrainTunable},
+    doc="Core knobs a tenant may tune for a retrain (an allow-list of core.specs.RetrainJobSpec). "
+        "train.train_splits and train.eval_split must be splits of the dataset.")
+
+SERVER_OWNED: dict[tuple[str, ...], str] = {
+    ("dataset",): "set by the service from dataset_id (a job never names a directory); remove it",
+    ("root",): "set by the service from dataset_id; remove it",
+    ("num_classes",): "taken from the dataset; remove it",
+    ("latency", "budget_ms"): "set with budget.latency_ms or budget.fps; remove it",
+    ("latency", "height"): "set with budget.height; remove it",
+    ("latency", "width"): "set with budget.width; remove it",
+    ("latency", "precision"): "set with budget.precision; remove it",
+    ("advanced", "height"): "set with settings.height; remove it",
+    ("advanced", "width"): "set with settings.width; remove it",
+    ("advanced", "genotype"): "give genotype or search_job_id at the top level of the body; remove it",
+}
+"""Hints of the 422 answered for a key a tenant cannot set (matched on the end of its location)."""
+UNKNOWN_FIELD_HINT = ("not a field a client can set here; remove it (the settable fields and their bounds are in "
+                      "the OpenAPI schema and docs/SERVICE.md)")
 
 
 # ------------------------------------------------------------------------------------------ datasets
@@ -20,7 +134,7 @@ class _DatasetConvention(_In):
     name: str = Field(..., min_length=1, max_length=200, description="Display name.")
     layout: Layout | None = Field(None, description="Directory layout (core.layouts: camvid, folder, cityscapes); omitted = detected.")
     num_classes: int | None = Field(None, ge=2, le=1024, description="Classes; default: the layout's (11 for camvid, 19 for cityscapes).")
-    class_names: list[str] | None = Field(None, description="Class names (index = class id; repeat the query parameter for uploads); default: the layout's.")
+    class_names: list[ClassName] | None = Field(None, min_length=2, max_length=1024, description="Class names (index = class id, at least 2; repeat the query parameter for uploads); default: the layout's.")
     ignore_index: int | None = Field(None, ge=0, le=65535, description="Mask value ignored; default: the layout's, else num_classes.")
 
     @model_validator(mode="after")
@@ -88,7 +202,7 @@ class SearchSettingsIn(_In):
     epochs: int | None = Field(None, ge=1, le=1000, description="Search epochs, warm-up included.")
     warmup_epochs: int | None = Field(None, ge=0, le=1000, description="Warm-up epochs (weights only).")
     cells: int | None = Field(None, ge=2, le=24, description="Number of cells K.")
-    reduction_cells: list[int] | None = Field(None, description="0-based indices of the reduction cells.")
+    reduction_cells: list[Annotated[int, Field(ge=0, le=23)]] | None = Field(None, max_length=24, description="0-based indices of the reduction cells.")
     nodes: int | None = Field(None, ge=1, le=6, description="Intermediate nodes per cell.")
     init_channels: int | None = Field(None, ge=4, le=256, description="Channels of the first cell.")
     ggm: bool | None = Field(None, description="GCN-Guided Module on/off.")
@@ -98,9 +212,9 @@ class SearchSettingsIn(_In):
     batch_size: int | None = Field(None, ge=1, le=256, description="Batch size.")
     crop_height: int | None = Field(None, ge=0, le=4096, description="Training crop height (0 = full image).")
     crop_width: int | None = Field(None, ge=0, le=4096, description="Training crop width (0 = full image).")
-    dataset_limit: int | None = Field(None, ge=1, description="Use at most this many images per split (demos, tests).")
-    advanced: dict[str, Any] | None = Field(None, description="Partial core SearchJobSpec (network, ggm, latency, search, data_height, ...) merged under the fields above; validated by core.specs.")
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    dataset_limit: int | None = Field(None, ge=1, le=10_000_000, description="Use at most this many images per split (demos, tests).")
+    advanced: SearchAdvancedIn | None = Field(None, description="Core knobs (an allow-list: network, ggm, latency, search, train_split, data_height, ...) merged under the fields above; validated again by core.specs. Server-owned or unknown keys are 422.")  # type: ignore[valid-type]
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class SearchJobCreate(_In):
@@ -119,14 +233,14 @@ class RetrainSettingsIn(_In):
     crop_width: int | None = Field(None, ge=0, le=4096, description="Crop width (0 = full image).")
     height: int | None = Field(None, ge=16, le=4096, description="Train/eval resolution height (default: the search budget's).")
     width: int | None = Field(None, ge=16, le=4096, description="Train/eval resolution width (default: the search budget's).")
-    dataset_limit: int | None = Field(None, ge=1, description="Use at most this many images per split (demos, tests).")
-    advanced: dict[str, Any] | None = Field(None, description="Partial core RetrainJobSpec (train, fps_iters, ...) merged under the fields above.")
+    dataset_limit: int | None = Field(None, ge=1, le=10_000_000, description="Use at most this many images per split (demos, tests).")
+    advanced: RetrainAdvancedIn | None = Field(None, description="Core knobs (an allow-list: train, fps_iters) merged under the fields above; validated again by core.specs. Server-owned or unknown keys are 422.")  # type: ignore[valid-type]
 
 
 class RetrainJobCreate(_In):
     dataset_id: str = Field(..., min_length=1, max_length=64)
     search_job_id: str | None = Field(None, description="A succeeded search job whose genotype is retrained.")
-    genotype: dict[str, Any] | None = Field(None, description="An inline genotype document instead of search_job_id.")
+    genotype: GenotypeDoc | None = Field(None, description="An inline genotype document instead of search_job_id (finite numbers, at most 256 KiB).")
     settings: RetrainSettingsIn = Field(default_factory=RetrainSettingsIn)
 
     @model_validator(mode="after")
@@ -138,7 +252,7 @@ class RetrainJobCreate(_In):
 
 class BenchmarkJobCreate(_In):
     job_id: str | None = Field(None, description="A succeeded search/retrain job whose genotype is measured.")
-    genotype: dict[str, Any] | None = Field(None, description="An inline genotype document instead of job_id.")
+    genotype: GenotypeDoc | None = Field(None, description="An inline genotype document instead of job_id (finite numbers, at most 256 KiB).")
     height: int = Field(360, ge=16, le=4096)
     width: int = Field(480, ge=16, le=4096)
     iters: int = Field(100, ge=5, le=100_000, description="Timed iterations.")

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from core.redact import redact_text
 from core.specs import (BenchmarkJobSpec, DatasetRef, RetrainJobSpec, SearchJobSpec, ValidateJobSpec,
                         normalization_from_report)
 from storage import datasets as dsm
@@ -45,12 +46,19 @@ def register_dataset(s: Session, settings: ServiceSettings, tenant: str, body: D
     if "\x00" in body.path:
         raise invalid("path", "contains a NUL byte")
     cand = Path(body.path)
-    real = (cand if cand.is_absolute() else root / cand).resolve()
-    if real != root and root not in real.parents:
+    if any(len(part.encode("utf-8", "surrogateescape")) > 255 for part in cand.parts):
+        raise invalid("path", "a path component is longer than 255 bytes")
+    try:
+        real = (cand if cand.is_absolute() else root / cand).resolve()
+        outside = real != root and root not in real.parents
+        is_dir = not outside and real.is_dir()
+    except (OSError, ValueError) as exc:  # name too long, a link loop, an unencodable name
+        raise invalid("path", f"not a usable directory path ({type(exc).__name__})") from None
+    if outside:
         raise Problem(403, "path is outside the datasets root of this server", type_="/problems/path-outside-root",
                       errors=[{"loc": ["body", "path"], "field": "path", "msg": "outside the datasets root",
                                "type": "forbidden_path"}])
-    if not real.is_dir():
+    if not is_dir:
         raise invalid("path", "no such directory under the datasets root")
     return _create_dataset(s, settings, tenant, body, real, root, "path", source="directory")
 
@@ -64,14 +72,14 @@ def _create_dataset(s: Session, settings: ServiceSettings, tenant: str, body: Da
 
     try:
         layout = get_layout(body.layout) if body.layout else detect_layout(real)
-    except ValueError as exc:
-        raise invalid("layout" if body.layout else field, _strip_root(str(exc), shown_root)) from None
+    except (ValueError, OSError) as exc:  # OSError: an unreadable or odd directory, named without its path
+        raise invalid("layout" if body.layout else field, _strip_root(_reason(exc), shown_root)) from None
     splits: dict[str, Any] = {}
-    for split in layout.splits(real):
-        try:
+    try:
+        for split in layout.splits(real):
             splits[split] = len(layout.list_split(real, split, False))
-        except ValueError as exc:
-            raise invalid(field, _strip_root(str(exc), shown_root)) from None
+    except (ValueError, OSError) as exc:
+        raise invalid(field, _strip_root(_reason(exc), shown_root)) from None
     if not splits.get("train"):
         raise invalid(field, f"{layout.name} layout: no training split (expected {layout.expected})")
     num_classes = body.num_classes or (len(body.class_names) if body.class_names else layout.num_classes)
@@ -135,7 +143,8 @@ def register_upload(s: Session, settings: ServiceSettings, tenant: str, params: 
         target = dsm.upload_target(settings.upload_path, tenant, sha256)
         if target.exists():  # left by a deleted dataset or an interrupted registration
             shutil.rmtree(target)
-        limits = ExtractLimits(settings.archive_max_members, settings.archive_max_total_bytes, settings.archive_max_ratio)
+        limits = ExtractLimits(settings.archive_max_members, settings.archive_max_total_bytes, settings.archive_max_ratio,
+                               settings.archive_max_member_depth, settings.archive_max_name_bytes)
         try:
             extract_archive(tmp, target, limits)
         except ArchiveRefused as exc:
@@ -174,6 +183,11 @@ def delete_dataset(s: Session, settings: ServiceSettings, tenant: str, dataset_i
         shutil.rmtree(dsm.upload_target(settings.upload_path, tenant, ds.sha256), ignore_errors=True)
 
 
+def _reason(exc: Exception) -> str:
+    """A refusal's reason: a ValueError's message; for an OSError its kind only (no path)."""
+    return str(exc) if isinstance(exc, ValueError) else f"cannot read the directory ({type(exc).__name__}: {exc.strerror})"
+
+
 def _strip_root(msg: str, root: Path) -> str:
     """Error messages name paths relative to the datasets root, never the server's absolute layout."""
     return msg.replace(str(root) + "/", "").replace(str(root), ".")
@@ -186,8 +200,8 @@ def dataset_out(s: Session, ds: Dataset, settings: ServiceSettings) -> dict:
     else:
         try:
             rel = str(Path(ds.root).relative_to(Path(settings.datasets_root).resolve()))
-        except ValueError:
-            rel = ds.root
+        except ValueError:  # registered under another datasets root: never show the server path
+            rel = redact_text(ds.root)
     report = ds.report
     if report is None and reason:
         report = {"ok": False, "error": reason}
@@ -225,6 +239,25 @@ def _dataset_ref(s: Session, tenant: str, dataset_id: str, limit: int | None) ->
 
 
 # -------------------------------------------------------------------------------------------- jobs
+def _advanced(advanced) -> dict[str, Any]:
+    """The tenant's allow-listed core knobs (api.schemas.*AdvancedIn) as a partial core spec."""
+    return advanced.model_dump(mode="json", exclude_none=True) if advanced is not None else {}
+
+
+def dataset_splits(ds: Dataset) -> list[str]:
+    """The splits found when the dataset was registered (and checked by its validation job)."""
+    return sorted(k for k, v in ((ds.stats or {}).get("images") or {}).items() if v)
+
+
+def _check_splits(ds: Dataset, field: str, names: list[str]) -> None:
+    """A split a job reads is one of the dataset's own splits, never a path a tenant makes up."""
+    known = dataset_splits(ds)
+    for name in names:
+        if name not in known:
+            raise invalid(field, f"{name!r} is not a split of dataset {ds.id}; its splits: {', '.join(known) or 'none'}",
+                          "unknown_split")
+
+
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
@@ -235,7 +268,7 @@ def _merge(base: dict, over: dict) -> dict:
 def build_search_spec(s: Session, tenant: str, body: SearchJobCreate) -> tuple[dict, Dataset]:
     st = body.settings
     ds, ref = _dataset_ref(s, tenant, body.dataset_id, st.dataset_limit)
-    spec: dict[str, Any] = _merge({}, st.advanced or {})
+    spec: dict[str, Any] = _advanced(st.advanced)
     for section in ("network", "ggm", "latency", "search"):
         spec.setdefault(section, {})
         if not isinstance(spec[section], dict):
@@ -261,6 +294,7 @@ def build_search_spec(s: Session, tenant: str, body: SearchJobCreate) -> tuple[d
         raise from_spec_error(exc, "settings") from None
     if model.search.warmup_epochs > model.search.epochs:
         raise invalid("settings.warmup_epochs", f"must not exceed epochs ({model.search.epochs})")
+    _check_splits(ds, "settings.advanced.train_split", model.train_split.split("+"))
     return model.model_dump(mode="json"), ds
 
 
@@ -341,15 +375,14 @@ def build_retrain_spec(s: Session, tenant: str, body: RetrainJobCreate) -> tuple
     else:
         genotype = body.genotype or {}
         _check_genotype(genotype, "genotype")
-    spec: dict[str, Any] = _merge({}, st.advanced or {})
+    spec: dict[str, Any] = _advanced(st.advanced)
     spec.setdefault("train", {})
     if not isinstance(spec["train"], dict):
         raise invalid("settings.advanced.train", "must be an object")
     for key in ("epochs", "time_budget_s", "batch_size", "lr", "seed", "crop_height", "crop_width"):
         if getattr(st, key) is not None:
             spec["train"][key] = getattr(st, key)
-    spec.setdefault("height", st.height or height)
-    spec.setdefault("width", st.width or width)
+    spec.update(height=st.height or height, width=st.width or width)
     # normalisation is data: the dataset's own channel statistics (validation report), else CamVid's
     spec.setdefault("normalization", normalization_from_report(
         ds.report, f"dataset {ds.id} validation report").model_dump(mode="json"))
@@ -358,6 +391,8 @@ def build_retrain_spec(s: Session, tenant: str, body: RetrainJobCreate) -> tuple
         model = RetrainJobSpec.model_validate(spec)
     except ValidationError as exc:
         raise from_spec_error(exc, "settings") from None
+    _check_splits(ds, "settings.advanced.train.train_splits", model.train.train_splits)
+    _check_splits(ds, "settings.advanced.train.eval_split", [model.train.eval_split])
     return model.model_dump(mode="json"), ds, parent
 
 
@@ -425,13 +460,16 @@ def get_job(s: Session, tenant: str, job_id: str) -> Job:
     return job
 
 
-def list_jobs(s: Session, tenant: str, kind: str | None, status: str | None, limit: int, offset: int) -> list[Job]:
-    q = select(Job).where(Job.tenant_id == tenant)
+def list_jobs(s: Session, tenant: str, kind: str | None, status: str | None, limit: int, offset: int) -> list:
+    """One page of the tenant's jobs: the columns a listing shows (never the stored spec and request)."""
+    t = Job.__table__
+    q = select(*[t.c[n] for n in READ_COLUMNS], t.c.request["budget"].label("budget")).where(t.c.tenant_id == tenant)
     if kind:
-        q = q.where(Job.kind == kind)
+        q = q.where(t.c.kind == kind)
     if status:
-        q = q.where(Job.status == status)
-    return list(s.scalars(q.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)))
+        q = q.where(t.c.status == status)
+    rows = s.execute(q.order_by(t.c.created_at.desc(), t.c.id).limit(limit).offset(offset)).mappings()
+    return [SimpleNamespace(**row) for row in rows]
 
 
 def job_out(job: Job) -> dict:

@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
             se.add_argument("--lambda", dest="lam", type=float)
         else:
             se.add_argument("--" + n.replace("_", "-"), dest=n, type=float if n == "gamma" else int)
-    se.add_argument("--advanced", help="JSON partial core SearchJobSpec")
+    se.add_argument("--advanced", help="JSON object of allow-listed core knobs (network, ggm, latency, search, train_split, ...; see docs/SERVICE.md)")
     se.add_argument("--idempotency-key")
     se.add_argument("--watch", action="store_true", help="follow progress until the job ends")
 
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--genotype", help="path of a genotype.json")
     for n in RETRAIN_FIELDS:
         rt.add_argument("--" + n.replace("_", "-"), dest=n, type=float if n in ("lr", "time_budget_s") else int)
-    rt.add_argument("--advanced", help="JSON partial core RetrainJobSpec")
+    rt.add_argument("--advanced", help="JSON object of allow-listed core knobs (train, fps_iters; see docs/SERVICE.md)")
     rt.add_argument("--idempotency-key")
     rt.add_argument("--watch", action="store_true")
 

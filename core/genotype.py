@@ -35,7 +35,7 @@ class Cell(BaseModel):
 
 
 class Provenance(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     search_job: str | None = None
     lut_id: str | None = None
     budget_ms: float | None = None
@@ -46,7 +46,7 @@ class Provenance(BaseModel):
 
 
 class Genotype(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     format: Literal["gas-genotype"] = FORMAT
     version: Literal[1] = VERSION
     ops: list[str] = Field(..., min_length=2, description="Op vocabulary of the search that produced it.")

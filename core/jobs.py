@@ -78,6 +78,7 @@ def run_validate(spec: ValidateJobSpec | dict, workdir: str | Path, *, progress:
                  should_cancel: CancelFn = _never) -> dict:
     """Validate every file of a dataset (core.validate); the full report is ``artifacts/report.json``."""
     from .checkpoint import save_json
+    from .redact import job_roots, redact
     from .validate import validate_dataset
 
     spec = ValidateJobSpec.model_validate(spec)
@@ -87,6 +88,6 @@ def run_validate(spec: ValidateJobSpec | dict, workdir: str | Path, *, progress:
     progress({"phase": "validate", "message": f"checking every image and mask of {ref.layout} dataset"})
     report = validate_dataset(ref.root, ref.layout, ref.num_classes, ref.ignore_index, spec.splits,
                               ref.class_names, spec.max_bad_per_kind)
-    save_json(Path(workdir) / "artifacts" / "report.json", {"kind": "validate", **report})
+    save_json(Path(workdir) / "artifacts" / "report.json", redact({"kind": "validate", **report}, job_roots(spec, workdir)))
     return {"ok": report["ok"], "bad_counts": report["bad_counts"],
             "images": {k: v["images"] for k, v in report["splits"].items()}}

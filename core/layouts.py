@@ -23,6 +23,48 @@ KNOWN_SPLITS: tuple[str, ...] = ("train", "val", "test")
 Pair = tuple[str, Path, Path]  # (stem, image path, mask path)
 
 
+class OutsideRootError(ValueError):
+    """A split directory, image or mask that resolves (symlinks followed) outside the dataset root."""
+
+
+def confined(root: Path, path: Path, real_root: Path | None = None) -> Path:
+    """``path`` if it resolves (symlinks included) to a place under the resolved ``root``, else
+    :class:`OutsideRootError`. The message names the path relative to the root, never where a
+    link points."""
+    real_root = real_root or Path(root).resolve()
+    real = Path(path).resolve()
+    if real != real_root and real_root not in real.parents:
+        try:
+            shown = Path(path).relative_to(root)
+        except ValueError:
+            shown = Path(Path(path).name)
+        raise OutsideRootError(f"{shown} resolves outside the dataset root (a link or '..'); refused")
+    return path
+
+
+class Confiner:
+    """Every directory and file a layout opens goes through this first (one per listing): a
+    directory is resolved once; a file in a confined directory is resolved only when it is itself
+    a link (otherwise its real path is its directory's plus its name)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.real_root = self.root.resolve()
+        self._dirs: set[Path] = set()
+
+    def dir(self, d: Path) -> Path:
+        if d not in self._dirs:
+            confined(self.root, d, self.real_root)
+            self._dirs.add(d)
+        return d
+
+    def file(self, p: Path) -> Path:
+        self.dir(p.parent)
+        if p.is_symlink():
+            confined(self.root, p, self.real_root)
+        return p
+
+
 @dataclass(frozen=True)
 class Layout:
     name: str
@@ -54,7 +96,10 @@ def _images_in(directory: Path) -> list[Path]:
                   key=lambda p: p.name)
 
 
-def _pairs_by_stem(split: str, img_dir: Path, mask_dir: Path, strict: bool = True) -> list[Pair]:
+def _pairs_by_stem(root: Path, split: str, img_dir: Path, mask_dir: Path, strict: bool = True) -> list[Pair]:
+    guard = Confiner(root)
+    guard.dir(img_dir)
+    guard.dir(mask_dir)
     if not img_dir.is_dir():
         raise ValueError(f"split {split!r}: image directory {img_dir} does not exist")
     images = _images_in(img_dir)
@@ -67,6 +112,8 @@ def _pairs_by_stem(split: str, img_dir: Path, mask_dir: Path, strict: bool = Tru
     pairs = []
     for p in images:
         m = mask_dir / f"{p.stem}{MASK_EXTENSION}"
+        guard.file(p)
+        guard.file(m)
         if strict and not m.is_file():
             raise ValueError(f"split {split!r}: mask {m} for image {p} does not exist")
         pairs.append((p.stem, p, m))
@@ -83,13 +130,13 @@ CAMVID_PALETTE: tuple[tuple[int, int, int], ...] = (
 
 register_layout(Layout(
     "camvid", "<split>/<stem>.jpg with <split>annot/<stem>.png",
-    lambda root, split, strict=True: _pairs_by_stem(split, root / split, root / f"{split}annot", strict),
+    lambda root, split, strict=True: _pairs_by_stem(root, split, root / split, root / f"{split}annot", strict),
     lambda root, split: (root / split).is_dir() and (root / f"{split}annot").is_dir(),
     num_classes=11, ignore_index=11, class_names=CAMVID_CLASSES, palette=CAMVID_PALETTE))
 
 register_layout(Layout(
     "folder", "<split>/images/<stem>.<ext> with <split>/masks/<stem>.png",
-    lambda root, split, strict=True: _pairs_by_stem(split, root / split / "images", root / split / "masks", strict),
+    lambda root, split, strict=True: _pairs_by_stem(root, split, root / split / "images", root / split / "masks", strict),
     lambda root, split: (root / split / "images").is_dir() and (root / split / "masks").is_dir()))
 
 
@@ -118,6 +165,9 @@ def _cityscapes_lut() -> np.ndarray:
 
 def _cityscapes_pairs(root: Path, split: str, strict: bool = True) -> list[Pair]:
     img_root, mask_root = root / "leftImg8bit" / split, root / "gtFine" / split
+    guard = Confiner(root)
+    guard.dir(img_root)
+    guard.dir(mask_root)
     if not img_root.is_dir():
         raise ValueError(f"split {split!r}: image directory {img_root} does not exist")
     images = sorted(img_root.glob(f"*/*{_IMG_SUFFIX}"))
@@ -127,6 +177,8 @@ def _cityscapes_pairs(root: Path, split: str, strict: bool = True) -> list[Pair]
     for p in images:
         ident = p.name[: -len(_IMG_SUFFIX)]
         m = mask_root / p.parent.name / f"{ident}{_MASK_SUFFIX}"
+        guard.file(p)
+        guard.file(m)
         if strict and not m.is_file():
             raise ValueError(f"split {split!r}: mask {m} for image {p} does not exist")
         pairs.append((ident, p, m))

@@ -27,6 +27,7 @@ from .latency_loss import LatencyPenalty
 from .layouts import palette_for
 from .lut_check import validate_table
 from .lut_trust import trusted_table
+from .redact import job_roots, redact
 from .network import DerivedNet, SuperNet
 from .noise import NoisePolicy
 from .preprocess import Preprocessing
@@ -57,6 +58,12 @@ def pick_device() -> torch.device:
 
 def settings_hash(spec) -> str:
     return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_report(art: Path, report: dict, spec, workdir: Path) -> None:
+    """Write ``report.json`` with no server path in it (core.redact: the work dir becomes relative,
+    the dataset root ``<dataset>``, any other absolute path its last component)."""
+    save_json(art / "report.json", redact(report, job_roots(spec, workdir)))
 
 
 def _dirs(workdir: Path) -> tuple[Path, Path]:
@@ -212,7 +219,7 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
         "search_steps": result.steps, "memory": memory, "resumed_from_epoch": result.resumed_from_epoch,
         "wall_s": round(time.perf_counter() - t0, 2), "settings": spec.model_dump(mode="json", exclude=PRIVATE_SETTINGS),
     }
-    save_json(art / "report.json", report)
+    save_report(art, report, spec, workdir)
     return {"genotype_hash": genotype.arch_hash(), "expected_latency_ms": round(result.expected_latency_ms, 4),
             "predicted_latency_ms": round(report["predicted_latency_ms"], 4),
             "measured_latency_ms": round(report["measured_latency_ms"], 4), "budget_ms": lat_cfg.budget_ms,
@@ -273,7 +280,7 @@ def retrain_pipeline(spec: RetrainJobSpec, workdir: Path, progress: Progress, sh
               "train": train_doc, "fps": fps, "resolution": [spec.height, spec.width],
               "preprocessing": pre.model_dump(mode="json"), "class_names": class_names, "palette": palette,
               "export": export_doc, "settings": spec.model_dump(mode="json", exclude={"genotype": True, **PRIVATE_SETTINGS})}
-    save_json(art / "report.json", report)
+    save_report(art, report, spec, workdir)
     par = export_doc["parity"]
     return {"genotype_hash": genotype.arch_hash(), **headline, "fps": fps.get("measured_fps"),
             "device": fps.get("device"), "onnx_parity": {"max_abs_logit_diff": par["max_abs_logit_diff"],
@@ -290,6 +297,6 @@ def benchmark_pipeline(spec: BenchmarkJobSpec, workdir: Path, progress: Progress
     progress({"phase": "fps", "message": f"measuring at {spec.height}x{spec.width}"})
     fps = fps_report(DerivedNet(genotype), spec.height, spec.width, device, spec.iters, budget_ms=spec.budget_ms,
                      threads=job_threads(LatencyConfig()))
-    save_json(art / "report.json", {"kind": "benchmark", "genotype_hash": genotype.arch_hash(), "fps": fps})
+    save_report(art, {"kind": "benchmark", "genotype_hash": genotype.arch_hash(), "fps": fps}, spec, workdir)
     return {"genotype_hash": genotype.arch_hash(), "fps": fps.get("measured_fps"), "device": fps.get("device"),
             "measurements_trusted": not fps.get("measured_noisy", False)}

@@ -6,9 +6,9 @@ without importing torch. Each field's ``description`` is its line of documentati
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 Precision = Literal["fp32", "fp16", "bf16"]
 Adjacency = Literal["similarity", "topology"]
@@ -23,9 +23,17 @@ CAMVID_STD_RGB: tuple[float, float, float] = (0.30, 0.31, 0.30)
 MIN_CHANNEL_STD = 1e-3
 """A dataset whose channel std is below this (constant images) keeps the CamVid default instead."""
 
+SPLIT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+"""A split name is ONE path component: letters, digits, '_' and '-' (no '.', '/', '\\'), at most 64."""
+SplitName = Annotated[str, StringConstraints(pattern=SPLIT_NAME_PATTERN)]
+SplitExpr = Annotated[str, StringConstraints(
+    pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}(\+[A-Za-z0-9][A-Za-z0-9_-]{0,63}){0,7}$")]
+"""One split name or up to 8 joined with '+' (e.g. ``train+val``)."""
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    # non-finite floats (NaN, inf) are refused everywhere: no setting has a meaning for them
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
 
 class NetworkConfig(_Strict):
@@ -34,7 +42,7 @@ class NetworkConfig(_Strict):
     stem_channels: int = Field(32, ge=4, le=256, description="Channels of the stem's 3x3 convolutions (stem reduces to 1/4).")
     init_channels: int = Field(24, ge=4, le=256, description="Per-node channels C of the first cell; doubles at each reduction cell.")
     num_cells: int = Field(10, ge=2, le=24, description="Number of cells K.")
-    reduction_cells: list[int] = Field([3, 7], description="0-based indices of reduction cells (stride 2). Two give output stride 16.")
+    reduction_cells: list[Annotated[int, Field(ge=0, le=23)]] = Field([3, 7], max_length=24, description="0-based indices of reduction cells (stride 2). Two give output stride 16.")
     nodes: int = Field(4, ge=1, le=6, description="Intermediate nodes B per cell (each has 2 inputs after derivation).")
     head_channels: int = Field(64, ge=8, le=512, description="Channels of the head's 1x1 conv-BN-ReLU.")
     low_level_skip: bool = Field(True, description="Head fuses the 1/4-resolution stem feature before the classifier [ours].")
@@ -114,13 +122,13 @@ class SearchConfig(_Strict):
     w_grad_clip: float = Field(5.0, gt=0.0, le=1000.0, description="Gradient-norm clip of the weight step.")
     a_lr: float = Field(3e-3, gt=0.0, le=10.0, description="Adam learning rate of α and the GGM.")
     a_weight_decay: float = Field(1e-3, ge=0.0, le=1.0, description="Adam weight decay of α and the GGM.")
-    a_betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas of the architecture optimizer.")
+    a_betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = Field((0.5, 0.999), description="Adam betas of the architecture optimizer.")
     shared_cells: bool = Field(False, description="Ablation: one α for all normal cells and one for all reduction cells (DARTS).")
     gumbel: bool = Field(True, description="Gumbel-softmax relaxation of the mixed operation in training mode (off: plain softmax, which lets skip_connect win; docs/SEARCH_QUALITY.md).")
     gumbel_tau: float = Field(1.0, gt=0.0, le=100.0, description="Gumbel-softmax temperature.")
     free_op_dropout: float = Field(0.3, ge=0.0, lt=1.0, description="Dropout on weight-free ops' outputs (skip, pooling) in the supernet, decaying linearly to 0 over the run, against their early win (P-DARTS) [ours].")
     batched_cells: bool = Field(True, description="Compute each node's out-edges together (one ReLU, one kernel per op family; same function, fewer launches and saved bytes: docs/SEARCH_SPEED.md) [ours]; False = one module per edge.")
-    ops: list[str] | None = Field(None, description="Subset of the op registry to search over (None = all 8).")
+    ops: list[Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,64}$")]] | None = Field(None, max_length=64, description="Subset of the op registry to search over (None = all 8).")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of weights, data order and augmentation.")
     flip: bool = Field(True, description="Random horizontal flips during search.")
 
@@ -183,8 +191,8 @@ class RetrainConfig(_Strict):
     flip: bool = Field(True, description="Random horizontal flips.")
     eval_every: int = Field(1, ge=1, le=10_000, description="Evaluate mIoU every this many epochs (and at the end).")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed.")
-    train_splits: list[str] = Field(["train"], description="Splits to train on (CamVid protocol: train+val).")
-    eval_split: str = Field("val", description="Split on which mIoU is reported.")
+    train_splits: list[SplitName] = Field(["train"], min_length=1, max_length=8, description="Splits to train on (CamVid protocol: train+val); each one path component.")
+    eval_split: SplitName = Field("val", description="Split on which mIoU is reported.")
 
 
 class DatasetRef(_Strict):
@@ -193,9 +201,9 @@ class DatasetRef(_Strict):
     root: str = Field(..., description="Directory of the dataset.")
     layout: Layout = Field("camvid", description="Directory layout.")
     num_classes: int = Field(11, ge=2, le=1024, description="Number of classes.")
-    class_names: list[str] | None = Field(None, description="Class names, index = class id.")
+    class_names: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] | None = Field(None, max_length=1024, description="Class names, index = class id.")
     ignore_index: int = Field(11, ge=0, le=65535, description="Mask value ignored by loss and metrics.")
-    limit: int | None = Field(None, ge=1, description="Use at most this many images per split (tests, demos).")
+    limit: int | None = Field(None, ge=1, le=10_000_000, description="Use at most this many images per split (tests, demos).")
 
 
 class SearchJobSpec(_Strict):
@@ -204,7 +212,7 @@ class SearchJobSpec(_Strict):
     ggm: GGMConfig = GGMConfig()
     latency: LatencyConfig = LatencyConfig()
     search: SearchConfig = SearchConfig()
-    train_split: str = Field("train", description="Split the search draws both halves from.")
+    train_split: SplitExpr = Field("train", description="Split the search draws both halves from (one split name, or several joined with '+').")
     data_height: int = Field(0, ge=0, le=4096, description="Resolution the data is resized to for search; 0 = latency.height.")
     data_width: int = Field(0, ge=0, le=4096, description="Width the data is resized to for search; 0 = latency.width.")
     validate_lut_samples: int = Field(0, ge=0, le=1000, description="Random derived nets measured to validate the LUT (0 = skip).")
@@ -227,10 +235,10 @@ class BenchmarkJobSpec(_Strict):
     height: int = Field(360, ge=16, le=4096, description="Input height.")
     width: int = Field(480, ge=16, le=4096, description="Input width.")
     iters: int = Field(100, ge=5, le=100_000, description="Timed iterations.")
-    budget_ms: float | None = Field(None, gt=0.0, description="Budget to compare against, if any.")
+    budget_ms: float | None = Field(None, gt=0.0, le=60_000.0, description="Budget to compare against, if any.")
 
 
 class ValidateJobSpec(_Strict):
     dataset: DatasetRef
-    splits: list[str] | None = Field(None, description="Splits that must be present; None = every split the layout finds.")
+    splits: list[SplitName] | None = Field(None, max_length=64, description="Splits that must be present; None = every split the layout finds.")
     max_bad_per_kind: int = Field(20, ge=1, le=10_000, description="Bad files listed per kind of problem (all are counted).")

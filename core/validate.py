@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .data import DECODE_WORKERS, MaskChannelsError, read_mask
-from .layouts import Layout, get_layout
+from .layouts import Layout, OutsideRootError, get_layout
 
 MAX_BAD_PER_KIND = 20
 """Bad files listed per kind of problem (all are counted)."""
@@ -93,7 +93,8 @@ def validate_dataset(root: str | Path, layout: str | Layout, num_classes: int, i
         try:
             pairs = lay.list_split(root, split, False)
         except ValueError as exc:
-            report("empty_split", split, str(exc).replace(str(root) + "/", ""))
+            kind = "outside_root" if isinstance(exc, OutsideRootError) else "empty_split"
+            report(kind, split, str(exc).replace(str(root) + "/", ""))
             continue
         jobs = [(stem, ip, mp, num_classes, ignore_index, lay.label_map) for stem, ip, mp in pairs]
         with ThreadPoolExecutor(max_workers=DECODE_WORKERS) as pool:

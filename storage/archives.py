@@ -18,10 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from core.redact import redact_text
+
 COPY_CHUNK = 1 << 20  # bytes per read while extracting
 NESTED_SUFFIXES = (".zip", ".tar", ".tgz", ".gz", ".bz2", ".xz", ".zst", ".7z", ".rar")
 """Member names refused as nested archives (their magic bytes are checked too)."""
 _MAGICS = (b"PK\x03\x04", b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"7z\xbc\xaf\x27\x1c", b"Rar!", b"\x28\xb5\x2f\xfd")
+
+
+NAME_COMPONENT_MAX_BYTES = 255
+"""Longest file or directory name inside an archive (the usual filesystem limit)."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,8 @@ class ExtractLimits:
     max_members: int = 100_000
     max_total_bytes: int = 20 * 2**30
     max_ratio: float = 200.0
+    max_depth: int = 32  # directories a member name may have
+    max_name_bytes: int = 1024  # UTF-8 bytes of a whole member name
 
 
 class ArchiveRefused(ValueError):
@@ -59,8 +67,17 @@ def archive_kind(path: Path) -> str:
     raise ArchiveRefused("unsupported_archive", "not a zip, tar or tar.gz archive (by its content)")
 
 
-def safe_member_path(name: str) -> PurePosixPath | None:
-    """The member's relative path, or None for the archive's root entry; refuses unsafe names."""
+def _shown(name: str) -> str:
+    """A member name as an error shows it: at most 120 characters."""
+    return repr(name) if len(name) <= 120 else repr(name[:60] + "..." + name[-40:])
+
+
+def safe_member_path(name: str, limits: ExtractLimits = ExtractLimits()) -> PurePosixPath | None:
+    """The member's relative path, or None for the archive's root entry; refuses unsafe names,
+    names longer than ``limits.max_name_bytes`` (or a component over 255 bytes) and names more
+    than ``limits.max_depth`` directories deep, before anything is created."""
+    if len(name.encode("utf-8", "surrogateescape")) > limits.max_name_bytes:
+        raise ArchiveRefused("name_too_long", f"member {_shown(name)} has a name longer than {limits.max_name_bytes} bytes")
     if "\x00" in name:
         raise ArchiveRefused("unsafe_path", f"member name {name!r} contains NUL")
     if "\\" in name:
@@ -69,7 +86,13 @@ def safe_member_path(name: str) -> PurePosixPath | None:
         raise ArchiveRefused("unsafe_path", f"member {name!r} has an absolute path")
     parts = [p for p in PurePosixPath(name).parts if p not in ("", ".")]
     if ".." in parts:
-        raise ArchiveRefused("unsafe_path", f"member {name!r} points outside the archive")
+        raise ArchiveRefused("unsafe_path", f"member {_shown(name)} points outside the archive")
+    if len(parts) > limits.max_depth + 1:
+        raise ArchiveRefused("too_deep", f"member {_shown(name)} is {len(parts) - 1} directories deep; "
+                                         f"at most {limits.max_depth}")
+    if any(len(p.encode("utf-8", "surrogateescape")) > NAME_COMPONENT_MAX_BYTES for p in parts):
+        raise ArchiveRefused("name_too_long", f"member {_shown(name)} has a file or directory name longer than "
+                                              f"{NAME_COMPONENT_MAX_BYTES} bytes")
     return PurePosixPath(*parts) if parts else None
 
 
@@ -116,7 +139,7 @@ def _extract_zip(archive: Path, ex: _Extractor) -> None:
     with zipfile.ZipFile(archive) as zf:
         for info in zf.infolist():
             ex.count_member()
-            rel = safe_member_path(info.filename)
+            rel = safe_member_path(info.filename, ex.limits)
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode):
                 raise ArchiveRefused("link", f"member {info.filename!r} is a symbolic link")
@@ -135,7 +158,7 @@ def _extract_tar(archive: Path, ex: _Extractor, mode: str) -> None:
     with tarfile.open(archive, mode) as tf:
         for info in tf:
             ex.count_member()
-            rel = safe_member_path(info.name)
+            rel = safe_member_path(info.name, ex.limits)
             if info.issym() or info.islnk():
                 raise ArchiveRefused("link", f"member {info.name!r} is a {'symbolic' if info.issym() else 'hard'} link")
             if not (info.isfile() or info.isdir()):
@@ -169,8 +192,11 @@ def extract_archive(archive: str | Path, target: str | Path, limits: ExtractLimi
                 _extract_tar(archive, ex, "r:gz" if kind == "tar.gz" else "r:")
         except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
             if isinstance(exc, FileExistsError):
-                raise ArchiveRefused("duplicate_member", f"a member appears twice: {exc.filename}") from None
-            raise ArchiveRefused("corrupt_archive", f"the archive is damaged: {exc}") from None
+                dup = Path(str(exc.filename))
+                shown = dup.relative_to(tmp) if dup.is_relative_to(tmp) else dup.name
+                raise ArchiveRefused("duplicate_member", f"a member appears twice: {shown}") from None
+            # the reason without the server's temporary path (core.redact), bounded in length
+            raise ArchiveRefused("corrupt_archive", f"the archive is damaged: {redact_text(str(exc))[:300]}") from None
         if ex.files == 0:
             raise ArchiveRefused("empty_archive", "the archive holds no files")
         tmp.rename(target)

@@ -22,6 +22,8 @@ from typing import Any, Callable
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from core.redact import redact, redact_text
+
 from .models import Job, JobEvent, utcnow
 
 QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
@@ -37,7 +39,9 @@ def add_event(s: Session, job: Job | str, type_: str, message: str = "", data: d
         job_id, tenant_id, attempt = job.id, job.tenant_id, job.attempts if attempt is None else attempt
     else:
         job_id = job
-    ev = JobEvent(job_id=job_id, type=type_, message=message, data=data or {}, attempt=attempt or 0)
+    # events and errors are what a tenant reads of a job: no server path in them (core.redact)
+    ev = JobEvent(job_id=job_id, type=type_, message=redact_text(message), data=redact(data or {}),
+                  attempt=attempt or 0)
     if tenant_id:
         ev.tenant_id = tenant_id
     s.add(ev)
@@ -115,7 +119,7 @@ def heartbeat(s: Session, job_id: str, attempt: int, progress: dict | None = Non
     now = utcnow()
     values: dict[str, Any] = dict(heartbeat_at=now, updated_at=now)
     if progress is not None:
-        values["progress"] = progress
+        values["progress"] = redact(progress)
     row = s.execute(update(Job).where(_fenced(job_id, attempt)).values(**values).returning(Job.status)).first()
     s.commit()
     return None if row is None else str(row[0])
@@ -125,10 +129,12 @@ def finish(s: Session, job_id: str, attempt: int, status: str, *, result: dict |
            error: str | None = None, progress: dict | None = None, message: str = "") -> bool:
     assert status in TERMINAL
     now = utcnow()
+    error = redact_text(error) if error else error
+    result = redact(result) if result is not None else None
     values: dict[str, Any] = dict(status=status, finished_at=now, updated_at=now, heartbeat_at=now,
                                   result=result, error=error)
     if progress is not None:
-        values["progress"] = progress
+        values["progress"] = redact(progress)
     res = s.execute(update(Job).where(_fenced(job_id, attempt)).values(**values))
     if res.rowcount != 1:
         s.rollback()
@@ -150,6 +156,7 @@ def release_for_retry(s: Session, job_id: str, attempt: int, reason: str) -> str
 
 def _retry_or_fail(s: Session, job: Job, reason: str) -> str | None:
     now = utcnow()
+    reason = redact_text(reason)
     if job.status == CANCELLING:
         new, values = CANCELLED, dict(status=CANCELLED, finished_at=now, error=None)
         msg = f"cancelled ({reason})"

@@ -13,6 +13,10 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+PAGE_SIZE_LIMIT = 100_000
+"""Hard bound of a page size (GAS_PAGE_SIZE_MAX cannot exceed it; the API's schema states it)."""
+
+
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GAS_", extra="ignore")
 
@@ -33,6 +37,8 @@ class ServiceSettings(BaseSettings):
     archive_max_members: int = Field(200_000, ge=1, description="Most members an uploaded archive may hold.")
     archive_max_total_bytes: int = Field(40 * 2**30, ge=1, description="Most uncompressed bytes an archive may expand to (counted while extracting).")
     archive_max_ratio: float = Field(200.0, gt=1, description="Highest accepted uncompressed/compressed size ratio of an archive.")
+    archive_max_member_depth: int = Field(32, ge=1, le=1024, description="Most directories an archive member's name may have (deeper: 422 `too_deep`).")
+    archive_max_name_bytes: int = Field(1024, ge=16, le=4096, description="Longest archive member name in UTF-8 bytes (longer, or a component over 255 bytes: 422 `name_too_long`).")
     validation_max_bad_per_kind: int = Field(20, ge=1, description="Bad files listed per kind of problem in a validation report.")
     default_tenant: str = Field("default", description="Tenant the embedded mode creates (with its first API key) at first start.")
 
@@ -58,8 +64,9 @@ class ServiceSettings(BaseSettings):
     api_host: str = Field("127.0.0.1", description="Bind address of the API (embedded mode binds to loopback only).")
     api_port: int = Field(8000, ge=1, le=65535, description="Port of the API.")
     api_workers: int = Field(1, ge=1, le=64, description="Uvicorn worker processes of the API.")
-    page_size_default: int = Field(50, ge=1, description="Default page size of list endpoints.")
-    page_size_max: int = Field(200, ge=1, description="Cap on the page size of list endpoints.")
+    json_max_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="Largest JSON request body (bytes, declared or counted); past it 413 problem+json. Archive uploads have their own cap.")
+    page_size_default: int = Field(50, ge=1, le=PAGE_SIZE_LIMIT, description="Default page size of list endpoints.")
+    page_size_max: int = Field(200, ge=1, le=PAGE_SIZE_LIMIT, description="Cap on the page size of list endpoints.")
     db_pool_size: int = Field(10, ge=1, description="SQLAlchemy connection pool size (PostgreSQL).")
     readiness_timeout_s: float = Field(2.0, gt=0, description="Timeout of each /readyz probe (database, broker).")
     log_level: str = Field("info", description="Log level of API, worker and sweeper.")

@@ -32,6 +32,11 @@ def main() -> int:
             proto.flush()
 
     job = json.loads(sys.stdin.readline())
+    # nothing the child reports (progress, errors) carries a server path: the job's known roots
+    # become labels, any other absolute path its last component (core.redact, torch-free)
+    from core.redact import job_roots, redact, redact_text
+
+    roots = job_roots(job.get("spec"), job.get("workdir"), luts=job.get("lut_dir"), cache=job.get("data_cache_dir"))
     cancel = threading.Event()
     orphan_grace = float(job.get("orphan_grace_s", 30.0))
 
@@ -46,7 +51,7 @@ def main() -> int:
     threading.Thread(target=watch_stdin, daemon=True).start()
 
     fn = resolve(job["target"])
-    kwargs = dict(progress=lambda ev: send({"t": "progress", "event": ev}), should_cancel=cancel.is_set)
+    kwargs = dict(progress=lambda ev: send({"t": "progress", "event": redact(ev, roots)}), should_cancel=cancel.is_set)
     if job["kind"] in NEEDS_LUT_DIR:
         kwargs["lut_dir"] = job["lut_dir"]
     if job["kind"] in NEEDS_DATA_CACHE and job.get("data_cache_dir"):
@@ -61,7 +66,8 @@ def main() -> int:
         if (Cancelled is not None and isinstance(exc, Cancelled)) or type(exc).__name__ == "Cancelled":
             send({"t": "cancelled"})
             return 0
-        send({"t": "error", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
+        send({"t": "error", "error": redact_text(f"{type(exc).__name__}: {exc}", roots),
+              "traceback": traceback.format_exc()})  # the traceback goes to the worker's own log only
         return 1
     send({"t": "result", "result": result if isinstance(result, dict) else {"value": result}})
     return 0

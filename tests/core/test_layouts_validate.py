@@ -117,3 +117,34 @@ def test_validation_caps_the_listing_but_counts_everything(camvid_root, tmp_path
     r = validate_dataset(root, "camvid", 11, 11, max_bad_per_kind=2)
     assert r["bad_counts"]["image_decode"] == len(list((root / "train").glob("*.jpg"))) > 2
     assert len(r["bad_files"]["image_decode"]) == 2
+
+
+@pytest.mark.parametrize("layout", ["folder", "cityscapes"])
+def test_links_out_of_the_dataset_are_refused_before_reading(camvid_root, tmp_path, layout):
+    """A linked file, a linked directory (a city, a split) pointing outside the dataset root:
+    listing, loading and validation refuse it (OutsideRootError), naming it relative to the root."""
+    from core.layouts import OutsideRootError
+
+    root = tmp_path / "ds"
+    if layout == "folder":
+        make_folder_layout(camvid_root, root)
+        victim = sorted((root / "train" / "images").iterdir())[0]
+        link_dir, outside = root / "val" / "masks", tmp_path / "outside_masks"
+    else:
+        make_cityscapes(root)
+        victim = sorted((root / "leftImg8bit" / "train").rglob("*.png"))[0]
+        link_dir, outside = root / "gtFine" / "val" / "bonn", tmp_path / "outside_city"
+    shutil.copy(victim, tmp_path / "secret.png")
+    victim.unlink()
+    victim.symlink_to(tmp_path / "secret.png")  # one file linked outside
+    shutil.move(str(link_dir), str(outside))
+    link_dir.symlink_to(outside, target_is_directory=True)  # one directory linked outside
+    ref = DatasetRef(root=str(root), layout=layout, num_classes=19 if layout == "cityscapes" else 11,
+                     ignore_index=255 if layout == "cityscapes" else 11)
+    for split in ("train", "val"):
+        with pytest.raises(OutsideRootError, match="outside the dataset root") as info:
+            load_split(ref, split, 32, 32)
+        assert str(tmp_path) not in str(info.value)
+    report = validate_dataset(root, layout, ref.num_classes, ref.ignore_index, ["train", "val"])
+    assert report["bad_counts"] == {"outside_root": 2}, report["bad_counts"]
+    assert str(tmp_path) not in str(report)

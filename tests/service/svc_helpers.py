@@ -267,3 +267,23 @@ def fake_search_body(dataset_id: str, *, epochs: int = 2, steps: int = 4, batch:
     return {"dataset_id": dataset_id, "budget": {"latency_ms": latency_ms, "height": 64, "width": 96},
             "settings": {"epochs": epochs, "warmup_epochs": 0, "batch_size": batch, "seed": seed,
                          "advanced": {"search": {"steps_per_epoch": steps}}}}
+
+
+def sqlite_stack(name: str, tmp_path_factory, datasets_root: Path, **overrides):
+    """The embedded mode's storage (SQLite database, kombu's SQLAlchemy broker on a SQLite file), API
+    only (no worker: jobs stay queued) for a fixture to yield; where SQLite behaves differently."""
+    base = tmp_path_factory.mktemp(name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GAS_")}
+    env.update({"PYTHONPATH": str(REPO), "GAS_DATA_DIR": str(base / "data"), "GAS_DATASETS_ROOT": str(datasets_root),
+                "GAS_API_PORT": str(free_port()), "GAS_LOG_LEVEL": "info", "GAS_AUTH_CACHE_TTL_S": "1",
+                "GAS_QUOTA_CONCURRENT_JOBS": "64"})
+    env.update({f"GAS_{k.upper()}": str(v) for k, v in overrides.items()})
+    (base / "data").mkdir(parents=True, exist_ok=True)
+    stack = Stack(name, base, env)
+    try:
+        stack.migrate()
+        stack.use_key(stack.create_key("default"))
+        stack.start_api()
+        yield stack
+    finally:
+        stack.stop()

@@ -104,7 +104,7 @@ def test_impossible_budgets_are_422_naming_the_field(api, dataset_id, budget, fi
     ({"lambda": -1}, "settings.lambda"), ({"batch_size": "big"}, "settings.batch_size"),
     ({"warmup_epochs": 5, "epochs": 2}, "settings.warmup_epochs"), ({"unknown_knob": 1}, "settings.unknown_knob"),
     ({"cells": 3, "reduction_cells": [7]}, "settings.network"),
-    ({"advanced": {"search": {"w_lr": -1}}}, "settings.search.w_lr"),
+    ({"advanced": {"search": {"w_lr": -1}}}, "settings.advanced.search.w_lr"),
 ])
 def test_invalid_search_settings_are_422(api, dataset_id, settings, field):
     before = _count_jobs(api)
