@@ -287,6 +287,11 @@ class ResultSummary(BaseModel):
     measurements_trusted: bool | None = Field(
         None, description="False when the job's timings stayed noisy or its latency table failed validation: the "
                           "latency and budget_met are not to be relied on (the report's noise_warnings say why).")
+    trivial_baseline_miou: float | None = Field(
+        None, description="Retrain: mIoU of predicting the eval split's most frequent class everywhere (the report's "
+                          "trivial_baseline has it with every class's pixel frequency).")
+    beats_trivial_baseline: bool | None = Field(
+        None, description="Retrain: false when the model's mIoU does not beat trivial_baseline_miou: it learned nothing usable.")
     device: str | None = None
     genotype_id: str | None = None
 

@@ -47,8 +47,22 @@ def pixel_accuracy(conf: torch.Tensor) -> float:
     return float(conf.diag().sum()) / total if total else 0.0
 
 
+def trivial_baseline(conf: torch.Tensor, names: Sequence[str]) -> dict:
+    """What predicting the most frequent ground-truth class everywhere scores on the same pixels (its
+    confusion matrix put through the same metrics), with every class's pixel frequency: the number a
+    model must beat before its mIoU means anything."""
+    gt = conf.sum(dim=1)
+    total = int(gt.sum())
+    top = int(gt.argmax())
+    const = torch.zeros_like(conf)
+    const[:, top] = gt
+    return {"most_frequent_class": names[top], "miou": mean_iou(const), "pixel_acc": pixel_accuracy(const),
+            "class_frequency": {name: (int(c) / total if total else 0.0) for name, c in zip(names, gt)}}
+
+
 def summarize(conf: torch.Tensor, class_names: Sequence[str] | None = None) -> dict:
-    """JSON-able ``{"miou", "pixel_acc", "per_class_iou": {name: iou | None}, "pixels"}``."""
+    """JSON-able ``{"miou", "pixel_acc", "per_class_iou": {name: iou | None}, "pixels", "trivial_baseline"}``
+    (:func:`trivial_baseline`)."""
     iou, present = iou_per_class(conf.cpu())
     n = conf.shape[0]
     names = list(class_names) if class_names else [f"class_{i}" for i in range(n)]
@@ -59,6 +73,7 @@ def summarize(conf: torch.Tensor, class_names: Sequence[str] | None = None) -> d
         "pixel_acc": pixel_accuracy(conf.cpu()),
         "per_class_iou": {name: (float(v) if bool(p) else None) for name, v, p in zip(names, iou, present)},
         "pixels": int(conf.sum()),
+        "trivial_baseline": trivial_baseline(conf.cpu(), names),
     }
 
 

@@ -272,8 +272,11 @@ def retrain_pipeline(spec: RetrainJobSpec, workdir: Path, progress: Progress, sh
     fps = fps_report(model, spec.height, spec.width, device, spec.fps_iters,
                      budget_ms=genotype.provenance.budget_ms, threads=job_threads(LatencyConfig()))
     genotype.save(art / "genotype.json")
+    base = last.get("trivial_baseline") or {}
     headline = {"miou": last["miou"], "miou_epoch": last["epoch"], "miou_split": spec.train.eval_split,
-                "miou_selection": MIOU_SELECTION, "best_miou": best["miou"], "best_epoch": best["epoch"]}
+                "miou_selection": MIOU_SELECTION, "best_miou": best["miou"], "best_epoch": best["epoch"],
+                "trivial_baseline_miou": base.get("miou"),
+                "beats_trivial_baseline": base.get("miou") is None or last["miou"] > base["miou"]}
     # names only: a tenant reads this report, and the work dir is a server path
     train_doc = {**result, "checkpoints": {k: Path(v).name for k, v in result["checkpoints"].items()}}
     report = {"kind": "retrain", "genotype_hash": genotype.arch_hash(), **headline, "best_note": BEST_NOTE,

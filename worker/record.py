@@ -63,6 +63,8 @@ def summarize(kind: str, result: dict, report: dict | None, spec: dict) -> dict:
         "budget_ms": budget,
         "budget_met": met,
         "measurements_trusted": flat.get("measurements_trusted") if isinstance(flat.get("measurements_trusted"), bool) else None,
+        "trivial_baseline_miou": _num(flat, "trivial_baseline_miou"),
+        "beats_trivial_baseline": flat.get("beats_trivial_baseline") if isinstance(flat.get("beats_trivial_baseline"), bool) else None,
         "device": flat.get("device") if isinstance(flat.get("device"), str) else None,
     }
     return {k: v for k, v in summary.items() if v is not None}

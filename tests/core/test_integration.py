@@ -74,6 +74,9 @@ def test_search_derive_retrain_evaluate_fps(camvid_subset, tmp_path):
     baseline = most_frequent_class_miou(camvid_subset, tmp_path)
     print(f"mIoU {result['miou']:.4f} vs most-frequent-class {baseline:.4f}")
     assert result["miou"] > max(2 * baseline, baseline + 0.05)
+    # the report's own trivial baseline (the eval split's most frequent class) is at least the train split's one
+    assert result["trivial_baseline_miou"] >= baseline - 1e-9 and result["beats_trivial_baseline"] is True
+    assert rreport["trivial_baseline_miou"] == rreport["train"]["last"]["trivial_baseline"]["miou"]
     assert set(rreport["train"]["last"]["per_class_iou"]) == set(f"class_{i}" for i in range(11)) or \
         "sky" in rreport["train"]["last"]["per_class_iou"]
     assert result["miou"] == rreport["train"]["last_miou"] and rreport["miou_selection"] == "last epoch"

@@ -64,3 +64,17 @@ def test_meter_accumulates_batches_and_takes_logits() -> None:
 def test_shape_mismatch_raises() -> None:
     with pytest.raises(ValueError):
         confusion_matrix(torch.zeros(2, 3), torch.zeros(3, 2), 2, IGN)
+
+
+def test_trivial_baseline_by_hand() -> None:
+    """Predicting the most frequent class everywhere: class 1 (3 of 7 pixels) -> IoU 3/7 for it, 0 for the
+    two other present classes: mIoU 1/7, pixel accuracy 3/7; frequencies 2/7, 3/7, 2/7."""
+    conf = torch.tensor([[1, 1, 0], [0, 2, 1], [1, 0, 1]])
+    base = summarize(conf, ["a", "b", "c"])["trivial_baseline"]
+    assert base["most_frequent_class"] == "b"
+    assert base["miou"] == pytest.approx(1 / 7) and base["pixel_acc"] == pytest.approx(3 / 7)
+    assert base["class_frequency"] == pytest.approx({"a": 2 / 7, "b": 3 / 7, "c": 2 / 7})
+    # a model that does exactly the trivial thing scores exactly the baseline
+    const = torch.tensor([[0, 2, 0], [0, 3, 0], [0, 2, 0]])
+    s = summarize(const, ["a", "b", "c"])
+    assert s["miou"] == pytest.approx(s["trivial_baseline"]["miou"])
