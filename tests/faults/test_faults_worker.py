@@ -52,7 +52,8 @@ def test_real_search_survives_five_worker_sigkills(real_faults_stack, ledger):
     stack = real_faults_stack
     ds = register_tiny(stack.http)
     settings = copy.deepcopy(TINY_SEARCH)
-    settings.update(epochs=8, warmup_epochs=1)
+    epochs = 10
+    settings.update(epochs=epochs, warmup_epochs=1)
     r = stack.http.post("/api/v1/jobs/search", json={"dataset_id": ds, "budget": TINY_BUDGET, "settings": settings})
     assert r.status_code == 202, r.text
     jid = r.json()["id"]
@@ -74,15 +75,17 @@ def test_real_search_survives_five_worker_sigkills(real_faults_stack, ledger):
     ev = all_events(stack, jid)
     types = [e["type"] for e in ev]
     assert types.count("claimed") == kills + 1 and types.count("reclaimed") == kills
-    starts = [first_epoch(ev, a) for a in range(1, kills + 2)]
+    # an attempt killed after the last epoch (during derivation and measurement) leaves its successor no
+    # epoch to run: it starts "after" the last one
+    starts = [first_epoch(ev, a) or epochs + 1 for a in range(1, kills + 2)]
     assert starts[0] == 1
     for a in range(2, kills + 2):  # attempt a starts right after the checkpoint attempt a-1 left
         resumed_from = starts[a - 1] - 1
         assert killed_after[a - 2] <= resumed_from <= killed_after[a - 2] + 1, (a, starts, killed_after)
-    assert starts == sorted(starts) and len(set(starts)) == len(starts)
+    assert starts == sorted(starts) and len(set(starts[:-1])) == len(starts) - 1
     report = stack.http.get(f"/api/v1/jobs/{jid}/artifacts/report.json").json()
     assert report["resumed_from_epoch"] == starts[-1] - 1
-    assert max(done_epochs(ev, kills + 1)) == 8
+    assert max(n for a in range(1, kills + 2) for n in done_epochs(ev, a)) == epochs
     with db_session(stack) as s:  # nothing lost: the finished job has its genotype and artifacts
         assert s.scalar(select(Genotype).where(Genotype.job_id == jid)) is not None
         assert {a.name for a in s.scalars(select(Artifact).where(Artifact.job_id == jid))} >= {"genotype.json", "report.json"}
