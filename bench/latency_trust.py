@@ -21,15 +21,12 @@ Run it alone on the machine (apart from its own hogs).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -42,7 +39,7 @@ from core.latency import LatencyModel  # noqa: E402
 from core.lut_check import rank_correlation  # noqa: E402
 from core.lut_trust import trusted_table  # noqa: E402
 from core.network import DerivedNet, SuperNet  # noqa: E402
-from core.noise import NoisePolicy  # noqa: E402
+from core.noise import NoisePolicy, cpu_hogs  # noqa: E402
 from core.specs import GGMConfig, LatencyConfig, NetworkConfig  # noqa: E402
 from core.threads import Threads, apply_inter_op  # noqa: E402
 from core.timing import set_cudnn_benchmark  # noqa: E402
@@ -50,19 +47,6 @@ from core.timing import set_cudnn_benchmark  # noqa: E402
 NETWORK_SEED = 2024  # the random networks measured (the same in every condition)
 SMOKE_NET = NetworkConfig(num_cells=3, reduction_cells=[1], init_channels=8, stem_channels=8, nodes=2,
                           head_channels=16, low_level_channels=8)
-
-
-@contextlib.contextmanager
-def cpu_hogs(n: int) -> Iterator[None]:
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
-    try:
-        time.sleep(0.5 if n else 0.0)
-        yield
-    finally:
-        for p in procs:
-            p.kill()
-        for p in procs:
-            p.wait()
 
 
 def _errors(pred: list[float], meas: list[float]) -> dict:

@@ -11,9 +11,12 @@ Torch-free: it judges any measurement that has ``min_ms`` and ``p90_ms``.
 """
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol, TypeVar
+from typing import Callable, Iterator, Protocol, TypeVar
 
 from .specs import LatencyConfig
 
@@ -120,3 +123,19 @@ class Measurement:
     def as_dict(self) -> dict:
         return {"ms": self.ms, "noisy": self.noisy, "min_ms": self.min_ms, "p90_ms": self.p90_ms,
                 "attempts": self.attempts}
+
+
+@contextlib.contextmanager
+def cpu_hogs(n: int, settle_s: float = 0.5) -> Iterator[None]:
+    """``n`` busy-loop processes for the duration of the block: the load under which the noise verdict
+    and the table checks are tested (tests/core/test_latency_under_load.py) and benchmarked
+    (bench/latency_trust.py)."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        time.sleep(settle_s if n else 0.0)  # let them reach the run queue
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()

@@ -8,14 +8,11 @@ the host is: on a shared host they may themselves be flagged, which the assertio
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -25,6 +22,7 @@ from core.latency import LatencyTable, build_table, network_key
 from core.lut_trust import trusted_table
 from core.ops import op_names
 from core.specs import LatencyConfig, NetworkConfig, SearchConfig, SearchJobSpec
+from core.noise import cpu_hogs as noise_hogs
 from core.threads import Threads
 
 NET = NetworkConfig(num_cells=3, reduction_cells=[1], init_channels=8, stem_channels=8, head_channels=16,
@@ -35,18 +33,9 @@ FAST = dict(height=H, width=W, warmup_runs=2, repeats=10, lut_burst=5, e2e_repea
             noise_retry_pause_s=0.05, lut_remeasure=1)
 
 
-@contextlib.contextmanager
-def cpu_hogs(n: int = HOGS) -> Iterator[None]:
+def cpu_hogs(n: int = HOGS):
     """``n`` busy-loop processes beside the test for the duration of the block."""
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
-    try:
-        time.sleep(0.3)  # let them reach the run queue
-        yield
-    finally:
-        for p in procs:
-            p.kill()
-        for p in procs:
-            p.wait()
+    return noise_hogs(n, settle_s=0.3)
 
 
 def _spec(camvid_ref, budget_ms: float) -> SearchJobSpec:
