@@ -42,7 +42,10 @@ def test_whole_story_register_search_retrain_download(real_stack, tmp_path):
         bar = io.StringIO()
         done = c.watch(job["id"], poll=0.5, file=bar, timeout=240)
         assert done["status"] == "succeeded", (done, stack.log_tail("worker"))
-        assert "epoch" in bar.getvalue()  # the tqdm bar showed epochs
+        # the bar followed the job; it samples every 0.5 s, so a tiny search's few epochs can fall between two
+        # polls (more so since the measurement phases grew): the epochs are checked in the job's events
+        assert "running" in bar.getvalue() and "succeeded" in bar.getvalue()
+        assert any((e.get("data") or {}).get("epoch") for e in c.iter_events(job["id"]) if e["type"] == "progress")
         r = done["result"]
         assert r["latency_ms"] > 0 and r["fps"] > 0 and r["budget_ms"] == TINY_BUDGET["latency_ms"]
         assert isinstance(r["budget_met"], bool) and r["expected_latency_ms"] > 0 and r["device"].startswith("cpu")
