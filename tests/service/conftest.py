@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from svc_helpers import copy_camvid_tiny, create_pg_db, drop_pg_db, running_stack
+from svc_helpers import copy_camvid_tiny, create_pg_db, drop_pg_db, register_tiny, running_stack
 
 
 @pytest.fixture
@@ -40,3 +40,15 @@ def fake_stack(tmp_path_factory, datasets_root):
 def real_stack(tmp_path_factory, datasets_root, shared_lut_dir):
     """PostgreSQL + Redis stack running the real core."""
     yield from running_stack("real", tmp_path_factory, datasets_root, shared_lut_dir)
+
+
+@pytest.fixture(scope="module")
+def api(fake_stack):
+    """The HTTP client of the module's fake-core stack (shared by the API and hardening tests)."""
+    return fake_stack.http
+
+
+@pytest.fixture(scope="module")
+def dataset_id(api):
+    """The tiny CamVid copy registered once per module."""
+    return register_tiny(api)

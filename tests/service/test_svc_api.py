@@ -29,16 +29,6 @@ def _fields(body: dict) -> set[str]:
     return {e["field"] for e in body.get("errors", [])}
 
 
-@pytest.fixture(scope="module")
-def api(fake_stack):
-    return fake_stack.http
-
-
-@pytest.fixture(scope="module")
-def dataset_id(api):
-    return register_tiny(api)
-
-
 def _count_jobs(api) -> int:
     n, offset = 0, 0
     while True:

@@ -64,16 +64,6 @@ def _no_server_path(text: str, *roots: Path) -> None:
     assert m is None, f"absolute path at {m.start()}: {text[max(0, m.start() - 200):m.start() + 200]}"
 
 
-@pytest.fixture(scope="module")
-def api(fake_stack):
-    return fake_stack.http
-
-
-@pytest.fixture(scope="module")
-def dataset_id(api):
-    return register_tiny(api)
-
-
 def _copy_dataset(datasets_root: Path) -> str:
     """A fresh copy of the tiny CamVid under the datasets root; returns its relative path."""
     name = f"copy_{uuid.uuid4().hex[:8]}"
