@@ -11,7 +11,7 @@ import uuid
 import httpx
 import pytest
 
-from svc_helpers import PY, REPO, fake_search_body, free_port, register_tiny, wait_dataset, wait_until
+from svc_helpers import PY, REPO, fake_search_body, free_port, wait_dataset, wait_until
 
 pytestmark = pytest.mark.services
 PROBLEM = "application/problem+json"

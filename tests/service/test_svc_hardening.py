@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from svc_helpers import PY, REPO, register_tiny, sqlite_stack, wait_dataset, wait_until
+from svc_helpers import PY, REPO, sqlite_stack, wait_dataset, wait_until
 
 pytestmark = pytest.mark.services
 PROBLEM = "application/problem+json"
