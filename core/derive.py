@@ -10,6 +10,13 @@ Two derivations (``latency.derivation``), in :data:`DERIVATIONS`:
   trained supernet those favour weight-free ops (the DARTS collapse), which left attempts 1–2 of
   docs/SEARCH_QUALITY.md 30–50 % under budget and no better than random networks at the budget.
   Measured worse than that (attempt 3): an option, not the default.
+- ``pt`` [ours, after DARTS-PT, Wang et al. ICLR 2021]: ops and edges ranked by how much the trained
+  supernet's loss rises when each is removed (:mod:`core.perturb`), not by α' magnitudes; then, where
+  the LUT predicts more than the budget, the same greedy steps to cheaper ops, giving up the least
+  importance per ms saved. α', the GGM and the latency loss still shape the supernet it scores.
+
+Every derivation reads a :class:`Preference` (per cell: a score per edge and op, and a score per
+edge; higher = keep): ``argmax`` and ``fill`` the softmax of α', ``pt`` the perturbation scores.
 """
 from __future__ import annotations
 
@@ -29,21 +36,42 @@ from .specs import Derivation, NetworkConfig
 EDGES_PER_NODE = 2  # each intermediate node keeps its two strongest inputs
 
 
-def derive_genotype(alphas: list[torch.Tensor], ops: list[str], cfg: NetworkConfig,
+@dataclass
+class Preference:
+    """What a derivation reads, per cell: ``op[k]`` [edges, ops] (how much each op is worth on each edge)
+    and ``edge[k]`` [edges] (how much each edge is worth); higher = keep. ``source`` names where the
+    scores come from (``alpha``: softmax of α'; ``perturbation``: :func:`core.perturb.perturbation_preference`)."""
+
+    op: list[torch.Tensor]
+    edge: list[torch.Tensor]
+    source: str = "alpha"
+
+    @classmethod
+    def from_alphas(cls, alphas: list[torch.Tensor], ops: list[str]) -> "Preference":
+        """softmax(α') per edge; an edge is worth its strongest op other than ``none`` (DARTS)."""
+        keep = torch.tensor([not OPS[o].zero for o in ops])
+        probs = [F.softmax(a.detach().float().cpu(), dim=-1) for a in alphas]
+        return cls(probs, [p.masked_fill(~keep, -1.0).max(dim=-1).values for p in probs], "alpha")
+
+    @classmethod
+    def of(cls, x: "Preference | list[torch.Tensor]", ops: list[str]) -> "Preference":
+        return x if isinstance(x, Preference) else cls.from_alphas(x, ops)
+
+
+def derive_genotype(alphas: "list[torch.Tensor] | Preference", ops: list[str], cfg: NetworkConfig,
                     provenance: Provenance | None = None, parametric_only: bool = False) -> Genotype:
-    """Per cell: keep the 2 incoming edges with the largest max_{o≠none} softmax(α'), and on each
-    the strongest non-``none`` op (the strongest parametric op with ``parametric_only``, where the
-    op set has one)."""
+    """Per cell: keep the 2 incoming edges of each node with the highest edge preference (for α':
+    the largest max_{o≠none} softmax(α')), and on each the preferred non-``none`` op (the preferred
+    parametric op with ``parametric_only``, where the op set has one)."""
+    pref = Preference.of(alphas, ops)
     keep = torch.tensor([not OPS[o].zero for o in ops])
     op_keep = keep & torch.tensor([OPS[o].parametric for o in ops]) if parametric_only else keep
     if not bool(op_keep.any()):
         op_keep = keep
     edges = cell_edges(cfg.nodes)
     cells = []
-    for k, a in enumerate(alphas):
-        p = F.softmax(a.detach().float().cpu(), dim=-1)
-        best_p = p.masked_fill(~keep, -1.0).max(dim=-1).values  # edge strength: every kept op counts
-        best_o = p.masked_fill(~op_keep, -1.0).argmax(dim=-1)
+    for k, (p, best_p) in enumerate(zip(pref.op, pref.edge)):
+        best_o = p.masked_fill(~op_keep, -float("inf")).argmax(dim=-1)
         nodes = []
         for i in range(cfg.nodes):
             rows = [e for e, (_, dst) in enumerate(edges) if dst == i]
@@ -110,13 +138,16 @@ REPAIR_STOPS = {
 """Why a repair ends (``RepairReport.stopped``), each with the sentence its report carries."""
 
 
-def _cheapest_step(genotype: Genotype, alphas: list[torch.Tensor], lat: LatencyModel) -> tuple[int, int, int, str, float] | None:
-    """The (cell, node, slot, new op, ms saved) that gives up the least α' probability per ms saved."""
+def _cheapest_step(genotype: Genotype, alphas: "list[torch.Tensor] | Preference",
+                   lat: LatencyModel) -> tuple[int, int, int, str, float] | None:
+    """The (cell, node, slot, new op, ms saved) that gives up the least op preference (for α': softmax
+    probability) per ms saved."""
+    pref = Preference.of(alphas, lat.ops)
     index = {o: n for n, o in enumerate(lat.ops)}
     edges = {edge: e for e, edge in enumerate(cell_edges(genotype.network.nodes))}
     best, best_score = None, float("inf")
     for k, cell in enumerate(genotype.cells):
-        p = F.softmax(alphas[k].detach().float().cpu(), dim=-1)
+        p = pref.op[k]
         for i, pair in enumerate(cell.nodes):
             for slot, edge in enumerate(pair):
                 e = edges[(edge.input, i)]
@@ -137,13 +168,14 @@ def _replace(genotype: Genotype, k: int, i: int, slot: int, op: str) -> Genotype
     return Genotype.model_validate(doc)
 
 
-def step_down_to(genotype: Genotype, alphas: list[torch.Tensor], lat: LatencyModel, target_ms: float,
+def step_down_to(genotype: Genotype, alphas: "list[torch.Tensor] | Preference", lat: LatencyModel, target_ms: float,
                  max_steps: int, changes: list[dict] | None = None) -> tuple[Genotype, int]:
     """Apply :func:`_cheapest_step` until the LUT predicts at most ``target_ms`` (or nothing cheaper is
     left, or ``max_steps``); each change is appended to ``changes``. Returns the genotype and the steps."""
     steps = 0
+    pref = Preference.of(alphas, lat.ops)
     while lat.genotype_ms(genotype) > target_ms and steps < max_steps:
-        step = _cheapest_step(genotype, alphas, lat)
+        step = _cheapest_step(genotype, pref, lat)
         if step is None:
             break
         k, i, slot, op, saved = step
@@ -155,10 +187,11 @@ def step_down_to(genotype: Genotype, alphas: list[torch.Tensor], lat: LatencyMod
     return genotype, steps
 
 
-def derive_to_budget(alphas: list[torch.Tensor], ops: list[str], cfg: NetworkConfig, lat: LatencyModel,
+def derive_to_budget(alphas: "list[torch.Tensor] | Preference", ops: list[str], cfg: NetworkConfig, lat: LatencyModel,
                      budget_ms: float, provenance: Provenance | None = None) -> tuple[Genotype, dict]:
     """The ``fill`` derivation: strongest parametric op per kept edge, then step down to ``budget_ms``
     by the LUT. Returns the genotype and a report (LUT ms of the start and the end, the changes)."""
+    alphas = Preference.of(alphas, ops)
     argmax_ms = lat.genotype_ms(derive_genotype(alphas, ops, cfg))
     genotype = derive_genotype(alphas, ops, cfg, provenance, parametric_only=True)
     start_ms = lat.genotype_ms(genotype)
@@ -169,14 +202,22 @@ def derive_to_budget(alphas: list[torch.Tensor], ops: list[str], cfg: NetworkCon
                       "predicted_ms": round(lat.genotype_ms(genotype), 4), "edges_changed": changes}
 
 
-def derive(mode: Derivation, alphas: list[torch.Tensor], ops: list[str], cfg: NetworkConfig, lat: LatencyModel,
+def derive(mode: Derivation, alphas: "list[torch.Tensor] | Preference", ops: list[str], cfg: NetworkConfig, lat: LatencyModel,
            budget_ms: float, provenance: Provenance | None = None) -> tuple[Genotype, dict]:
-    """Dispatch on :data:`DERIVATIONS`; returns the genotype and what the derivation did."""
-    try:
-        fn = DERIVATIONS[mode]
-    except KeyError:
-        raise ValueError(f"unknown derivation {mode!r}; known: {sorted(DERIVATIONS)}") from None
-    return fn(alphas, ops, cfg, lat, budget_ms, provenance)
+    """Dispatch on :data:`DERIVATIONS`; returns the genotype and what the derivation did. ``alphas``: α'
+    or the :class:`Preference` that :func:`preference_source` of ``mode`` names."""
+    preference_source(mode)  # refuses an unknown mode
+    fn = DERIVATIONS[mode]
+    pref = Preference.of(alphas, ops)
+    genotype, doc = fn(pref, ops, cfg, lat, budget_ms, provenance)
+    return genotype, {**doc, "preference": pref.source}
+
+
+def preference_source(mode: str) -> str:
+    """What ``mode`` ranks ops and edges by: ``alpha`` or ``perturbation``; unknown modes are a ValueError."""
+    if mode not in DERIVATIONS:
+        raise ValueError(f"unknown derivation {mode!r}; known: {sorted(DERIVATIONS)}")
+    return PREFERENCE_SOURCES[mode]
 
 
 def _derive_argmax(alphas: list[torch.Tensor], ops: list[str], cfg: NetworkConfig, lat: LatencyModel,
@@ -186,10 +227,27 @@ def _derive_argmax(alphas: list[torch.Tensor], ops: list[str], cfg: NetworkConfi
                       "predicted_ms": round(lat.genotype_ms(genotype), 4), "edges_changed": []}
 
 
-DERIVATIONS: dict[str, Callable[..., tuple[Genotype, dict]]] = {"argmax": _derive_argmax, "fill": derive_to_budget}
+def _derive_pt(pref: Preference, ops: list[str], cfg: NetworkConfig, lat: LatencyModel, budget_ms: float,
+               provenance: Provenance | None = None) -> tuple[Genotype, dict]:
+    """Most important op per most important edges, then down to the budget by the LUT (least importance
+    lost per ms saved)."""
+    if pref.source != "perturbation":
+        raise ValueError("the 'pt' derivation reads perturbation scores (core.perturb), not α'")
+    genotype = derive_genotype(pref, ops, cfg, provenance)
+    start_ms = lat.genotype_ms(genotype)
+    changes: list[dict] = []
+    genotype, _ = step_down_to(genotype, pref, lat, budget_ms, max_steps=10 ** 6, changes=changes)
+    return genotype, {"derivation": "pt", "budget_ms": budget_ms, "predicted_start_ms": round(start_ms, 4),
+                      "predicted_ms": round(lat.genotype_ms(genotype), 4), "edges_changed": changes}
 
 
-def repair_to_budget(genotype: Genotype, alphas: list[torch.Tensor], lat: LatencyModel,
+DERIVATIONS: dict[str, Callable[..., tuple[Genotype, dict]]] = {
+    "argmax": _derive_argmax, "fill": derive_to_budget, "pt": _derive_pt}
+PREFERENCE_SOURCES: dict[str, str] = {"argmax": "alpha", "fill": "alpha", "pt": "perturbation"}
+"""What each derivation ranks by (the pipeline computes perturbation scores only for those that need them)."""
+
+
+def repair_to_budget(genotype: Genotype, alphas: "list[torch.Tensor] | Preference", lat: LatencyModel,
                      measure_ms: Callable[[Genotype], "float | Measurement | dict"], budget_ms: float, max_rounds: int,
                      max_steps: int, max_fraction: float = 0.5,
                      max_disagreement: float = 0.5) -> tuple[Genotype, RepairReport]:
@@ -203,6 +261,7 @@ def repair_to_budget(genotype: Genotype, alphas: list[torch.Tensor], lat: Latenc
     after a round is off the LUT-scaled expectation by more than ``max_disagreement`` (relative),
     or before changing more than ``max_fraction`` of the network's edges.
     """
+    alphas = Preference.of(alphas, lat.ops)
     total_edges = sum(len(pair) for cell in genotype.cells for pair in cell.nodes)
     edge_limit = int(max_fraction * total_edges)
     predicted0 = lat.genotype_ms(genotype)

@@ -16,7 +16,7 @@ import torch
 
 from .checkpoint import load_weights, save_json, save_weights
 from .data import load_split, normalize
-from .derive import derive, repair_to_budget
+from .derive import Preference, derive, preference_source, repair_to_budget
 from .estimate import estimate_search, fit_batch
 from .fps import fps_report, measure_latency
 from .export import export_checked, model_metadata
@@ -30,8 +30,9 @@ from .lut_trust import trusted_table
 from .redact import job_roots, redact
 from .network import DerivedNet, SuperNet
 from .noise import NoisePolicy
+from .perturb import perturbation_preference, scoring_batches
 from .preprocess import Preprocessing
-from .search import Searcher, SearchCancelled, search_crop
+from .search import EVAL_BATCH, Searcher, SearchCancelled, search_crop
 from .specs import BenchmarkJobSpec, LatencyConfig, RetrainJobSpec, SearchConfig, SearchJobSpec
 from .threads import Threads, apply_inter_op, effective
 from .timing import set_cudnn_benchmark
@@ -151,16 +152,25 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
     search_cfg, memory = plan_memory(spec, net_cfg, data.height, data.width, device, progress)
     searcher = Searcher(model, latency, LatencyPenalty(lat_cfg), search_cfg, data, device, state, progress,
                         should_cancel)
+    scoring = None
     try:
         result = searcher.run()
+        pref = Preference.from_alphas(result.alphas, model.ops)
+        if preference_source(lat_cfg.derivation) == "perturbation":
+            progress({"phase": "derive", "message": f"scoring every op and edge by perturbation on {lat_cfg.pt_images} images"})
+            pref, scoring = perturbation_preference(
+                searcher.model, scoring_batches(searcher.loader_a, lat_cfg.pt_images, EVAL_BATCH), data.ignore_index,
+                progress, should_cancel)
     except SearchCancelled as exc:
         raise Cancelled(str(exc)) from None
 
     latency = latency.cpu()
     provenance = Provenance(lut_id=table.id, budget_ms=lat_cfg.budget_ms, settings_hash=settings_hash(spec),
                             seed=spec.search.seed, source="search")
-    genotype, derivation = derive(lat_cfg.derivation, result.alphas, model.ops, net_cfg, latency, lat_cfg.budget_ms,
+    genotype, derivation = derive(lat_cfg.derivation, pref, model.ops, net_cfg, latency, lat_cfg.budget_ms,
                                   provenance)
+    if scoring is not None:
+        derivation["perturbation"] = scoring
     progress({"phase": "measure", "message": "measuring the derived network end to end"})
 
     def measure(g: Genotype) -> dict:
@@ -171,7 +181,7 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
         return m
 
     if lat_cfg.repair:
-        genotype, repair = repair_to_budget(genotype, result.alphas, latency, measure, lat_cfg.budget_ms,
+        genotype, repair = repair_to_budget(genotype, pref, latency, measure, lat_cfg.budget_ms,
                                             lat_cfg.repair_rounds, lat_cfg.repair_steps_per_round,
                                             lat_cfg.repair_max_fraction, lat_cfg.repair_max_disagreement)
         repair_doc = repair.as_dict()

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 Precision = Literal["fp32", "fp16", "bf16"]
 Adjacency = Literal["similarity", "topology"]
 LatencyForm = Literal["budget", "paper"]
-Derivation = Literal["argmax", "fill"]
+Derivation = Literal["argmax", "fill", "pt"]
 Layout = Literal["camvid", "folder", "cityscapes"]
 
 CAMVID_MEAN_RGB: tuple[float, float, float] = (0.39, 0.41, 0.43)
@@ -89,7 +89,8 @@ class LatencyConfig(_Strict):
     repeats: int = Field(30, ge=3, le=10_000, description="Timed runs per LUT entry; the median is kept, with p10/p90.")
     lut_burst: int = Field(10, ge=1, le=1000, description="Back-to-back calls per timed LUT sample, as ops queue inside a network [ours]; 1 = each call alone.")
     e2e_repeats: int = Field(50, ge=3, le=100_000, description="Timed runs of an end-to-end network measurement.")
-    derivation: Derivation = Field("argmax", description="'argmax': the paper's strongest op per kept edge; 'fill' [ours]: strongest parametric op per kept edge, then the repair's greedy down to T by the LUT (measured worse on CPU: docs/SEARCH_QUALITY.md, attempt 3).")
+    derivation: Derivation = Field("argmax", description="'argmax': the paper's strongest op per kept edge; 'fill' [ours]: strongest parametric op per kept edge, then the repair's greedy down to T by the LUT (measured worse on CPU: docs/SEARCH_QUALITY.md, attempt 3); 'pt' [ours, after DARTS-PT]: ops and edges ranked by the supernet's loss increase when each is removed, then the same greedy down to T (core/perturb.py).")
+    pt_images: int = Field(32, ge=1, le=4096, description="Images of the architecture half D_α on which the 'pt' derivation scores every op and edge (one supernet evaluation per op and edge, cells before the perturbed one computed once).")
     repair: bool = Field(True, description="Step weak edges to cheaper ops when the derived net measures over budget.")
     repair_rounds: int = Field(4, ge=1, le=100, description="Measure-and-repair rounds before giving up.")
     repair_steps_per_round: int = Field(64, ge=1, le=10_000, description="Op changes allowed per repair round.")

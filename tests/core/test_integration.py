@@ -46,7 +46,7 @@ def test_search_derive_retrain_evaluate_fps(camvid_subset, tmp_path):
     events = []
     spec = SearchJobSpec(dataset=camvid_subset, network=NET, ggm=GGMConfig(),
                          latency=LatencyConfig(height=H, width=W, budget_ms=20.0, repeats=5, warmup_runs=2,
-                                               e2e_repeats=10),
+                                               e2e_repeats=10, derivation="pt", pt_images=6),
                          search=SearchConfig(epochs=3, warmup_epochs=1, batch_size=4, seed=1),
                          validate_lut_samples=3, fps_iters=10)
     summary = run_search(spec, tmp_path / "search", progress=events.append, lut_dir=tmp_path / "luts")
@@ -62,7 +62,11 @@ def test_search_derive_retrain_evaluate_fps(camvid_subset, tmp_path):
     assert report["fps"]["measured_fps"] > 0 and report["fps"]["lut_prediction_ms"] > 0
     assert summary["budget_met"] == (summary["measured_latency_ms"] <= 20.0)
     assert genotype.provenance.lut_id == report["lut"]["id"]
-    assert {"data", "latency_table", "warmup", "search", "measure", "fps"} <= {e["phase"] for e in events}
+    assert {"data", "latency_table", "warmup", "search", "derive", "measure", "fps"} <= {e["phase"] for e in events}
+    # the 'pt' derivation scored every op (but none) and every edge of every cell once, on 6 D_α images
+    pt = report["derivation"]["perturbation"]
+    assert report["derivation"]["derivation"] == "pt" and report["derivation"]["preference"] == "perturbation"
+    assert pt["images"] == 6 and pt["evaluations"] == 1 + NET.num_cells * 9 * (len(report["history"][-1]["op_probs"][0]))
 
     rspec = RetrainJobSpec(dataset=camvid_subset, genotype=genotype.model_dump(mode="json"), height=H, width=W,
                            train=RetrainConfig(epochs=14, batch_size=8, lr=5e-3, eval_every=7, scale_min=0.9,
