@@ -4,7 +4,10 @@ A benchmark, not a test (issue: "the search must be shown to work"). Every arm's
 with the same recipe and step budget on CamVid train+val and evaluated once, after the last epoch, on
 CamVid test (SegNet split; nothing is selected on test). Arms:
 
-- ``gas``       GAS as shipped (independent cells, GGM, latency loss), one search per seed in ``--seeds``;
+- ``gas``       GAS (independent cells, GGM, latency loss) with the profile's derivation (``pt`` since attempt 4),
+                one search per seed in ``--seeds``;
+- ``argmax_s*`` the paper's argmax derivation of the first GAS search's own supernet (same α', same weights):
+                what the derivation alone changes;
 - ``no_ggm``    the same search without the GCN-Guided Module;
 - ``shared``    shared cells (one α for normal and one for reduction cells, no GGM: the DARTS/CAS ablation);
 - ``softmax``   GAS with the plain softmax mixed op instead of Gumbel-softmax (the pre-fix default);
@@ -78,6 +81,8 @@ class Profile:
     e2e_repeats: int = 50
     arms: tuple[str, ...] = ("no_ggm", "shared", "softmax")
     minutes: float = 0.0  # after this many minutes no further ablation arm starts (0 = no limit)
+    derivation: str = "argmax"  # latency.derivation of every searched arm (core/derive.py: DERIVATIONS)
+    pt_images: int = 32  # latency.pt_images (images the 'pt' derivation scores on)
     notes: list[str] = field(default_factory=list)
 
 
@@ -91,8 +96,9 @@ PROFILES: dict[str, Profile] = {
         search=SearchConfig(epochs=20, warmup_epochs=8, batch_size=8, crop_height=0, crop_width=0, a_lr=6e-3, seed=0),
         retrain=RetrainConfig(epochs=40, batch_size=16, lr=2e-3, train_splits=["train", "val"], eval_split="test",
                               eval_every=10_000, scale_min=0.75, scale_max=1.5, seed=0),
-        threads=2, seeds=(0, 1), randoms=3, arms=("no_ggm", "shared"),
-        notes=["reduced network and resolution so that the whole run fits this 2-core CPU in an hour"]),
+        threads=2, seeds=(0, 1), randoms=3, arms=("no_ggm", "shared"), derivation="pt", pt_images=16,
+        notes=["reduced network and resolution so that the whole run fits this 2-core CPU in an hour",
+               "derivation 'pt' (perturbation scores on 16 D_α images) since attempt 4"]),
     "gpu": Profile(
         height=360, width=480, network=NetworkConfig(),
         # 5 arch epochs x 23 steps (CamVid's 367 frames, halves, batch 8) = 115 arch steps; a_lr 1.4e-2 gives the
@@ -101,7 +107,7 @@ PROFILES: dict[str, Profile] = {
                             seed=0),
         retrain=RetrainConfig(epochs=20, batch_size=16, lr=2e-3, train_splits=["train", "val"], eval_split="test",
                               eval_every=10_000, scale_min=0.75, scale_max=1.5, seed=0),
-        threads=None, seeds=(0,), randoms=3, peers="lraspp_mbv3", peer_budget_s=40.0, minutes=4.5,
+        threads=None, seeds=(0,), randoms=3, peers="lraspp_mbv3", peer_budget_s=40.0, minutes=4.5, derivation="pt", pt_images=16,
         notes=["schedules shortened to fit 10 minutes on one H100/H200 (search on 180x240 crops, LUT and "
                "retraining at 360x480); ablation arms start only within the first 4.5 minutes; never yet run"]),
 }
@@ -116,7 +122,8 @@ def smoke(p: Profile) -> Profile:
                                                       "batch_size": 2, "crop_height": 0, "crop_width": 0}),
                    retrain=p.retrain.model_copy(update={"epochs": 1, "batch_size": 4}),
                    threads=p.threads, seeds=(0,), randoms=2, lambdas=p.lambdas[:1], peers="tiny" if p.peers else "",
-                   peer_budget_s=5.0, lut_repeats=3, e2e_repeats=5, arms=("no_ggm",), notes=["smoke run"])
+                   peer_budget_s=5.0, lut_repeats=3, e2e_repeats=5, arms=("no_ggm",), derivation=p.derivation,
+                   pt_images=4, notes=["smoke run"])
 
 
 def device_name(device: torch.device) -> str:
@@ -179,7 +186,8 @@ def main() -> None:
         "notes": prof.notes, "arms": {},
     }
 
-    lat = lat0.model_copy(update={"budget_ms": budget})
+    lat = lat0.model_copy(update={"budget_ms": budget, "derivation": prof.derivation, "pt_images": prof.pt_images})
+    res["derivation"] = {"mode": prof.derivation, "pt_images": prof.pt_images}
 
     def search(arm: str, seed: int, ggm: GGMConfig, **search_upd) -> Genotype:
         t = time.perf_counter()
@@ -194,8 +202,10 @@ def main() -> None:
                             "steps": rep["search_steps"], "expected_latency_ms": summary["expected_latency_ms"],
                             "repair": {k: rep["repair"].get(k) for k in ("repaired", "measured_before_ms",
                                                                          "measured_after_ms", "budget_met")},
-                            "derivation": {k: v for k, v in rep.get("derivation", {}).items() if k != "edges_changed"}
+                            "derivation": {k: v for k, v in rep.get("derivation", {}).items()
+                                           if k not in ("edges_changed", "perturbation")}
                             | {"edges_changed": len(rep.get("derivation", {}).get("edges_changed", []))},
+                            "perturbation": rep.get("derivation", {}).get("perturbation"),
                             "op_entropy": last["op_entropy"], "ggm_shift": last["ggm_shift"],
                             "supernet_miou": last["supernet_miou"], "history_op_entropy":
                                 [round(sum(e["op_entropy"]) / len(e["op_entropy"]), 4) for e in rep["history"]]}
@@ -236,6 +246,12 @@ def main() -> None:
     pool.sort(key=lambda g: abs(latm.genotype_ms(g) - target))
     for i, g in enumerate(pool[: prof.randoms]):
         retrain(f"random_{i}", g)
+    if prof.derivation != "argmax":  # the same supernet through the paper's argmax: what the derivation changes
+        arm = f"argmax_s{prof.seeds[0]}"
+        g = argmax_of(work / f"gas_s{prof.seeds[0]}" / "search", net, GGMConfig(), prof.search, latm, budget)
+        res["arms"][arm] = {"kind": "argmax of gas_s0's supernet", "derivation": {"derivation": "argmax",
+                                                                                 "predicted_ms": round(latm.genotype_ms(g), 4)}}
+        retrain(arm, g)
     ablations: list[tuple[str, int, GGMConfig, dict]] = [(f"gas_s{s}", s, GGMConfig(), {}) for s in prof.seeds[1:]]
     ablations += [a_ for a_ in (("no_ggm", prof.seeds[0], GGMConfig(enabled=False), {}),
                                 ("shared", prof.seeds[0], GGMConfig(enabled=False), {"shared_cells": True}),
@@ -287,6 +303,21 @@ def main() -> None:
     print(table_md(res))
 
 
+def argmax_of(search_dir: Path, net: NetworkConfig, ggm: GGMConfig, search_cfg: SearchConfig, latm: LatencyModel,
+              budget: float) -> Genotype:
+    """The paper's argmax derivation of a finished search's supernet (its last state: α and the GGM)."""
+    from core.checkpoint import load_state
+    from core.derive import derive
+    from core.search import STATE_FILE
+
+    model = SuperNet(net, ggm, search_cfg.ops, search_cfg.shared_cells, search_cfg.gumbel, search_cfg.gumbel_tau,
+                     search_cfg.batched_cells)
+    model.load_state_dict(load_state(search_dir / "state" / STATE_FILE)["model"])
+    with torch.no_grad():
+        alphas = [a.detach() for a in model.alpha_prime()]
+    return derive("argmax", alphas, model.ops, net, latm, budget)[0]
+
+
 def _stats(xs: list[float]) -> dict:
     return {"mean": round(statistics.mean(xs), 4), "min": round(min(xs), 4), "max": round(max(xs), 4),
             "std": round(statistics.stdev(xs), 4) if len(xs) > 1 else 0.0, "n": len(xs)}
@@ -301,7 +332,7 @@ def summarise(res: dict) -> dict:
            "goal": "GAS beats the random mean by >= 2 mIoU points, every arm within budget",
            "all_within_budget": all(v["budget_met"] for v in arms.values())}
     out["goal_met"] = out["gas_minus_random_mean_miou_points"] >= 2.0 and out["all_within_budget"]
-    for k in ("no_ggm", "shared", "softmax"):
+    for k in ("no_ggm", "shared", "softmax", "argmax_s0"):
         if k in arms:
             out[f"gas_minus_{k}_miou_points"] = round(100 * (statistics.mean(gas) - arms[k]["test_miou"]), 2)
     return out
@@ -315,15 +346,18 @@ def table_md(res: dict) -> str:
              f"{res['precision']}; latency at batch {res['latency_batch']}. Budget {res['budget_ms']} ms "
              f"({res['budget_rule']}; space {res['space_lut_ms']['min']}–{res['space_lut_ms']['max']} ms by the LUT). "
              f"CamVid test mIoU after {res['retrain']['epochs']} epochs on train+val (last epoch, no selection on test).",
-             "", "| arm | test mIoU | measured ms | LUT ms | LUT error | within budget | ops weight-free / parametric | "
+             "", "| arm | derivation | test mIoU | measured ms | LUT ms | LUT error | within budget | ops weight-free / parametric | "
                  "argmax LUT ms | op entropy (mean over cells) | GGM shift (max) | search s | arch steps |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for k, v in res["arms"].items():
         ent = f"{sum(v['op_entropy']) / len(v['op_entropy']):.3f}" if "op_entropy" in v else "-"
         shift = f"{max(v['ggm_shift']):.3f}" if "ggm_shift" in v else "-"
         free = sum(n for op, n in v["ops"].items() if not OPS[op].parametric)
         argmax_ms = v.get("derivation", {}).get("argmax_predicted_ms")
-        lines.append(f"| {k} | {100 * v['test_miou']:.1f} | {v['measured_ms']:.2f} | {v['lut_ms']:.2f} | "
+        d = v.get("derivation", {}).get("derivation", "-")
+        if v.get("perturbation"):
+            d += f" ({v['perturbation']['wall_s']:.0f} s)"
+        lines.append(f"| {k} | {d} | {100 * v['test_miou']:.1f} | {v['measured_ms']:.2f} | {v['lut_ms']:.2f} | "
                      f"{100 * v['lut_error']:+.0f} % | {'yes' if v['budget_met'] else 'NO'} | "
                      f"{free} / {sum(v['ops'].values()) - free} | {argmax_ms if argmax_ms is not None else '-'} | {ent} | {shift} | "
                      f"{v.get('search_wall_s', '-')} | {v['steps']['arch_steps'] if 'steps' in v else '-'} |")
