@@ -98,6 +98,9 @@ def run_job(job_id: str, settings: ServiceSettings) -> str:
     """Handle one delivery; returns what happened (for logs and tests)."""
     Session = get_sessionmaker(settings.db_url, settings.db_pool_size)
     wid = worker_id()
+    if STOP.is_set():  # stopping: leave the job to another worker (or to this one after its restart)
+        _dispatch(settings, job_id)
+        return "stopping"
     with Session() as s:
         attempt = sm.claim(s, job_id, wid, settings.tenant_max_running)
         if attempt == sm.DEFERRED:

@@ -90,10 +90,10 @@ def _genotype() -> dict:
 # ------------------------------------------------------------- a stack with small limits (PostgreSQL)
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory, datasets_root):
-    """Wall-clock limit 6 s, job memory 1.5 GiB, one validation job per tenant, uploads stall after
+    """Wall-clock limit 20 s, job memory 1.5 GiB, one validation job per tenant, uploads stall after
     2 s, one running job per tenant, two workers (no device lock: the fairness test needs both)."""
     gen = running_stack("limits", tmp_path_factory, datasets_root, None, job_kind_overrides=FAKE,
-                        job_max_wall_s=6, job_memory_limit_bytes=int(1.5 * 2**30), quota_validation_jobs=1,
+                        job_max_wall_s=20, job_memory_limit_bytes=int(1.5 * 2**30), quota_validation_jobs=1,
                         upload_idle_timeout_s=2, tenant_max_running=1, device_lock="false")
     stack = next(gen)
     stack.start_worker("worker2")
@@ -107,7 +107,7 @@ def test_wall_clock_limit_ends_a_long_job(limited):
     jid = stack.http.post("/api/v1/jobs/search", json=fake_search_body(ds, epochs=100, batch=2)).json()["id"]
     job = stack.wait_status(jid, ("failed", "succeeded"), 60)
     assert job["status"] == "failed", job
-    assert "GAS_JOB_MAX_WALL_S" in job["error"] and "6 s" in job["error"], job["error"]
+    assert "GAS_JOB_MAX_WALL_S" in job["error"] and "20 s" in job["error"], job["error"]
     assert job["attempts"] == 1  # not retried: the limit is a verdict, not a crash
     ev = [e for e in stack.events(jid) if e["type"] == "failed"]
     assert ev and "wall-clock limit" in ev[0]["message"]
