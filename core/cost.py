@@ -51,12 +51,14 @@ ALL_OPS = tuple(OP_PARAMS)  # registry order
 RELU_FIRST = ("skip_connect", "conv_3x3", "sep_conv_3x3", "dil_sep_conv_3x3_r2", "dil_sep_conv_3x3_r4",
               "dil_sep_conv_3x3_r8")  # ops that start with a ReLU of their input (skip: at stride 2)
 FEATURES = ("weights", "input", "stem", "head_proj", "head_fuse", "head_low", "classes", "pre_in", "pre_out", "nodes",
-            "relu_states", *(f"{kind}:{o}" for kind in ("edge", "rsrc", "state") for o in ALL_OPS))
+            "relu_states", "edges", "sep_family", *(f"{kind}:{o}" for kind in ("edge", "rsrc", "state") for o in ALL_OPS))
 """Feature maps of a supernet whose bytes the coefficients weigh (channels x pixels summed):
 ``edge:o``: every edge's output of op ``o`` (at the edge's output resolution); ``rsrc:o``: the
 input of every stride-2 edge of op ``o`` (reduction cells); ``state:o``: every node with out-edges
 once per op ``o`` (work shared by a node's out-edges in batched cells); ``relu_states``: every such
-node once (one ReLU per node); ``nodes``: the cell's node sums; ``weights``: the weight parameters
+node once (one ReLU per node); ``edges``: every edge once (its weighted sum); ``sep_family``: the
+input of every edge once when a separable op is searched (batched cells repeat it per out-edge
+for the family's depthwise convolutions); ``nodes``: the cell's node sums; ``weights``: the weight parameters
 (a convolution saves its weight for backward too); the rest stem, cell inputs and head."""
 
 
@@ -143,9 +145,13 @@ def features(net: dict, ops: list[str], crop: tuple[int, int]) -> tuple[int, int
                 f[f"state:{o}"] += p_src * c
             if relu:
                 f["relu_states"] += p_src * c
+        sep = any(o.startswith(("sep_", "dil_sep_")) for o in ops)
         for i in range(nodes):
             for j in range(2 + i):
                 stride = 2 if red and j < 2 else 1
+                f["edges"] += p_out * c
+                if sep:
+                    f["sep_family"] += (p_in if j < 2 else p_out) * c
                 for o in ops:
                     params += OP_PARAMS[o](c, stride)
                     f[f"edge:{o}"] += p_out * c

@@ -81,10 +81,12 @@ def main() -> None:
     ap.add_argument("--configs", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rows", default="", help="cache of measured rows (JSON): reused when present, written otherwise")
+    ap.add_argument("--extra-rows", default="", help="comma-separated caches of other runs (other seeds) added to the fit set")
     args = ap.parse_args()
+    extra = [json.loads(Path(p).read_text()) for p in args.extra_rows.split(",") if p]
     cache = json.loads(Path(args.rows).read_text()) if args.rows and Path(args.rows).exists() else {}
     rng = random.Random(args.seed)
-    out = {"fitted_to": "core.estimate.estimate_search (meta device)", "configs": args.configs}
+    out = {"fitted_to": "core.estimate.estimate_search (meta device)"}
     for name, batched in (("batched", True), ("per_edge", False)):
         if name in cache:
             rows, held = ([(r[0], tuple(r[1]), *r[2:]) for r in cache[name][k]] for k in ("fit", "held"))
@@ -93,8 +95,11 @@ def main() -> None:
             cache[name] = {"fit": rows, "held": held}
             if args.rows:
                 Path(args.rows).write_text(json.dumps(cache))
+        for more in extra:
+            rows = rows + [(r[0], tuple(r[1]), *r[2:]) for k in ("fit", "held") for r in more.get(name, {}).get(k, [])]
         coef = fit(rows)
         out[name] = coef
+        out[f"{name}_configs"] = len(rows)
         for label, rs in (("fit", rows), ("held-out", held)):
             errs = []
             for spec, crop, saved, wp, ap_ in rs:
