@@ -62,7 +62,7 @@ class ServiceSettings(BaseSettings):
     cancel_grace_s: float = Field(30.0, gt=0, description="After a cancel request, seconds a running job gets to stop at a step boundary before it is killed.")
     progress_min_interval_s: float = Field(1.0, ge=0, description="Minimum seconds between two progress writes of one job (events are always written).")
     job_max_wall_s: float = Field(86400.0, gt=0, description="Longest wall-clock time of one job attempt; past it the job process is stopped and the job ends `failed` with the reason.")
-    job_memory_limit_bytes: int = Field(0, ge=0, description="Memory limit of a job process (RLIMIT_DATA: heap and private writable mappings, which CUDA's address-space reservations are not); 0 = 80 % of the host's RAM. Past it allocations fail and the job ends `failed` naming the limit; the worker survives.")
+    job_memory_limit_bytes: int = Field(0, ge=-1, description="Memory limit of a job process (RLIMIT_DATA: heap and private writable mappings, which CUDA's PROT_NONE address-space reservations are not); 0 = 80 % of the host's RAM, -1 = no limit. Past it allocations fail and the job ends `failed` naming the limit; the worker survives.")
     job_max_memory_bytes: int = Field(80 * 2**30, ge=2**20, description="Cap on a job's estimated training memory (parameters, gradients, optimizer state and saved activations at the requested batch and crop, x1.25; core/cost.py); past it submission is 422 with the estimate. Default: one 80 GB GPU.")
     job_max_pixel_passes: int = Field(10**12, ge=10**6, description="Cap on a job's estimated compute: steps x batch x crop pixels (x2 for the search's weight and architecture steps; a benchmark's iterations x pixels); past it submission is 422 with the estimate. Default: about a day of one 80 GB GPU (~1000x the default CamVid search).")
     tenant_max_running: int = Field(2, ge=1, description="Fairness: most jobs of one tenant running at once across all workers; a worker that receives a job of a tenant at the cap leaves it queued (event `deferred`) and it is sent again when one of that tenant's jobs ends. Set it below the number of workers so one tenant never holds them all.")
@@ -128,7 +128,9 @@ class ServiceSettings(BaseSettings):
         return f"cuda:{visible}" if visible else "cpu"
 
     def job_memory_limit(self) -> int:
-        """Bytes a job process may allocate (``GAS_JOB_MEMORY_LIMIT_BYTES``, 0 = 80 % of the RAM)."""
+        """Bytes a job process may allocate (``GAS_JOB_MEMORY_LIMIT_BYTES``: 0 = 80 % of the RAM; -1 = no limit, returned as 0)."""
+        if self.job_memory_limit_bytes < 0:
+            return 0  # no limit
         if self.job_memory_limit_bytes:
             return self.job_memory_limit_bytes
         try:

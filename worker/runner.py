@@ -140,7 +140,9 @@ def _device_lock(Session, settings: ServiceSettings, job_id: str, attempt: int) 
     settings.lock_path.mkdir(parents=True, exist_ok=True)
     device = settings.device_name()
     name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in device)
-    fd = os.open(settings.lock_path / f"device-{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    host = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in socket.gethostname())
+    # one lock per (host, device): a data dir shared by several machines does not couple their devices
+    fd = os.open(settings.lock_path / f"device-{host}-{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     start = last_beat = time.monotonic()
     waited = False
     while True:
