@@ -51,6 +51,8 @@ MEMORY_ERROR_MARKS = ("can't allocate memory", "cannot allocate memory", "out of
 def memory_reason(exc: BaseException, limit: int) -> str | None:
     """The job's reason when ``exc`` is an allocation failure under the memory limit."""
     text = f"{type(exc).__name__}: {exc}".lower()
+    if "cuda" in text or "gpu" in text:  # the device's memory, not this process's limit: the core's own message
+        return None
     if limit > 0 and (isinstance(exc, MemoryError) or any(m in text for m in MEMORY_ERROR_MARKS)):
         return (f"out of memory: the job process is limited to {limit / 2**30:.2f} GiB "
                 "(GAS_JOB_MEMORY_LIMIT_BYTES); lower the batch size, the crop or the network's channels")
