@@ -31,7 +31,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _die_with_parent() -> None:
-    """Linux: the child gets SIGTERM when the embedded launcher dies, even by SIGKILL."""
+    """Linux: the child gets SIGTERM when the embedded launcher dies, even by SIGKILL (the worker
+    then hands its running job back and exits; its own job process dies with it). The worker also
+    watches its parent pid (GAS_PARENT_PID) as a fallback."""
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -65,7 +67,7 @@ class Supervised:
                 if not self.stopping:
                     self.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
         self.stopping = True
         if self.proc is None or self.proc.poll() is not None:
             return
@@ -109,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                GAS_ARTIFACT_DIR=str(settings.artifacts_path), GAS_WORK_DIR=str(settings.work_path),
                GAS_LUT_DIR=str(settings.lut_path))
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["GAS_PARENT_PID"] = str(os.getpid())  # the worker's watchdog: stop when this launcher is gone
     upgrade(settings.db_url)
     _first_key(settings)
     logs = data / "logs"

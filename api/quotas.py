@@ -5,7 +5,10 @@ submissions of one tenant are counted one after the other):
 - concurrent jobs (queued + running + cancelling search/retrain/benchmark jobs): past the cap the
   submission is answered 429 with ``Retry-After``;
 - stored bytes (artifacts + uploaded datasets not deleted): past the cap new jobs (and new
-  datasets, whose validation job goes through the same path) are answered 409.
+  datasets, whose validation job goes through the same path) are answered 409;
+- validation jobs (queued + running, one per registration or upload): past
+  ``GAS_QUOTA_VALIDATION_JOBS`` a registration is answered 429 with ``Retry-After``; an upload is
+  checked before it streams (:func:`precheck_upload`, with its declared size against the storage quota).
 
 Caps come from the tenant row (``max_concurrent_jobs``, ``max_storage_bytes``) or, where NULL, from
 ``GAS_QUOTA_CONCURRENT_JOBS`` / ``GAS_QUOTA_STORAGE_BYTES``.
@@ -16,6 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from storage import jobs as sm
+from storage.datasets import VALIDATE_KIND
 from storage.models import Artifact, Dataset, Job, Tenant
 from storage.settings import ServiceSettings
 
@@ -49,9 +53,28 @@ def limits(s: Session, settings: ServiceSettings, tenant: str, *, lock: bool = F
     return int(jobs), int(size)
 
 
-def active_jobs(s: Session, tenant: str) -> int:
+def active_jobs(s: Session, tenant: str, kinds: tuple[str, ...] = USER_KINDS) -> int:
     return int(s.scalar(select(func.count()).select_from(Job).where(
-        Job.tenant_id == tenant, Job.kind.in_(USER_KINDS), Job.status.in_(ACTIVE))) or 0)
+        Job.tenant_id == tenant, Job.kind.in_(kinds), Job.status.in_(ACTIVE))) or 0)
+
+
+def precheck_upload(s: Session, settings: ServiceSettings, tenant: str, declared: int | None) -> None:
+    """Before an upload is streamed: a tenant whose validation slots are full (429), or whose stored
+    bytes plus the declared size would pass the storage quota (409), is refused at once (the
+    extracted size is charged again after extraction; this stops a doomed upload from streaming)."""
+    max_jobs, max_bytes = limits(s, settings, tenant)
+    n = active_jobs(s, tenant, (VALIDATE_KIND,))
+    if n >= settings.quota_validation_jobs:
+        raise Problem(429, f"validation jobs quota reached: {n} datasets of this tenant are being validated, the "
+                           f"quota is {settings.quota_validation_jobs}; retry when one is ready",
+                      type_="/problems/quota-validation-jobs", headers={"Retry-After": str(settings.quota_retry_after_s)},
+                      quota="validation_jobs", limit=settings.quota_validation_jobs, used=n)
+    used = stored_bytes(s, tenant)
+    if declared is not None and used + declared > max_bytes:
+        raise Problem(409, f"storage quota exceeded: {used} bytes stored and the upload declares {declared} bytes, "
+                           f"the quota is {max_bytes} bytes; delete datasets or ask for a larger quota",
+                      type_="/problems/quota-storage", quota="storage_bytes", limit=max_bytes, used=used,
+                      declared=declared)
 
 
 def stored_bytes(s: Session, tenant: str) -> int:
@@ -74,6 +97,14 @@ def enforce(s: Session, settings: ServiceSettings, tenant: str, kind: str, idem_
         raise Problem(409, f"storage quota exceeded: {used} bytes stored, the quota is {max_bytes} bytes; "
                            "delete datasets or ask for a larger quota", type_="/problems/quota-storage",
                       quota="storage_bytes", limit=max_bytes, used=used)
+    if kind == VALIDATE_KIND:  # a registration: its validation job counts against its own cap
+        n = active_jobs(s, tenant, (VALIDATE_KIND,))
+        if n >= settings.quota_validation_jobs:
+            raise Problem(429, f"validation jobs quota reached: {n} datasets of this tenant are being validated, the "
+                               f"quota is {settings.quota_validation_jobs}; retry when one is ready",
+                          type_="/problems/quota-validation-jobs",
+                          headers={"Retry-After": str(settings.quota_retry_after_s)},
+                          quota="validation_jobs", limit=settings.quota_validation_jobs, used=n)
     if kind in USER_KINDS:
         n = active_jobs(s, tenant)
         if n >= max_jobs:

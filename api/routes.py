@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from storage.db import get_sessionmaker
 from storage.settings import PAGE_SIZE_LIMIT
 
+from . import costs, quotas
 from . import services as svc
 from .auth import Authenticated
 from .deps import ReaderDep, SessionDep, SettingsDep, StoreDep, TenantAsyncDep, TenantDep
@@ -27,7 +28,7 @@ PROBLEM_RESPONSES = {code: {"content": {PROBLEM: {}}, "description": desc} for c
                       409: "Conflict, or the tenant's storage quota is used up (problem+json)",
                       413: "Request body larger than GAS_JSON_MAX_BYTES (problem+json)",
                       422: "Invalid request (problem+json)",
-                      429: "The tenant's concurrent-jobs quota is reached (problem+json, Retry-After)",
+                      429: "A quota of the tenant is reached: concurrent jobs, or validation jobs for a registration (problem+json, Retry-After)",
                       503: "The database is unreachable (problem+json, Retry-After)"}.items()}
 AUTH_RESPONSES = {401: PROBLEM_RESPONSES[401], 503: PROBLEM_RESPONSES[503]}
 IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
@@ -71,9 +72,17 @@ UPLOAD_BODY = {"requestBody": {"required": True, "description": "The archive: zi
 @api.post("/datasets/uploads", status_code=201, response_model=DatasetOut, tags=["datasets"],
           summary="Upload an archive as a dataset (streamed; 413 past the cap; same archive = same dataset)",
           openapi_extra=UPLOAD_BODY, responses={200: {"model": DatasetOut, "description": "The same archive was already uploaded"},
-                                                413: {"content": {PROBLEM: {}}, "description": "Upload too large"}})
+                                                413: {"content": {PROBLEM: {}}, "description": "Upload too large"},
+                                                408: {"content": {PROBLEM: {}}, "description": "Upload stalled or too slow (GAS_UPLOAD_IDLE_TIMEOUT_S, GAS_UPLOAD_MAX_DURATION_S)"}})
 async def upload_dataset(request: Request, params: Annotated[DatasetUploadParams, Query()], settings: SettingsDep,
                          tenant: TenantAsyncDep):
+    declared = request.headers.get("content-length")
+
+    def precheck() -> None:  # quotas before a byte is streamed (validation slots, declared size)
+        with get_sessionmaker(settings.db_url, settings.db_pool_size)() as s:
+            quotas.precheck_upload(s, settings, tenant, int(declared) if declared and declared.isdigit() else None)
+
+    await run_in_threadpool(precheck)
     tmp, sha, size = await svc.receive_upload(request, settings)
 
     def register() -> tuple[dict, bool]:
@@ -123,6 +132,7 @@ def submit_search(body: SearchJobCreate, s: SessionDep, settings: SettingsDep, t
     if (job := svc.find_idempotent(s, tenant, idempotency_key, "search", payload)) is not None:
         return _accepted(job, False)
     spec, ds = svc.build_search_spec(s, tenant, body)
+    costs.check_search(settings, spec, ds)  # 422 with the estimate past GAS_JOB_MAX_MEMORY_BYTES/_PIXEL_PASSES
     job, created = svc.create_job(s, settings, tenant, kind="search", spec=spec, payload=payload,
                                   idem_key=idempotency_key, dataset_id=ds.id)
     return _accepted(job, created)
@@ -136,6 +146,7 @@ def submit_retrain(body: RetrainJobCreate, s: SessionDep, settings: SettingsDep,
     if (job := svc.find_idempotent(s, tenant, idempotency_key, "retrain", payload)) is not None:
         return _accepted(job, False)
     spec, ds, parent = svc.build_retrain_spec(s, tenant, body)
+    costs.check_retrain(settings, spec, ds)
     job, created = svc.create_job(s, settings, tenant, kind="retrain", spec=spec, payload=payload,
                                   idem_key=idempotency_key, dataset_id=ds.id, parent_job_id=parent)
     return _accepted(job, created)
@@ -149,6 +160,7 @@ def submit_benchmark(body: BenchmarkJobCreate, s: SessionDep, settings: Settings
     if (job := svc.find_idempotent(s, tenant, idempotency_key, "benchmark", payload)) is not None:
         return _accepted(job, False)
     spec, parent = svc.build_benchmark_spec(s, tenant, body)
+    costs.check_benchmark(settings, spec)
     job, created = svc.create_job(s, settings, tenant, kind="benchmark", spec=spec, payload=payload,
                                   idem_key=idempotency_key, parent_job_id=parent)
     return _accepted(job, created)

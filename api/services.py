@@ -3,10 +3,12 @@
 Handlers stay thin: they parse, call one function here, and shape the response."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import shutil
+import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -113,9 +115,25 @@ async def receive_upload(request: Request, settings: ServiceSettings) -> tuple[P
     incoming.mkdir(parents=True, exist_ok=True)
     tmp = incoming / uuid.uuid4().hex
     digest, size = hashlib.sha256(), 0
+    started = time.monotonic()
+    stream = request.stream().__aiter__()
     try:
         with open(tmp, "wb") as out:
-            async for chunk in request.stream():
+            while True:
+                # a stalled or slow-dripping client cannot hold the connection and the partial file
+                left = settings.upload_max_duration_s - (time.monotonic() - started)
+                wait = min(settings.upload_idle_timeout_s, left)
+                try:
+                    chunk = await asyncio.wait_for(stream.__anext__(), timeout=max(wait, 0.001))
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    stalled = left > settings.upload_idle_timeout_s
+                    raise Problem(408, (f"upload stalled: no data for {settings.upload_idle_timeout_s:g} s "
+                                        "(GAS_UPLOAD_IDLE_TIMEOUT_S)") if stalled else
+                                  (f"upload took longer than {settings.upload_max_duration_s:g} s "
+                                   "(GAS_UPLOAD_MAX_DURATION_S)"), type_="/problems/upload-timeout",
+                                  headers={"Connection": "close"}, received_bytes=size) from None
                 size += len(chunk)
                 if size > settings.upload_max_bytes:
                     raise Problem(413, f"upload larger than {settings.upload_max_bytes} bytes",
@@ -144,7 +162,8 @@ def register_upload(s: Session, settings: ServiceSettings, tenant: str, params: 
         if target.exists():  # left by a deleted dataset or an interrupted registration
             shutil.rmtree(target)
         limits = ExtractLimits(settings.archive_max_members, settings.archive_max_total_bytes, settings.archive_max_ratio,
-                               settings.archive_max_member_depth, settings.archive_max_name_bytes)
+                               settings.archive_max_member_ratio, settings.archive_max_member_depth,
+                               settings.archive_max_name_bytes)
         try:
             extract_archive(tmp, target, limits)
         except ArchiveRefused as exc:

@@ -3,7 +3,8 @@
 Refused: members outside the target (absolute paths, drive letters, ``..``, backslashes, NUL),
 symlinks, hard links, devices and FIFOs, nested archives, more than ``max_members`` members, more
 than ``max_total_bytes`` uncompressed (counted while extracting, never trusting headers), and a
-compression ratio above ``max_ratio``. Everything is extracted into a temporary sibling of the
+compression ratio above ``max_ratio`` (the whole archive) or ``max_member_ratio`` (one member, once it
+passed its first MiB: a bomb hidden among incompressible files). Everything is extracted into a temporary sibling of the
 target and renamed into place only when the whole archive passed, so a refused archive leaves
 nothing behind. The client's file name plays no part: the kind is read from the magic bytes.
 """
@@ -16,7 +17,7 @@ import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Callable
 
 from core.redact import redact_text
 
@@ -26,6 +27,9 @@ NESTED_SUFFIXES = (".zip", ".tar", ".tgz", ".gz", ".bz2", ".xz", ".zst", ".7z", 
 _MAGICS = (b"PK\x03\x04", b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"7z\xbc\xaf\x27\x1c", b"Rar!", b"\x28\xb5\x2f\xfd")
 
 
+MEMBER_RATIO_MIN_BYTES = 1 << 20
+"""A member's own compression ratio is checked once it has expanded past this many bytes (small
+members of any ratio cannot do harm; the read-ahead of a gzip stream blurs small members' figures)."""
 NAME_COMPONENT_MAX_BYTES = 255
 """Longest file or directory name inside an archive (the usual filesystem limit)."""
 
@@ -35,6 +39,7 @@ class ExtractLimits:
     max_members: int = 100_000
     max_total_bytes: int = 20 * 2**30
     max_ratio: float = 200.0
+    max_member_ratio: float = 200.0  # one member's uncompressed/compressed bytes, past its first MEMBER_RATIO_MIN_BYTES
     max_depth: int = 32  # directories a member name may have
     max_name_bytes: int = 1024  # UTF-8 bytes of a whole member name
 
@@ -111,15 +116,23 @@ class _Extractor:
         if self.members > self.limits.max_members:
             raise ArchiveRefused("too_many_members", f"more than {self.limits.max_members} members")
 
-    def write(self, rel: PurePosixPath, src: IO[bytes]) -> None:
+    def write(self, rel: PurePosixPath, src: IO[bytes], packed: Callable[[], int] | None = None) -> None:
+        """Copy one member; ``packed()`` gives the compressed bytes this member has used so far
+        (None: stored uncompressed), for the per-member ratio."""
         target = self.tmp.joinpath(*rel.parts)
         target.parent.mkdir(parents=True, exist_ok=True)
         first = True
+        written = 0
         with open(target, "xb") as out:  # "x": a duplicate member name cannot overwrite
             for chunk in iter(lambda: src.read(COPY_CHUNK), b""):
                 if first and _is_nested_archive(rel.name, chunk[:8]):
                     raise ArchiveRefused("nested_archive", f"member {str(rel)!r} is itself an archive")
                 first = False
+                written += len(chunk)
+                if packed is not None and written > MEMBER_RATIO_MIN_BYTES and \
+                        written / max(packed(), 1) > self.limits.max_member_ratio:
+                    raise ArchiveRefused("compression_ratio", f"member {str(rel)!r} expands more than "
+                                         f"{self.limits.max_member_ratio:g} times its compressed size")
                 self.total += len(chunk)
                 if self.total > self.limits.max_total_bytes:
                     raise ArchiveRefused("too_large", f"uncompressed size exceeds {self.limits.max_total_bytes} bytes")
@@ -150,8 +163,18 @@ def _extract_zip(archive: Path, ex: _Extractor) -> None:
             if info.is_dir():
                 ex.mkdir(rel)
                 continue
-            with zf.open(info) as src:
-                ex.write(rel, src)
+            with zf.open(info) as src:  # zipfile reads at most compress_size bytes of this member
+                ex.write(rel, src, None if info.compress_type == zipfile.ZIP_STORED else lambda: info.compress_size)
+
+
+def _gz_position(tf: tarfile.TarFile, ex: _Extractor) -> Callable[[], int]:
+    """Compressed bytes of a tar.gz read since this member started (the raw file's position; the
+    decompressor's read-ahead makes it an over-estimate by a few tens of KiB)."""
+    raw = getattr(tf.fileobj, "fileobj", None)
+    if raw is None:
+        return lambda: ex.archive_bytes
+    start = raw.tell()
+    return lambda: raw.tell() - start
 
 
 def _extract_tar(archive: Path, ex: _Extractor, mode: str) -> None:
@@ -172,7 +195,7 @@ def _extract_tar(archive: Path, ex: _Extractor, mode: str) -> None:
             if src is None:
                 raise ArchiveRefused("special_file", f"member {info.name!r} has no data")
             with src:
-                ex.write(rel, src)
+                ex.write(rel, src, _gz_position(tf, ex) if mode == "r:gz" else None)
 
 
 def extract_archive(archive: str | Path, target: str | Path, limits: ExtractLimits = ExtractLimits()) -> ExtractResult:

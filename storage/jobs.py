@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from core.redact import redact, redact_text
@@ -87,10 +87,46 @@ def mark_dispatched(s: Session, job_id: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ worker side
-def claim(s: Session, job_id: str, worker_id: str) -> int | None:
+DEFERRED = "deferred"
+COUNTED_RUNNING = (RUNNING, CANCELLING)
+
+
+def write_lock(s: Session, key: str) -> None:
+    """Serialise this transaction with others on ``key``: SQLite takes the database write lock
+    (``BEGIN IMMEDIATE``), PostgreSQL a transaction-scoped advisory lock on the key's hash."""
+    conn = s.connection()
+    if conn.dialect.name == "sqlite":
+        if not conn.connection.dbapi_connection.in_transaction:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+    elif conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
+
+
+def claim(s: Session, job_id: str, worker_id: str, tenant_max_running: int | None = None) -> int | str | None:
     """Conditionally move queued -> running; returns the new attempt number, or None (duplicate
-    delivery, cancelled, finished, or already held by another worker)."""
+    delivery, cancelled, finished, or already held by another worker), or :data:`DEFERRED` when
+    the job's tenant already has ``tenant_max_running`` jobs running (fairness: the job stays
+    queued, event ``deferred``; :func:`deferred_jobs` finds it when one of them ends)."""
     now = utcnow()
+    if tenant_max_running is not None:
+        head = s.execute(select(Job.tenant_id, Job.status).where(Job.id == job_id)).first()
+        if head is None or head.status != QUEUED:
+            s.rollback()
+            return None
+        write_lock(s, f"claim:{head.tenant_id}")  # two workers cannot both take the tenant's last slot
+        running = s.scalar(select(func.count()).select_from(Job).where(
+            Job.tenant_id == head.tenant_id, Job.status.in_(COUNTED_RUNNING))) or 0
+        if running >= tenant_max_running:
+            res = s.execute(update(Job).where(Job.id == job_id, Job.status == QUEUED).values(dispatched_at=now))
+            if res.rowcount != 1:
+                s.rollback()
+                return None
+            add_event(s, s.get(Job, job_id), DEFERRED,
+                      f"waiting: the tenant already has {running} running job(s), the most one tenant may run "
+                      f"at once is {tenant_max_running}; it starts when one of them ends",
+                      {"running": int(running), "limit": tenant_max_running, "worker": worker_id})
+            s.commit()
+            return DEFERRED
     row = s.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == QUEUED, Job.attempts < Job.max_attempts)
@@ -152,6 +188,44 @@ def release_for_retry(s: Session, job_id: str, attempt: int, reason: str) -> str
     if job is None or job.attempts != attempt or job.status not in ACTIVE:
         return None
     return _retry_or_fail(s, job, reason)
+
+
+def hand_back(s: Session, job_id: str, attempt: int, reason: str) -> str | None:
+    """A graceful stop of the worker (SIGTERM) or a device that stayed busy: the attempt is given
+    back without being charged (``max_attempts`` grows by one, so the job keeps every attempt it
+    had; the attempt numbers stay unique, which the fencing needs). running -> queued; a job whose
+    cancel was pending ends ``cancelled``. Returns the new status, or None when the attempt no
+    longer held the job."""
+    job = s.get(Job, job_id)
+    if job is None or job.attempts != attempt or job.status not in ACTIVE:
+        return None
+    now = utcnow()
+    if job.status == CANCELLING:
+        new, values, msg = CANCELLED, dict(status=CANCELLED, finished_at=now, error=None), f"cancelled ({reason})"
+    else:
+        new = QUEUED
+        values = dict(status=QUEUED, worker_id=None, dispatched_at=None, max_attempts=Job.max_attempts + 1)
+        msg = f"attempt {attempt} handed back, not counted: {reason}"
+    res = s.execute(update(Job).where(_fenced(job_id, attempt)).values(updated_at=now, **values))
+    if res.rowcount != 1:
+        s.rollback()
+        return None
+    add_event(s, job, "handed_back" if new == QUEUED else new, msg, {"reason": redact_text(reason)}, attempt=attempt)
+    s.commit()
+    return new
+
+
+def deferred_jobs(s: Session, tenant_id: str, tenant_max_running: int) -> list[str]:
+    """Queued jobs of ``tenant_id`` that a worker deferred (fairness), oldest first, as many as the
+    tenant has free running slots: the ones to send again now that a slot is free."""
+    running = s.scalar(select(func.count()).select_from(Job).where(
+        Job.tenant_id == tenant_id, Job.status.in_(COUNTED_RUNNING))) or 0
+    free = tenant_max_running - int(running)
+    if free <= 0:
+        return []
+    deferred = select(JobEvent.id).where(JobEvent.job_id == Job.id, JobEvent.type == DEFERRED).exists()
+    return list(s.scalars(select(Job.id).where(Job.tenant_id == tenant_id, Job.status == QUEUED, deferred)
+                          .order_by(Job.created_at, Job.id).limit(free)))
 
 
 def _retry_or_fail(s: Session, job: Job, reason: str) -> str | None:

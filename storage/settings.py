@@ -6,6 +6,7 @@ prints them as the markdown table that docs/SERVICE.md embeds.
 from __future__ import annotations
 
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -37,6 +38,9 @@ class ServiceSettings(BaseSettings):
     archive_max_members: int = Field(200_000, ge=1, description="Most members an uploaded archive may hold.")
     archive_max_total_bytes: int = Field(40 * 2**30, ge=1, description="Most uncompressed bytes an archive may expand to (counted while extracting).")
     archive_max_ratio: float = Field(200.0, gt=1, description="Highest accepted uncompressed/compressed size ratio of an archive.")
+    archive_max_member_ratio: float = Field(200.0, gt=1, description="Highest accepted uncompressed/compressed ratio of one archive member (checked while it expands, past its first MiB), so one bomb cannot hide among incompressible files.")
+    upload_idle_timeout_s: float = Field(60.0, gt=0, le=3600, description="An upload that sends no byte for this long is answered 408 and its partial file removed (a stalled client cannot hold a connection and disk).")
+    upload_max_duration_s: float = Field(6 * 3600.0, gt=0, description="An upload still streaming after this long is answered 408 and removed (a slow-drip client cannot hold it forever).")
     archive_max_member_depth: int = Field(32, ge=1, le=1024, description="Most directories an archive member's name may have (deeper: 422 `too_deep`).")
     archive_max_name_bytes: int = Field(1024, ge=16, le=4096, description="Longest archive member name in UTF-8 bytes (longer, or a component over 255 bytes: 422 `name_too_long`).")
     validation_max_bad_per_kind: int = Field(20, ge=1, description="Bad files listed per kind of problem in a validation report.")
@@ -45,6 +49,7 @@ class ServiceSettings(BaseSettings):
     # --- tenants, API keys, quotas -----------------------------------------------------------
     quota_concurrent_jobs: int = Field(16, ge=1, description="Default per-tenant cap on queued + running jobs (search, retrain, benchmark); past it 429 + Retry-After. A tenant row can override it.")
     quota_storage_bytes: int = Field(100 * 2**30, ge=0, description="Default per-tenant cap on stored bytes (artifacts + uploaded datasets); past it new jobs and uploads are refused with 409. A tenant row can override it.")
+    quota_validation_jobs: int = Field(4, ge=1, description="Per-tenant cap on queued + running validation jobs (one per dataset registration or upload); past it the registration is answered 429 + Retry-After.")
     quota_retry_after_s: int = Field(30, ge=1, description="Retry-After (seconds) of a 429 answered for the concurrent-jobs quota.")
     auth_cache_ttl_s: float = Field(5.0, ge=0, description="Seconds an API process trusts a verified key without asking the database again (a revoked key stops working within this; 0 = always ask).")
 
@@ -56,6 +61,14 @@ class ServiceSettings(BaseSettings):
     sweep_interval_s: float = Field(15.0, gt=0, description="Period of the sweeper loop.")
     cancel_grace_s: float = Field(30.0, gt=0, description="After a cancel request, seconds a running job gets to stop at a step boundary before it is killed.")
     progress_min_interval_s: float = Field(1.0, ge=0, description="Minimum seconds between two progress writes of one job (events are always written).")
+    job_max_wall_s: float = Field(86400.0, gt=0, description="Longest wall-clock time of one job attempt; past it the job process is stopped and the job ends `failed` with the reason.")
+    job_memory_limit_bytes: int = Field(0, ge=-1, description="Memory limit of a job process (RLIMIT_DATA: heap and private writable mappings, which CUDA's PROT_NONE address-space reservations are not); 0 = 80 % of the host's RAM, -1 = no limit. Past it allocations fail and the job ends `failed` naming the limit; the worker survives.")
+    job_max_memory_bytes: int = Field(80 * 2**30, ge=2**20, description="Cap on a job's estimated training memory (parameters, gradients, optimizer state and saved activations at the requested batch and crop, x1.25; core/cost.py); past it submission is 422 with the estimate. Default: one 80 GB GPU.")
+    job_max_pixel_passes: int = Field(10**12, ge=10**6, description="Cap on a job's estimated compute: steps x batch x crop pixels (x2 for the search's weight and architecture steps; a benchmark's iterations x pixels); past it submission is 422 with the estimate. Default: about a day of one 80 GB GPU (~1000x the default CamVid search).")
+    tenant_max_running: int = Field(2, ge=1, description="Fairness: most jobs of one tenant running at once across all workers; a worker that receives a job of a tenant at the cap leaves it queued (event `deferred`) and it is sent again when one of that tenant's jobs ends. Set it below the number of workers so one tenant never holds them all.")
+    device_lock: bool = Field(True, description="Workers on one host take an exclusive lock per device (GAS_DEVICE_ID) for search, retrain and benchmark jobs, held by the job process itself, so one device never runs two measuring jobs at once (not even an orphaned one).")
+    device_id: str = Field("", description="Name of the device this worker uses for the device lock; empty = `cuda:<CUDA_VISIBLE_DEVICES>` when that is set, else `cpu`.")
+    device_lock_wait_s: float = Field(600.0, gt=0, description="How long a claimed job waits for its device lock (heart-beating) before it is handed back, uncharged, for later.")
     job_kind_overrides: str = Field("", description="TESTS ONLY: JSON map kind -> 'module:function' replacing the core entry point of a job kind.")
     worker_pool: str = Field("solo", description="Celery pool of `python -m worker` (solo: one job per worker process, the GPU-per-worker model).")
     worker_concurrency: int = Field(1, ge=1, description="Celery concurrency of `python -m worker` (keep 1 per GPU).")
@@ -102,6 +115,28 @@ class ServiceSettings(BaseSettings):
 
     def kind_overrides(self) -> dict[str, str]:
         return json.loads(self.job_kind_overrides) if self.job_kind_overrides else {}
+
+    @property
+    def lock_path(self) -> Path:
+        """Device locks of the workers of this host (under the data dir)."""
+        return (self.data_dir / "locks").resolve()
+
+    def device_name(self) -> str:
+        if self.device_id:
+            return self.device_id
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+        return f"cuda:{visible}" if visible else "cpu"
+
+    def job_memory_limit(self) -> int:
+        """Bytes a job process may allocate (``GAS_JOB_MEMORY_LIMIT_BYTES``: 0 = 80 % of the RAM; -1 = no limit, returned as 0)."""
+        if self.job_memory_limit_bytes < 0:
+            return 0  # no limit
+        if self.job_memory_limit_bytes:
+            return self.job_memory_limit_bytes
+        try:
+            return int(0.8 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        except (ValueError, OSError, AttributeError):
+            return 0
 
     def ensure_dirs(self) -> None:
         for p in (self.data_dir, self.artifacts_path, self.work_path, self.lut_path, self.upload_path, self.cache_path):

@@ -131,3 +131,26 @@ def test_a_clean_camvid_subset_extracts(tmp_path, camvid_dir, fmt):
     assert res.kind == fmt and res.files == 4
     assert (tmp_path / "data" / "ds" / "camvid" / "train" / files[0].name).read_bytes() == files[0].read_bytes()
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["ds"]
+
+
+def test_one_member_bomb_among_incompressible_members_is_refused(tmp_path):
+    """The whole archive's ratio passes (incompressible members dilute it); one member's does not."""
+    for kind in ("zip", "tar.gz"):
+        arc = tmp_path / f"bomb.{kind}"
+        members = {"d/noise1.bin": os.urandom(400_000), "d/noise2.bin": os.urandom(400_000),
+                   "d/bomb.bin": bytes(40 * 2**20)}
+        if kind == "zip":
+            with zipfile.ZipFile(arc, "w", zipfile.ZIP_DEFLATED) as zf:
+                for name, data in members.items():
+                    zf.writestr(name, data)
+        else:
+            with tarfile.open(arc, "w:gz") as tf:
+                for name, data in members.items():
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+        assert sum(map(len, members.values())) / arc.stat().st_size < 200
+        exc = _refused(tmp_path, arc, "compression_ratio")
+        assert "bomb.bin" in str(exc)
+        # a looser per-member limit lets the same archive through
+        extract_archive(arc, tmp_path / f"ok-{kind}", ExtractLimits(max_member_ratio=5000))

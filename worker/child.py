@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -19,7 +20,48 @@ import traceback
 from worker.kinds import NEEDS_DATA_CACHE, NEEDS_LUT_DIR, resolve
 
 
+def die_with_parent(parent_pid: int | None, sig: int = signal.SIGKILL) -> None:
+    """Linux: this process gets ``sig`` when the process that started it dies (PR_SET_PDEATHSIG),
+    even by SIGKILL; if that happened already (we were re-parented before the call), exit now."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(sig))  # PR_SET_PDEATHSIG
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(75)
+
+
+def limit_memory(limit: int) -> None:
+    """RLIMIT_DATA (heap, brk and private writable mappings; CUDA's PROT_NONE address-space
+    reservations do not count, unlike RLIMIT_AS): past it allocations fail in this process only."""
+    if limit <= 0:
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+
+
+MEMORY_ERROR_MARKS = ("can't allocate memory", "cannot allocate memory", "out of memory", "not enough memory",
+                      "std::bad_alloc")
+
+
+def memory_reason(exc: BaseException, limit: int) -> str | None:
+    """The job's reason when ``exc`` is an allocation failure under the memory limit."""
+    text = f"{type(exc).__name__}: {exc}".lower()
+    if "cuda" in text or "gpu" in text:  # the device's memory, not this process's limit: the core's own message
+        return None
+    if limit > 0 and (isinstance(exc, MemoryError) or any(m in text for m in MEMORY_ERROR_MARKS)):
+        return (f"out of memory: the job process is limited to {limit / 2**30:.2f} GiB "
+                "(GAS_JOB_MEMORY_LIMIT_BYTES); lower the batch size, the crop or the network's channels")
+    return None
+
+
 def main() -> int:
+    parent = os.environ.get("GAS_JOB_PARENT_PID")
+    die_with_parent(int(parent) if parent and parent.isdigit() else None)
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints of the job go to the log, not into the protocol
     sys.stdout = sys.stderr
@@ -32,6 +74,8 @@ def main() -> int:
             proto.flush()
 
     job = json.loads(sys.stdin.readline())
+    memory_limit = int(job.get("memory_limit_bytes") or 0)
+    limit_memory(memory_limit)
     # nothing the child reports (progress, errors) carries a server path: the job's known roots
     # become labels, any other absolute path its last component (core.redact, torch-free)
     from core.redact import job_roots, redact, redact_text
@@ -66,7 +110,9 @@ def main() -> int:
         if (Cancelled is not None and isinstance(exc, Cancelled)) or type(exc).__name__ == "Cancelled":
             send({"t": "cancelled"})
             return 0
-        send({"t": "error", "error": redact_text(f"{type(exc).__name__}: {exc}", roots),
+        oom = memory_reason(exc, memory_limit)
+        msg = f"{oom} ({type(exc).__name__})" if oom else f"{type(exc).__name__}: {exc}"
+        send({"t": "error", "error": redact_text(msg, roots),
               "traceback": traceback.format_exc()})  # the traceback goes to the worker's own log only
         return 1
     send({"t": "result", "result": result if isinstance(result, dict) else {"value": result}})

@@ -28,6 +28,11 @@ from .kinds import target_for
 
 log = logging.getLogger("gas.worker")
 REPO_ROOT = Path(__file__).resolve().parent.parent
+MEASURING_KINDS = ("search", "retrain", "benchmark")
+"""Kinds that time networks on the device: never two at once on one device (the device lock)."""
+STOP = threading.Event()
+"""Set when this worker is asked to stop (SIGTERM/SIGINT through Celery's ``worker_shutting_down``,
+or the parent watchdog of ``python -m worker``): the running job is handed back, uncharged."""
 
 
 def worker_id() -> str:
@@ -37,14 +42,16 @@ def worker_id() -> str:
 class Child:
     """The supervised child process of one attempt."""
 
-    def __init__(self, job_msg: dict, log_path: Path):
+    def __init__(self, job_msg: dict, log_path: Path, pass_fds: tuple[int, ...] = ()):
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env["GAS_JOB_PARENT_PID"] = str(os.getpid())  # the child dies with this process (worker.child)
         self.log_file = open(log_path, "ab")
+        # pass_fds: the device lock travels with the job process (held until it exits, even orphaned)
         self.proc = subprocess.Popen([sys.executable, "-m", "worker.child"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.log_file, env=env, cwd=str(REPO_ROOT),
-                                     start_new_session=True)
+                                     start_new_session=True, pass_fds=pass_fds)
         self.lines: queue.Queue[dict | None] = queue.Queue()
         self._send(json.dumps(job_msg))
         threading.Thread(target=self._read, daemon=True).start()
@@ -91,8 +98,14 @@ def run_job(job_id: str, settings: ServiceSettings) -> str:
     """Handle one delivery; returns what happened (for logs and tests)."""
     Session = get_sessionmaker(settings.db_url, settings.db_pool_size)
     wid = worker_id()
+    if STOP.is_set():  # stopping: leave the job to another worker (or to this one after its restart)
+        _dispatch(settings, job_id)
+        return "stopping"
     with Session() as s:
-        attempt = sm.claim(s, job_id, wid)
+        attempt = sm.claim(s, job_id, wid, settings.tenant_max_running)
+        if attempt == sm.DEFERRED:
+            log.info("job %s deferred: its tenant is at GAS_TENANT_MAX_RUNNING", job_id)
+            return "deferred"
         if attempt is None:
             job = s.get(Job, job_id)
             if job is not None:
@@ -104,18 +117,87 @@ def run_job(job_id: str, settings: ServiceSettings) -> str:
             return "not-claimed"
         job = s.get(Job, job_id)
         kind, spec, tenant = job.kind, job.spec, job.tenant_id
+    try:
+        return _run_claimed(Session, settings, job_id, attempt, kind, spec, tenant)
+    finally:
+        _wake_deferred(Session, settings, tenant)
+
+
+def _hand_back(Session, settings: ServiceSettings, job_id: str, attempt: int, reason: str) -> str:
+    with Session() as s:
+        new = sm.hand_back(s, job_id, attempt, reason)
+    if new == sm.QUEUED:
+        _dispatch(settings, job_id)
+    log.info("job %s attempt %d handed back (%s): %s", job_id, attempt, reason, new)
+    return f"handed-back->{new}"
+
+
+def _device_lock(Session, settings: ServiceSettings, job_id: str, attempt: int) -> tuple[int | None, str | None]:
+    """Take this worker's device lock (an exclusive flock that the job process inherits), heart-beating
+    while another job holds it. Returns (fd, None), or (None, why) when the job must be handed back."""
+    import fcntl
+
+    settings.lock_path.mkdir(parents=True, exist_ok=True)
+    device = settings.device_name()
+    name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in device)
+    host = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in socket.gethostname())
+    # one lock per (host, device): a data dir shared by several machines does not couple their devices
+    fd = os.open(settings.lock_path / f"device-{host}-{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    start = last_beat = time.monotonic()
+    waited = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd, None
+        except BlockingIOError:
+            pass
+        now = time.monotonic()
+        if not waited:
+            waited = True
+            with Session() as s:
+                sm.add_event(s, job_id, "device_busy", f"waiting for device {device}: another job measures on it",
+                             {"device": device}, attempt=attempt)
+                s.commit()
+        if STOP.is_set() or now - start > settings.device_lock_wait_s:
+            os.close(fd)
+            return None, ("the worker is stopping" if STOP.is_set() else
+                          f"device {device} stayed busy for {settings.device_lock_wait_s:g} s")
+        if now - last_beat >= settings.heartbeat_interval_s:
+            last_beat = now
+            try:
+                with Session() as s:
+                    if sm.heartbeat(s, job_id, attempt) is None:
+                        os.close(fd)
+                        return None, "lost-lease"
+            except OperationalError:
+                pass
+        time.sleep(0.2)
+
+
+def _run_claimed(Session, settings: ServiceSettings, job_id: str, attempt: int, kind: str, spec: dict,
+                 tenant: str) -> str:
+    if STOP.is_set():
+        return _hand_back(Session, settings, job_id, attempt, "the worker is stopping")
+    lock_fd = None
+    if settings.device_lock and kind in MEASURING_KINDS:
+        lock_fd, why = _device_lock(Session, settings, job_id, attempt)
+        if lock_fd is None:
+            return "lost-lease" if why == "lost-lease" else _hand_back(Session, settings, job_id, attempt, why)
     workdir = settings.work_path / job_id
     try:
         (workdir / "logs").mkdir(parents=True, exist_ok=True)
         msg = dict(kind=kind, target=target_for(kind, settings.kind_overrides()), spec=spec, workdir=str(workdir),
                    lut_dir=str(settings.lut_path), data_cache_dir=str(settings.cache_path),
-                   orphan_grace_s=settings.cancel_grace_s)
-        child = Child(msg, workdir / "logs" / f"attempt-{attempt}.log")
+                   orphan_grace_s=settings.cancel_grace_s, memory_limit_bytes=settings.job_memory_limit())
+        child = Child(msg, workdir / "logs" / f"attempt-{attempt}.log", pass_fds=(lock_fd,) if lock_fd is not None else ())
     except Exception as exc:  # noqa: BLE001 - cannot even start the job: it fails with the reason
         log.exception("job %s: could not start attempt %d", job_id, attempt)
         with Session() as s:
             sm.finish(s, job_id, attempt, sm.FAILED, error=f"could not start the job: {type(exc).__name__}: {exc}")
         return "failed-to-start"
+    finally:
+        if lock_fd is not None:
+            os.close(lock_fd)  # the job process holds the lock now, until it exits
     try:
         return _supervise(Session, settings, job_id, attempt, child, workdir, tenant)
     except BaseException:
@@ -127,6 +209,17 @@ def run_job(job_id: str, settings: ServiceSettings) -> str:
         child.close()
 
 
+def _wake_deferred(Session, settings: ServiceSettings, tenant: str) -> None:
+    """A job of ``tenant`` ended here: send again the jobs of that tenant that were deferred."""
+    try:
+        with Session() as s:
+            ids = sm.deferred_jobs(s, tenant, settings.tenant_max_running)
+        for jid in ids:
+            _dispatch(settings, jid)
+    except Exception:  # noqa: BLE001 - the sweeper re-sends them later anyway
+        log.warning("could not re-send deferred jobs of tenant %s", tenant, exc_info=True)
+
+
 def _supervise(Session, settings: ServiceSettings, job_id: str, attempt: int, child: Child, workdir: Path,
                tenant: str) -> str:
     progress: dict = {}
@@ -135,6 +228,7 @@ def _supervise(Session, settings: ServiceSettings, job_id: str, attempt: int, ch
     cancel_sent: float | None = None
     outcome: dict | None = None
     dirty = False
+    started = time.monotonic()
     while True:
         try:
             item = child.lines.get(timeout=0.2)
@@ -187,6 +281,16 @@ def _supervise(Session, settings: ServiceSettings, job_id: str, attempt: int, ch
             if status == sm.CANCELLING and cancel_sent is None:
                 child.cancel()
                 cancel_sent = now
+        if outcome is None and STOP.is_set():  # graceful stop of the worker: the job goes back, uncharged
+            child.kill()
+            return _hand_back(Session, settings, job_id, attempt, "the worker was stopped (graceful shutdown)")
+        if outcome is None and now - started > settings.job_max_wall_s:
+            child.kill()
+            reason = (f"stopped after {now - started:.0f} s: the attempt ran longer than the wall-clock limit "
+                      f"of {settings.job_max_wall_s:g} s (GAS_JOB_MAX_WALL_S)")
+            with Session() as s:
+                sm.finish(s, job_id, attempt, sm.FAILED, error=reason, progress=progress or None, message=reason)
+            return "wall-limit"
         if cancel_sent is not None and now - cancel_sent > settings.cancel_grace_s and child.proc.poll() is None:
             child.kill()
             with Session() as s:

@@ -6,7 +6,9 @@ atomically into workdir/artifacts, Cancelled raised on cancel.
 
 Behaviour switches ride on the search seed (spec['search']['seed']):
   0..999  normal; 1001 never polls should_cancel; 1002 the process SIGKILLs itself in epoch 1;
-  1003 raises ValueError; 1004 SIGKILLs its worker (the parent process) and itself in epoch 1.
+  1003 raises ValueError; 1004 SIGKILLs its worker (the parent process) and itself in epoch 1;
+  1005 allocates 3 GiB in epoch 1 (past a job memory limit).
+  The result records when the attempt ran (``ran``: [start, end], time.time()) and its pid.
   Step time = 0.05 s x batch_size; steps per epoch = steps_per_epoch or 4.
 """
 from __future__ import annotations
@@ -39,6 +41,7 @@ def fake_search(spec, workdir, *, progress, should_cancel, lut_dir=None, data_ca
     state = wd / "state" / "counter.json"
     start = json.loads(state.read_text())["epoch"] + 1 if state.exists() else 1
     resumed = start - 1 if start > 1 else None
+    t_start = time.time()
     progress({"phase": "data", "message": f"fake search starting at epoch {start}"})
     for epoch in range(start, epochs + 1):
         for step in range(1, steps + 1):
@@ -51,6 +54,9 @@ def fake_search(spec, workdir, *, progress, should_cancel, lut_dir=None, data_ca
                 os.kill(os.getpid(), signal.SIGKILL)
             if mode == 1003:
                 raise ValueError("fake failure for tests")
+            if mode == 1005:
+                hog = bytearray(3 * 2**30)  # noqa: F841 - MemoryError under GAS_JOB_MEMORY_LIMIT_BYTES
+                hog[::4096] = b"x" * len(hog[::4096])
             time.sleep(step_s)
             progress({"phase": "search", "epoch": epoch, "epochs": epochs, "step": step, "steps": steps,
                       "metrics": {"w_loss": 1.0 / (epoch * steps + step)}, "expected_latency_ms": 4.2})
@@ -67,4 +73,4 @@ def fake_search(spec, workdir, *, progress, should_cancel, lut_dir=None, data_ca
     _atomic_json(wd / "artifacts" / "report.json", {"kind": "search", "measured_latency_ms": 3.0,
                                                     "budget_ms": budget, "resumed_from_epoch": resumed})
     return {"measured_latency_ms": 3.0, "fps": 333.3, "budget_ms": budget, "budget_met": 3.0 <= budget,
-            "resumed_from_epoch": resumed, "supernet_miou": 0.5}
+            "resumed_from_epoch": resumed, "supernet_miou": 0.5, "ran": [t_start, time.time()], "pid": os.getpid()}

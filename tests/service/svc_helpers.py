@@ -191,7 +191,7 @@ def make_stack(name: str, tmp_path_factory, datasets_root: Path, lut_dir: Path |
         "GAS_HEARTBEAT_INTERVAL_S": "0.5", "GAS_HEARTBEAT_TIMEOUT_S": "4", "GAS_REDISPATCH_AFTER_S": "3",
         "GAS_SWEEP_INTERVAL_S": "1", "GAS_CANCEL_GRACE_S": "3", "GAS_PROGRESS_MIN_INTERVAL_S": "0.2",
         "GAS_LOG_LEVEL": "info", "OMP_NUM_THREADS": "2", "GAS_AUTH_CACHE_TTL_S": "1",
-        "GAS_QUOTA_CONCURRENT_JOBS": "64",
+        "GAS_QUOTA_CONCURRENT_JOBS": "64", "GAS_QUOTA_VALIDATION_JOBS": "64",
     })
     if lut_dir is not None:
         env["GAS_LUT_DIR"] = str(lut_dir)
@@ -276,7 +276,7 @@ def sqlite_stack(name: str, tmp_path_factory, datasets_root: Path, **overrides):
     env = {k: v for k, v in os.environ.items() if not k.startswith("GAS_")}
     env.update({"PYTHONPATH": str(REPO), "GAS_DATA_DIR": str(base / "data"), "GAS_DATASETS_ROOT": str(datasets_root),
                 "GAS_API_PORT": str(free_port()), "GAS_LOG_LEVEL": "info", "GAS_AUTH_CACHE_TTL_S": "1",
-                "GAS_QUOTA_CONCURRENT_JOBS": "64"})
+                "GAS_QUOTA_CONCURRENT_JOBS": "64", "GAS_QUOTA_VALIDATION_JOBS": "64"})
     env.update({f"GAS_{k.upper()}": str(v) for k, v in overrides.items()})
     (base / "data").mkdir(parents=True, exist_ok=True)
     stack = Stack(name, base, env)
