@@ -8,6 +8,7 @@ import json
 import logging
 import shutil
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -63,11 +64,27 @@ def register_dataset(s: Session, settings: ServiceSettings, tenant: str, body: D
     return _create_dataset(s, settings, tenant, body, real, root, "path", source="directory")
 
 
-def _create_dataset(s: Session, settings: ServiceSettings, tenant: str, body: DatasetCreate | DatasetUploadParams,
-                    real: Path, shown_root: Path, field: str, *, source: str, sha256: str | None = None,
-                    size_bytes: int | None = None) -> Dataset:
-    """Check the layout and splits, resolve the class convention, insert the dataset as
-    ``validating`` and enqueue the job that checks every file."""
+@dataclass
+class _Convention:
+    """A new dataset's layout, splits and label convention, resolved from the request and the files."""
+
+    layout: Any
+    splits: dict[str, int]
+    num_classes: int
+    class_names: list[str] | None
+    ignore_index: int
+    label_map: dict | None
+
+    def same_as(self, ds: Dataset, name: str) -> list[str]:
+        """Fields in which an existing dataset differs from this convention (and ``name``)."""
+        mine = dict(name=name, layout=self.layout.name, num_classes=self.num_classes, class_names=self.class_names,
+                    ignore_index=self.ignore_index, label_map=self.label_map)
+        return [k for k, v in mine.items() if getattr(ds, k) != v]
+
+
+def _resolve_convention(body: DatasetCreate | DatasetUploadParams, real: Path, shown_root: Path, field: str) -> _Convention:
+    """Check the layout and splits and resolve the class convention and label map (422 naming the field)."""
+    from core.labelmap import LabelMapError, compile_label_map
     from core.layouts import detect_layout, get_layout  # torch-free layout registry of the core
 
     try:
@@ -91,17 +108,40 @@ def _create_dataset(s: Session, settings: ServiceSettings, tenant: str, body: Da
         layout.ignore_index if layout.ignore_index is not None and num_classes == layout.num_classes else num_classes)
     if ignore < num_classes:
         raise invalid("ignore_index", f"must not be a class id (0..{num_classes - 1})")
-    ds = Dataset(tenant_id=tenant, name=body.name, layout=layout.name, root=str(real), num_classes=num_classes,
-                 class_names=names, ignore_index=ignore, stats={"images": splits}, status=dsm.VALIDATING,
+    label_map = body.label_map_doc()
+    if label_map is not None:
+        try:
+            compile_label_map(label_map, num_classes, ignore)
+        except LabelMapError as exc:
+            raise invalid("label_map", str(exc)) from None
+    return _Convention(layout, splits, num_classes, names, ignore,
+                       label_map.model_dump(mode="json") if label_map is not None else None)
+
+
+def _create_dataset(s: Session, settings: ServiceSettings, tenant: str, body: DatasetCreate | DatasetUploadParams,
+                    real: Path, shown_root: Path, field: str, *, source: str, sha256: str | None = None,
+                    size_bytes: int | None = None, conv: _Convention | None = None) -> Dataset:
+    """Insert the dataset as ``validating`` (convention resolved unless given) and enqueue the job
+    that checks every file."""
+    conv = conv or _resolve_convention(body, real, shown_root, field)
+    ds = Dataset(tenant_id=tenant, name=body.name, layout=conv.layout.name, root=str(real),
+                 num_classes=conv.num_classes, class_names=conv.class_names, ignore_index=conv.ignore_index,
+                 label_map=conv.label_map, stats={"images": conv.splits}, status=dsm.VALIDATING,
                  source=source, sha256=sha256, size_bytes=size_bytes)
     s.add(ds)
     s.flush()
-    ref = DatasetRef(root=ds.root, layout=ds.layout, num_classes=num_classes, class_names=names, ignore_index=ignore)
-    spec = ValidateJobSpec(dataset=ref, splits=sorted(splits), max_bad_per_kind=settings.validation_max_bad_per_kind)
+    ref = dataset_ref(ds)
+    spec = ValidateJobSpec(dataset=ref, splits=sorted(conv.splits), max_bad_per_kind=settings.validation_max_bad_per_kind)
     job, _ = create_job(s, settings, tenant, kind=dsm.VALIDATE_KIND, spec=spec.model_dump(mode="json"),
                         payload={"dataset_id": ds.id}, idem_key=None, dataset_id=ds.id,
                         before_commit=lambda job: setattr(ds, "validation_job_id", job.id))
     return ds
+
+
+def dataset_ref(ds: Dataset, limit: int | None = None) -> DatasetRef:
+    """The core's view of a dataset row (the label map included)."""
+    return DatasetRef(root=ds.root, layout=ds.layout, num_classes=ds.num_classes, class_names=ds.class_names,
+                      ignore_index=ds.ignore_index, limit=limit, label_map=ds.label_map)
 
 
 async def receive_upload(request: Request, settings: ServiceSettings) -> tuple[Path, str, int]:
@@ -132,15 +172,22 @@ async def receive_upload(request: Request, settings: ServiceSettings) -> tuple[P
 
 def register_upload(s: Session, settings: ServiceSettings, tenant: str, params: DatasetUploadParams,
                     tmp: Path, sha256: str, size: int) -> tuple[Dataset, bool]:
-    """Content-addressed: the same archive twice (same tenant) is the same dataset. Returns (dataset, created)."""
+    """Content-addressed storage: the archive is extracted once per tenant. The same archive with the
+    same parameters is the same dataset (returns it, created False); with other parameters (name,
+    layout, classes, ignore value, label map) it is a new dataset over the same stored files."""
     from storage.archives import ArchiveRefused, ExtractLimits, extract_archive
 
+    target = dsm.upload_target(settings.upload_path, tenant, sha256)
     try:
-        existing = s.scalar(select(Dataset).where(Dataset.tenant_id == tenant, Dataset.sha256 == sha256,
-                                                  Dataset.deleted_at.is_(None)))
-        if existing is not None:
-            return existing, False
-        target = dsm.upload_target(settings.upload_path, tenant, sha256)
+        existing = list(s.scalars(select(Dataset).where(Dataset.tenant_id == tenant, Dataset.sha256 == sha256,
+                                                        Dataset.deleted_at.is_(None)).order_by(Dataset.created_at)))
+        if existing and target.is_dir():
+            conv = _resolve_convention(params, _data_root(target), target, "body")
+            for ds in existing:
+                if not conv.same_as(ds, params.name):
+                    return ds, False
+            return _create_dataset(s, settings, tenant, params, _data_root(target), target, "body", source="upload",
+                                   sha256=sha256, size_bytes=size, conv=conv), True
         if target.exists():  # left by a deleted dataset or an interrupted registration
             shutil.rmtree(target)
         limits = ExtractLimits(settings.archive_max_members, settings.archive_max_total_bytes, settings.archive_max_ratio,
@@ -179,8 +226,17 @@ def delete_dataset(s: Session, settings: ServiceSettings, tenant: str, dataset_i
                       type_="/problems/dataset-in-use", jobs=users)
     ds.deleted_at = datetime.now(timezone.utc)
     s.commit()
-    if ds.source == "upload" and ds.sha256:
+    if ds.source == "upload" and ds.sha256 and not _same_archive(s, ds):  # other datasets may share the files
         shutil.rmtree(dsm.upload_target(settings.upload_path, tenant, ds.sha256), ignore_errors=True)
+
+
+def _same_archive(s: Session, ds: Dataset) -> list[str]:
+    """Ids of the tenant's other live datasets over the same uploaded archive."""
+    if ds.source != "upload" or not ds.sha256:
+        return []
+    return list(s.scalars(select(Dataset.id).where(Dataset.tenant_id == ds.tenant_id, Dataset.sha256 == ds.sha256,
+                                                   Dataset.id != ds.id, Dataset.deleted_at.is_(None))
+                          .order_by(Dataset.created_at)))
 
 
 def _reason(exc: Exception) -> str:
@@ -205,10 +261,12 @@ def dataset_out(s: Session, ds: Dataset, settings: ServiceSettings) -> dict:
     report = ds.report
     if report is None and reason:
         report = {"ok": False, "error": reason}
+    warnings = [w.get("message", "") for w in ((ds.report or {}).get("warnings") or []) if isinstance(w, dict)]
     return dict(id=ds.id, name=ds.name, layout=ds.layout, path=rel, num_classes=ds.num_classes,
-                class_names=ds.class_names, ignore_index=ds.ignore_index, stats=ds.stats, created_at=ds.created_at,
-                status=status, source=ds.source, sha256=ds.sha256, size_bytes=ds.size_bytes,
-                validation_job_id=ds.validation_job_id, report=report)
+                class_names=ds.class_names, ignore_index=ds.ignore_index, label_map=ds.label_map, stats=ds.stats,
+                created_at=ds.created_at, status=status, source=ds.source, sha256=ds.sha256, size_bytes=ds.size_bytes,
+                validation_job_id=ds.validation_job_id, report=report, warnings=warnings,
+                same_archive_as=_same_archive(s, ds) or None if ds.source == "upload" else None)
 
 
 def get_dataset(s: Session, tenant: str, dataset_id: str) -> Dataset:
@@ -233,9 +291,7 @@ def _dataset_ref(s: Session, tenant: str, dataset_id: str, limit: int | None) ->
                   dsm.INVALID: "failed validation (see its report)"}.get(status, f"is {status}")
         raise Problem(409, f"dataset {dataset_id} {detail}", type_="/problems/dataset-not-ready",
                       dataset_status=status)
-    ref = DatasetRef(root=ds.root, layout=ds.layout, num_classes=ds.num_classes, class_names=ds.class_names,
-                     ignore_index=ds.ignore_index, limit=limit)
-    return ds, ref.model_dump(mode="json")
+    return ds, dataset_ref(ds, limit).model_dump(mode="json")
 
 
 # -------------------------------------------------------------------------------------------- jobs
