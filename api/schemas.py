@@ -153,7 +153,20 @@ LABEL_MAP_DOC = ("How raw mask values become class ids (stored with the dataset)
 class DatasetCreate(_DatasetConvention):
     path: str = Field(..., min_length=1, max_length=4096,
                       description="Directory relative to the server's datasets root (GAS_DATASETS_ROOT).")
-    label_map: LabelMap | None = Field(None, description=LABEL_MAP_DOC)
+    label_map: LabelMap | None = Field(None, description=LABEL_MAP_DOC + " A string is read as JSON or the compact "
+                                       "form RAW=CLASS,... (e.g. \"0=0,255=1\").")
+
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _label_map_text(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            from core.labelmap import parse_label_map_text
+
+            try:
+                return parse_label_map_text(v)
+            except ValueError as exc:
+                raise ValueError(str(exc).splitlines()[0]) from None
+        return v
 
     def label_map_doc(self) -> LabelMap | None:
         return self.label_map
@@ -314,6 +327,10 @@ class ProgressOut(BaseModel):
     expected_latency_ms: float | None = None
     message: str | None = None
     attempt: int | None = None
+    elapsed_s: float | None = Field(None, description="Seconds since the attempt started (updated every few seconds).")
+    phase_elapsed_s: float | None = Field(None, description="Seconds in the current phase.")
+    eta_s: float | None = Field(None, description="Estimated seconds left in the current phase (from its counters; "
+                                "a retrain's time budget when that ends training sooner).")
 
 
 class ResultSummary(BaseModel):
@@ -355,6 +372,9 @@ class JobOut(BaseModel):
     dataset_id: str | None
     parent_job_id: str | None
     budget: dict[str, Any] | None = Field(None, description="The requested budget (search jobs).")
+    warnings: list[str] = Field(default_factory=list, description="Submission warnings: settings that cannot learn "
+                                "(too few steps per epoch or architecture steps, a warm-up as long as the run, fewer "
+                                "images than a batch), each naming the settings to change; also in the job's events.")
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None

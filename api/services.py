@@ -321,7 +321,11 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def build_search_spec(s: Session, tenant: str, body: SearchJobCreate) -> tuple[dict, Dataset]:
+def build_search_spec(s: Session, tenant: str, body: SearchJobCreate) -> tuple[dict, Dataset, list[str]]:
+    """The core spec of a search request, its dataset, and warnings about settings that cannot learn
+    (api.search_checks): the job is accepted with them."""
+    from .search_checks import adapt_warmup, search_warnings
+
     st = body.settings
     ds, ref = _dataset_ref(s, tenant, body.dataset_id, st.dataset_limit)
     spec: dict[str, Any] = _advanced(st.advanced)
@@ -344,14 +348,27 @@ def build_search_spec(s: Session, tenant: str, body: SearchJobCreate) -> tuple[d
         spec["network"]["reduction_cells"] = sorted({st.cells // 3, (2 * st.cells) // 3} - {0}) or [1]
     spec["network"]["num_classes"] = ds.num_classes
     spec["dataset"] = ref
+    adv_search = _advanced(st.advanced).get("search") or {}
+    user_epochs = st.epochs is not None or "epochs" in adv_search
+    user_warmup = st.warmup_epochs is not None or "warmup_epochs" in adv_search
+    warnings = [n] if (n := adapt_warmup(spec["search"], user_epochs, user_warmup)) else []
     try:
         model = SearchJobSpec.model_validate(spec)
     except ValidationError as exc:
         raise from_spec_error(exc, "settings") from None
-    if model.search.warmup_epochs > model.search.epochs:
-        raise invalid("settings.warmup_epochs", f"must not exceed epochs ({model.search.epochs})")
+    w, e = model.search.warmup_epochs, model.search.epochs
+    if w > e:
+        wfield = "settings.warmup_epochs" if st.warmup_epochs is not None else "settings.advanced.search.warmup_epochs"
+        if user_epochs:
+            raise invalid(wfield, f"{w} warm-up epochs exceed the {e} epochs asked for; lower the warm-up or raise "
+                                  f"settings.epochs (--epochs)")
+        raise invalid(wfield, f"{w} warm-up epochs exceed the default of {e} epochs; also set settings.epochs "
+                              f"(--epochs) to at least {w}")
     _check_splits(ds, "settings.advanced.train_split", model.train_split.split("+"))
-    return model.model_dump(mode="json"), ds
+    counts = (ds.stats or {}).get("images") or {}
+    images = sum(min(int(counts.get(p, 0)), st.dataset_limit or 10**9) for p in model.train_split.split("+"))
+    warnings += search_warnings(images, model.search.batch_size, model.search.steps_per_epoch, e, w)
+    return model.model_dump(mode="json"), ds, warnings
 
 
 def _genotype_of_job(s: Session, tenant: str, job_id: str, field: str) -> tuple[dict, Job]:
@@ -483,17 +500,21 @@ def find_idempotent(s: Session, tenant: str, key: str | None, kind: str, payload
 
 def create_job(s: Session, settings: ServiceSettings, tenant: str, *, kind: str, spec: dict, payload: dict,
                idem_key: str | None, dataset_id: str | None = None, parent_job_id: str | None = None,
-               before_commit: Callable[[Job], None] | None = None) -> tuple[Job, bool]:
+               before_commit: Callable[[Job], None] | None = None, warnings: list[str] | None = None) -> tuple[Job, bool]:
     """Insert the row (committed: the job now exists), then enqueue its wake-up. Returns (job, created).
     ``before_commit(job)`` changes other rows in the same transaction (e.g. the dataset it validates)."""
     quotas.enforce(s, settings, tenant, kind, idem_key)  # 429/409 past the tenant's quotas (api.quotas)
-    job = Job(tenant_id=tenant, kind=kind, status=sm.QUEUED, spec=spec, request=payload, dataset_id=dataset_id,
+    # the submission's warnings live beside the request (not in request_hash: a retry stays idempotent)
+    request = {**payload, "warnings": warnings} if warnings else payload
+    job = Job(tenant_id=tenant, kind=kind, status=sm.QUEUED, spec=spec, request=request, dataset_id=dataset_id,
               parent_job_id=parent_job_id, idempotency_key=idem_key,
               request_hash=request_hash(kind, payload) if idem_key else None, max_attempts=settings.max_attempts)
     s.add(job)
     try:
         s.flush()
         sm.add_event(s, job, "queued", f"{kind} job accepted")
+        for w in warnings or []:
+            sm.add_event(s, job, "warning", w)
         if before_commit is not None:
             before_commit(job)
         s.commit()
@@ -519,7 +540,8 @@ def get_job(s: Session, tenant: str, job_id: str) -> Job:
 def list_jobs(s: Session, tenant: str, kind: str | None, status: str | None, limit: int, offset: int) -> list:
     """One page of the tenant's jobs: the columns a listing shows (never the stored spec and request)."""
     t = Job.__table__
-    q = select(*[t.c[n] for n in READ_COLUMNS], t.c.request["budget"].label("budget")).where(t.c.tenant_id == tenant)
+    q = select(*[t.c[n] for n in READ_COLUMNS], t.c.request["budget"].label("budget"),
+               t.c.request["warnings"].label("warnings")).where(t.c.tenant_id == tenant)
     if kind:
         q = q.where(t.c.kind == kind)
     if status:
@@ -538,10 +560,12 @@ def job_out(job: Job) -> dict:
     base = f"{API}/jobs/{job.id}"
     budget = getattr(job, "budget", None) if not hasattr(job, "request") else (job.request or {}).get("budget")
     budget = budget if job.kind == "search" else None
-    return dict(
+    warnings = getattr(job, "warnings", None) if not hasattr(job, "request") else (job.request or {}).get("warnings")
+    return dict(warnings=list(warnings or []),
         id=job.id, kind=job.kind, status=job.status,
         progress={k: p.get(k) for k in ("phase", "epoch", "epochs", "step", "steps", "metrics",
-                                        "expected_latency_ms", "message", "attempt")},
+                                        "expected_latency_ms", "message", "attempt", "elapsed_s", "phase_elapsed_s",
+                                        "eta_s")},
         attempts=job.attempts, max_attempts=job.max_attempts, cancel_requested=job.cancel_requested_at is not None,
         error=job.error, result=summary, dataset_id=job.dataset_id, parent_job_id=job.parent_job_id, budget=budget,
         created_at=job.created_at, updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
@@ -562,8 +586,8 @@ class JobReader:
         engine = get_engine(settings.db_url, settings.db_pool_size)
         self.engine = engine if engine.dialect.name == "sqlite" else engine.execution_options(isolation_level="AUTOCOMMIT")
         t = Job.__table__
-        self.query = select(*[t.c[n] for n in READ_COLUMNS], t.c.request["budget"].label("budget")).where(
-            t.c.id == bindparam("id"))
+        self.query = select(*[t.c[n] for n in READ_COLUMNS], t.c.request["budget"].label("budget"),
+                            t.c.request["warnings"].label("warnings")).where(t.c.id == bindparam("id"))
 
     def _job_json(self, tenant: str, job_id: str) -> bytes | None:
         with self.engine.connect() as c:
@@ -586,7 +610,7 @@ class AsyncPgJobReader:
     """PostgreSQL variant of :class:`JobReader`: a small pool of autocommit async psycopg connections
     on the event loop (no thread hop, prepared statement after a few uses)."""
 
-    SQL = f"SELECT {', '.join(READ_COLUMNS)}, request->'budget' AS budget FROM jobs WHERE id = %s"
+    SQL = f"SELECT {', '.join(READ_COLUMNS)}, request->'budget' AS budget, request->'warnings' AS warnings FROM jobs WHERE id = %s"
 
     def __init__(self, settings: ServiceSettings):
         from sqlalchemy.engine import make_url

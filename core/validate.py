@@ -96,7 +96,7 @@ def _warnings(per_split_pixels: dict[str, np.ndarray], per_split_ignored: dict[s
     """Setups that validate but cannot train well (issue 13): the dataset stays usable."""
     out: list[dict] = []
     train = per_split_pixels.get(train_split)
-    if train is not None and train.sum() > 0:
+    if train is not None:
         empty = [i for i in range(num_classes) if train[i] == 0]
         if empty:
             shown = ", ".join(f"{i} ({names[i]})" for i in empty[:10])
@@ -202,7 +202,8 @@ def validate_dataset(root: str | Path, layout: str | Layout, num_classes: int, i
             ignored += r["ignored"]
             split_pixels += r["counts"]
             split_ignored += r["ignored"]
-        per_split_pixels[split], per_split_ignored[split] = split_pixels, split_ignored
+        if good:  # warnings speak of splits whose masks were read
+            per_split_pixels[split], per_split_ignored[split] = split_pixels, split_ignored
         per_split[split] = {"images": len(results), "valid": good, "grayscale_images": gray, "sizes": dict(sizes)}
     labelled = int(class_pixels.sum())
     mean = csum / max(npix, 1)

@@ -219,6 +219,10 @@ def _succeed(s, settings: ServiceSettings, job_id: str, attempt: int, result: di
     job = s.get(Job, job_id)
     if job is None or job.attempts != attempt or job.status not in sm.ACTIVE:
         return "lost-lease"
+    if job.status == sm.CANCELLING:  # the cancel came after the last step: a cancelled job never ends succeeded
+        sm.finish(s, job_id, attempt, sm.CANCELLED, progress=progress or None,
+                  message="cancelled: the job finished its work after the cancel request; its results are discarded")
+        return "cancelled"
     art_dir = workdir / "artifacts"
     report = None
     if (art_dir / "report.json").is_file():
