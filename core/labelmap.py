@@ -148,6 +148,10 @@ def parse_label_map_text(text: str) -> LabelMap:
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
             raise LabelMapError(f"label map is not valid JSON: {exc.msg} at character {exc.pos}") from None
+        except RecursionError:
+            raise LabelMapError("label map JSON is nested too deeply") from None
+        if not isinstance(doc, dict):
+            raise LabelMapError("label map JSON must be an object: {\"values\": {RAW: CLASS}, ...}")
         return LabelMap.model_validate(doc)
     values: dict[str, int] = {}
     ignore: list[str] = []

@@ -56,6 +56,7 @@ class ServiceSettings(BaseSettings):
     sweep_interval_s: float = Field(15.0, gt=0, description="Period of the sweeper loop.")
     cancel_grace_s: float = Field(30.0, gt=0, description="After a cancel request, seconds a running job gets to stop at a step boundary before it is killed.")
     progress_min_interval_s: float = Field(1.0, ge=0, description="Minimum seconds between two progress writes of one job (events are always written).")
+    progress_pulse_s: float = Field(2.0, gt=0, le=3600, description="A running job's progress is re-sent with its elapsed time and ETA at least this often, so no phase looks hung.")
     job_kind_overrides: str = Field("", description="TESTS ONLY: JSON map kind -> 'module:function' replacing the core entry point of a job kind.")
     worker_pool: str = Field("solo", description="Celery pool of `python -m worker` (solo: one job per worker process, the GPU-per-worker model).")
     worker_concurrency: int = Field(1, ge=1, description="Celery concurrency of `python -m worker` (keep 1 per GPU).")

@@ -19,8 +19,8 @@ import traceback
 from worker.kinds import NEEDS_DATA_CACHE, NEEDS_LUT_DIR, resolve
 
 
-PULSE_INTERVAL_S = float(os.environ.get("GAS_PROGRESS_PULSE_S", "2.0"))
-"""Seconds between two progress pulses of a phase that reports nothing itself (GAS_PROGRESS_PULSE_S)."""
+PULSE_INTERVAL_S = 2.0
+"""Seconds between two progress pulses when the parent does not say (``progress_pulse_s``: GAS_PROGRESS_PULSE_S)."""
 
 
 def time_budget_s(spec) -> float:
@@ -30,13 +30,13 @@ def time_budget_s(spec) -> float:
 
 
 class Pulse:
-    """The job's progress callback, plus a pulse: every ``PULSE_INTERVAL_S`` the latest event is sent
+    """The job's progress callback, plus a pulse: every ``interval_s`` the latest event is sent
     again with ``elapsed_s`` (job), ``phase_elapsed_s`` and ``eta_s`` (the phase's remaining time, from
     its epoch/step counters, capped by the time budget of a ``train`` phase), so no phase is silent
     (issue 13). Pulses carry no ``message``: they update the job's progress, not its event log."""
 
-    def __init__(self, send, budget_s: float = 0.0):
-        self.send, self.budget_s = send, budget_s
+    def __init__(self, send, budget_s: float = 0.0, interval_s: float = PULSE_INTERVAL_S):
+        self.send, self.budget_s, self.interval_s = send, budget_s, interval_s
         self.t0 = self.phase_t0 = self.last_sent = time.monotonic()
         self.last: dict = {}
         self.lock = threading.Lock()
@@ -73,10 +73,10 @@ class Pulse:
         self.send(out)
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.wait(PULSE_INTERVAL_S / 2):
+        while not stop.wait(self.interval_s / 2):
             now = time.monotonic()
             with self.lock:
-                if not self.last or now - self.last_sent < PULSE_INTERVAL_S:
+                if not self.last or now - self.last_sent < self.interval_s:
                     continue
                 self.last_sent = now
                 out = self._annotate(self.last, now)
@@ -115,7 +115,8 @@ def main() -> int:
     threading.Thread(target=watch_stdin, daemon=True).start()
 
     fn = resolve(job["target"])
-    pulse = Pulse(lambda ev: send({"t": "progress", "event": redact(ev, roots)}), time_budget_s(job.get("spec")))
+    pulse = Pulse(lambda ev: send({"t": "progress", "event": redact(ev, roots)}), time_budget_s(job.get("spec")),
+                  float(job.get("progress_pulse_s") or PULSE_INTERVAL_S))
     threading.Thread(target=pulse.run, args=(cancel,), daemon=True).start()
     kwargs = dict(progress=pulse, should_cancel=cancel.is_set)
     if job["kind"] in NEEDS_LUT_DIR:

@@ -109,7 +109,7 @@ def run_job(job_id: str, settings: ServiceSettings) -> str:
         (workdir / "logs").mkdir(parents=True, exist_ok=True)
         msg = dict(kind=kind, target=target_for(kind, settings.kind_overrides()), spec=spec, workdir=str(workdir),
                    lut_dir=str(settings.lut_path), data_cache_dir=str(settings.cache_path),
-                   orphan_grace_s=settings.cancel_grace_s)
+                   orphan_grace_s=settings.cancel_grace_s, progress_pulse_s=settings.progress_pulse_s)
         child = Child(msg, workdir / "logs" / f"attempt-{attempt}.log")
     except Exception as exc:  # noqa: BLE001 - cannot even start the job: it fails with the reason
         log.exception("job %s: could not start attempt %d", job_id, attempt)
@@ -187,7 +187,9 @@ def _supervise(Session, settings: ServiceSettings, job_id: str, attempt: int, ch
             if status == sm.CANCELLING and cancel_sent is None:
                 child.cancel()
                 cancel_sent = now
-        if cancel_sent is not None and now - cancel_sent > settings.cancel_grace_s and child.proc.poll() is None:
+        # a child that already answered (stopped at a step boundary) is exiting: give it another grace period
+        grace = settings.cancel_grace_s * (2 if outcome is not None else 1)
+        if cancel_sent is not None and now - cancel_sent > grace and child.proc.poll() is None:
             child.kill()
             with Session() as s:
                 sm.finish(s, job_id, attempt, sm.CANCELLED, progress=progress or None,
