@@ -223,8 +223,9 @@ def _job_human(job: dict) -> str:
 
 
 def _finish(c: GasClient, args, job: dict) -> int:
-    for w in job.get("warnings") or []:
-        print(f"warning: {w}", file=sys.stderr)
+    if getattr(args, "json", False) or args.watch:  # the human rendering lists them; a watch prints it at the end
+        for w in job.get("warnings") or []:
+            print(f"warning: {w}", file=sys.stderr)
     if not args.watch:
         _out(args, job, _job_human)
         return 0
@@ -235,8 +236,9 @@ def _finish(c: GasClient, args, job: dict) -> int:
 
 
 def _dataset_done(args, ds: dict) -> int:
+    """The dataset (its warnings are part of the human rendering; with --json they go to stderr too)."""
     _out(args, ds, render.dataset_detail)
-    if not getattr(args, "json", False):
+    if getattr(args, "json", False):
         for w in ds.get("warnings") or []:
             print(f"warning: {w}", file=sys.stderr)
     return 3 if ds["status"] == "invalid" else 0

@@ -59,6 +59,9 @@ def job_detail(j: dict) -> str:
              + (" (cancel requested)" if j.get("cancel_requested") and j["status"] != "cancelled" else ""),
              f"progress  {_progress(j)}"]
     p = j.get("progress") or {}
+    if p.get("elapsed_s") is not None and j.get("status") in ("running", "cancelling"):
+        lines.append(f"elapsed   {p['elapsed_s']:.0f}s (phase {p.get('phase_elapsed_s') or 0:.0f}s"
+                     + (f", about {p['eta_s']:.0f}s left in it)" if p.get("eta_s") is not None else ")"))
     if p.get("message"):
         lines.append(f"message   {p['message']}")
     if p.get("metrics"):
@@ -134,7 +137,12 @@ def dataset_detail(d: dict) -> str:
     for kind, files in (rep.get("bad_files") or {}).items():
         n = (rep.get("bad_counts") or {}).get(kind, len(files))
         lines.append(f"bad: {kind} ({n} files)")
-        lines += [f"  {f['file']}: {f['reason']}" for f in files[:5]]
+        by_reason: dict[str, list[str]] = {}
+        for f in files:
+            by_reason.setdefault(f["reason"], []).append(f["file"])
+        for reason, names in list(by_reason.items())[:5]:  # one line per distinct reason
+            more = f" and {len(names) - 2} more" if len(names) > 2 else ""
+            lines.append(f"  {', '.join(names[:2])}{more}: {reason}")
     if d.get("warnings"):
         lines.append("warnings:")
         lines += [f"  - {w}" for w in d["warnings"]]

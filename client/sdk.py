@@ -270,6 +270,10 @@ class GasClient:
                     if not isinstance(v, (dict, list))}
             if p.get("expected_latency_ms") is not None:
                 post["exp_ms"] = round(p["expected_latency_ms"], 3)
+            if p.get("phase_elapsed_s") is not None:  # moves every few seconds, even in phases without counters
+                post["in_phase"] = f"{p['phase_elapsed_s']:.0f}s"
+            if p.get("eta_s") is not None:
+                post["eta"] = f"{p['eta_s']:.0f}s"
             bar.set_postfix(post, refresh=False)
             bar.refresh()
 

@@ -2,9 +2,12 @@
 
 Checks: each named split is present and non-empty; every image decodes (grayscale accepted and
 replicated to 3 channels, and counted); every image has a mask; every mask decodes, is
-single-channel, has the image's size and holds only class ids or the ignore value (after the
-layout's label map). Reports counts per split, image sizes, per-class pixel frequencies, RGB
-channel mean/std (in [0, 1]) and the first ``max_bad_per_kind`` bad files of each kind.
+single-channel (or RGB / palette with a colour label map), has the image's size and holds only class
+ids or the ignore value (after the dataset's label map, :mod:`core.labelmap`, or the layout's).
+Reports counts per split, image sizes, per-class pixel frequencies, RGB channel mean/std (in
+[0, 1]), the most frequent raw mask values, warnings about setups that validate but cannot train
+well (issue 13), a suggested label map when one would make failing masks valid, and the first
+``max_bad_per_kind`` bad files of each kind.
 """
 from __future__ import annotations
 
@@ -92,7 +95,7 @@ def _check_pair(args: tuple[str, Path, Path, int, int, object]) -> dict:
 
 def _warnings(per_split_pixels: dict[str, np.ndarray], per_split_ignored: dict[str, int], names: list[str],
               raw_hist: Counter, raw_distinct_max: int, num_classes: int, ignore_index: int,
-              label_map: CompiledLabelMap | None, train_split: str) -> list[dict]:
+              label_map: CompiledLabelMap | None, train_split: str, mapped_by_layout: bool = False) -> list[dict]:
     """Setups that validate but cannot train well (issue 13): the dataset stays usable."""
     out: list[dict] = []
     train = per_split_pixels.get(train_split)
@@ -119,7 +122,7 @@ def _warnings(per_split_pixels: dict[str, np.ndarray], per_split_ignored: dict[s
                     "message": f"the masks hold {distinct} distinct raw values for {num_classes} classes: they look "
                                f"like grey images or anti-aliased / JPEG-saved masks rather than label maps. Save masks "
                                f"as PNG with exact label values (nearest-neighbour resizing)."})
-    elif not colour and label_map is None and len(raw_hist) > 2:
+    elif not colour and label_map is None and not mapped_by_layout and len(raw_hist) > 2:
         vals = sorted(raw_hist)
         outside = [v for v in vals if v >= num_classes and v != ignore_index]
         if len(outside) * 2 > len(vals):
@@ -209,7 +212,7 @@ def validate_dataset(root: str | Path, layout: str | Layout, num_classes: int, i
     mean = csum / max(npix, 1)
     std = np.sqrt(np.maximum(csumsq / max(npix, 1) - mean ** 2, 0.0))
     warnings = _warnings(per_split_pixels, per_split_ignored, names, raw_hist, raw_distinct_max, num_classes,
-                         ignore_index, compiled, train_split)
+                         ignore_index, compiled, train_split, mapped_by_layout=lay.label_map is not None)
     kind = compiled.kind if compiled is not None else "value"
     suggested = None
     if bad_counts.get("mask_values") and compiled is None and lay.label_map is None:

@@ -29,6 +29,11 @@ def time_budget_s(spec) -> float:
     return float((train or {}).get("time_budget_s") or 0.0)
 
 
+def _stage(phase) -> object:
+    """Phases timed together: a search's warm-up and search epochs are one run of ``epochs`` epochs."""
+    return "search" if phase in ("warmup", "search") else phase
+
+
 class Pulse:
     """The job's progress callback, plus a pulse: every ``interval_s`` the latest event is sent
     again with ``elapsed_s`` (job), ``phase_elapsed_s`` and ``eta_s`` (the phase's remaining time, from
@@ -65,7 +70,7 @@ class Pulse:
     def __call__(self, ev: dict) -> None:
         now = time.monotonic()
         with self.lock:
-            if ev.get("phase") != self.last.get("phase"):
+            if _stage(ev.get("phase")) != _stage(self.last.get("phase")):
                 self.phase_t0 = now
             self.last = dict(ev)
             self.last_sent = now

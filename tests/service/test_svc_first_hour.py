@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+import time
 import zipfile
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from PIL import Image
 
 from client import GasClient
-from svc_helpers import CAMVID, PY, REPO, TINY_BUDGET, TINY_SEARCH, wait_dataset, wait_until
+from svc_helpers import CAMVID, PY, REPO, TINY_BUDGET, TINY_SEARCH, running_stack, wait_dataset, wait_until
 
 pytestmark = pytest.mark.services
 UPLOAD = "/api/v1/datasets/uploads"
@@ -124,7 +125,7 @@ def test_empty_class_and_mostly_ignored_warnings(fake_stack, tmp_path):
     assert kinds["empty_class"]["classes"] == [1] and kinds["empty_class"]["split"] == "train"
     assert any("no pixels in the train split" in w for w in ds["warnings"])
     out = gas(fake_stack, "datasets", "show", ds["id"])
-    assert out.returncode == 0 and "warning: class(es) 1 (class_1) have no pixels" in out.stderr, out
+    assert out.returncode == 0 and "warnings:\n  - class(es) 1 (class_1) have no pixels" in out.stdout, out
     # with 0 ignored, the training split (no road) is all ignore: flagged, and both classes are empty there
     r = upload(http, zipped(src), name="mostly ignored", label_map="0=ignore,255=1")
     ds = wait_dataset(http, r.json()["id"])
@@ -176,10 +177,16 @@ def test_cli_reads_like_a_tool(fake_stack, dataset_id):
     assert out.returncode == 4 and "cannot reach the service" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_cancel_of_a_running_search_stops_within_a_step(real_stack, tmp_path):
-    http = real_stack.http
-    r = http.post("/api/v1/datasets", json={"name": "tiny-cancel", "path": "camvid_tiny"})
-    ds = wait_dataset(http, r.json()["id"])
+@pytest.fixture(scope="module")
+def patient_stack(tmp_path_factory, datasets_root, shared_lut_dir):
+    """A real-core stack whose cancel grace (60 s) is far longer than a step, so a cancel is seen
+    stopping the search cooperatively (the session's real stack kills after 3 s)."""
+    yield from running_stack("patient", tmp_path_factory, datasets_root, shared_lut_dir, cancel_grace_s=60)
+
+
+def test_cancel_of_a_running_search_stops_within_a_step(patient_stack):
+    stack, http = patient_stack, patient_stack.http
+    ds = wait_dataset(http, http.post("/api/v1/datasets", json={"name": "tiny", "path": "camvid_tiny"}).json()["id"])
     settings = json.loads(json.dumps(TINY_SEARCH))
     settings.update(epochs=20, warmup_epochs=1)
     settings["advanced"]["search"] = {"steps_per_epoch": 50}
@@ -192,15 +199,37 @@ def test_cancel_of_a_running_search_stops_within_a_step(real_stack, tmp_path):
         p = box["j"]["progress"]
         return p.get("phase") in ("warmup", "search") and (p.get("step") or 0) >= 2
 
-    wait_until(stepping, 240, "the search to take steps", lambda: box.get("j"))
+    wait_until(stepping, 400, "the search to take steps", lambda: box.get("j"))
     assert box["j"]["progress"].get("elapsed_s") is not None  # the progress carries its clock
     at = box["j"]["progress"]
-    r = http.post(f"/api/v1/jobs/{job['id']}/cancel")
-    assert r.status_code == 202, r.text
-    done = real_stack.wait_status(job["id"], ("cancelled", "succeeded", "failed"), timeout=60)
+    t0 = time.monotonic()
+    assert http.post(f"/api/v1/jobs/{job['id']}/cancel").status_code == 202
+    done = stack.wait_status(job["id"], ("cancelled", "succeeded", "failed"), timeout=60)
+    took = time.monotonic() - t0
+    events = stack.events(job["id"])
     assert done["status"] == "cancelled", done
-    events = real_stack.events(job["id"])
     last = [e for e in events if e["type"] == "cancelled"][-1]
-    assert "step boundary" in last["message"], [(e["ts"], e["type"], e["message"]) for e in events[-8:]]
-    # it stopped in the epoch it was in when cancelled (20 epochs of 50 steps were asked for)
-    assert done["progress"]["epoch"] <= at["epoch"] + 1 and done["progress"]["epoch"] < 20, (at, done["progress"])
+    assert "step boundary" in last["message"], [(e["type"], e["message"]) for e in events[-8:]]
+    # within one step: still in the epoch it was in (20 epochs of 50 steps were asked for), no epoch ended after
+    # the request, and in far less time than the 60 s grace
+    assert done["progress"]["epoch"] == at["epoch"], (at, done["progress"])
+    after = events[[e["type"] for e in events].index("cancel_requested"):]
+    assert not [e for e in after if "done" in e["message"] and e["type"] == "progress"], after
+    assert took < 45, took
+
+
+def test_a_cancel_that_lands_after_the_last_step_never_ends_succeeded(fake_stack, dataset_id):
+    """The fake core's seed 1001 never polls should_cancel: it runs to the end after the cancel request,
+    inside the 3 s grace. The job must end cancelled (it used to end succeeded)."""
+    http = fake_stack.http
+    body = {"dataset_id": dataset_id, "budget": {"latency_ms": 50.0, "height": 64, "width": 96},
+            "settings": {"epochs": 1, "warmup_epochs": 0, "batch_size": 2, "seed": 1001,
+                         "advanced": {"search": {"steps_per_epoch": 15}}}}
+    job = http.post("/api/v1/jobs/search", json=body).json()
+    wait_until(lambda: (http.get(f"/api/v1/jobs/{job['id']}").json()["progress"].get("step") or 0) >= 1, 60,
+               "the fake search to step")
+    assert http.post(f"/api/v1/jobs/{job['id']}/cancel").status_code == 202
+    done = fake_stack.wait_status(job["id"], ("cancelled", "succeeded", "failed"), timeout=60)
+    assert done["status"] == "cancelled", done
+    msgs = [e["message"] for e in fake_stack.events(job["id"]) if e["type"] == "cancelled"]
+    assert msgs and ("results are discarded" in msgs[-1] or "grace" in msgs[-1]), msgs
