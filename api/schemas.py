@@ -348,6 +348,9 @@ class ResultSummary(BaseModel):
                           "trivial_baseline has it with every class's pixel frequency).")
     beats_trivial_baseline: bool | None = Field(
         None, description="Retrain: false when the model's mIoU does not beat trivial_baseline_miou: it learned nothing usable.")
+    miou_split: str | None = Field(None, description="Retrain: the split the mIoU was measured on.")
+    miou_selection: str | None = Field(None, description="Retrain: how the reported mIoU (and the shipped checkpoint) "
+                                       "was chosen, e.g. 'last epoch'.")
     device: str | None = None
     genotype_id: str | None = None
 

@@ -110,6 +110,7 @@ def test_binary_0_255_dataset_with_a_label_map_validates_searches_and_retrains(r
         assert rdone["status"] == "succeeded", (rdone, stack.log_tail("worker"))
         res = rdone["result"]
         assert 0.0 <= res["miou"] <= 1.0 and 0.0 < res["trivial_baseline_miou"] < 1.0
+        assert res["miou_split"] == "val" and res["miou_selection"] == "last epoch"
         report = json.loads(c.download(rt["id"], "report.json", tmp_path).read_text())
         # the model was trained and evaluated on the mapped classes (0/1), never on raw 255s
         assert report["class_names"] == ["other", "road"] and report["miou_split"] == "val"
