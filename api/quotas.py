@@ -79,8 +79,11 @@ def precheck_upload(s: Session, settings: ServiceSettings, tenant: str, declared
 
 def stored_bytes(s: Session, tenant: str) -> int:
     arts = s.scalar(select(func.coalesce(func.sum(Artifact.size), 0)).where(Artifact.tenant_id == tenant)) or 0
-    data = s.scalar(select(func.coalesce(func.sum(Dataset.size_bytes), 0)).where(
-        Dataset.tenant_id == tenant, Dataset.deleted_at.is_(None))) or 0
+    # an archive stored once counts once, however many datasets use it (a re-upload with other parameters)
+    per_archive = (select(func.max(Dataset.size_bytes).label("size"))
+                   .where(Dataset.tenant_id == tenant, Dataset.deleted_at.is_(None), Dataset.sha256.is_not(None))
+                   .group_by(Dataset.sha256).subquery())
+    data = s.scalar(select(func.coalesce(func.sum(per_archive.c.size), 0))) or 0
     return int(arts) + int(data)
 
 

@@ -131,10 +131,10 @@ def submit_search(body: SearchJobCreate, s: SessionDep, settings: SettingsDep, t
     payload = body.model_dump(mode="json", by_alias=True, exclude_unset=True)
     if (job := svc.find_idempotent(s, tenant, idempotency_key, "search", payload)) is not None:
         return _accepted(job, False)
-    spec, ds = svc.build_search_spec(s, tenant, body)
+    spec, ds, warnings = svc.build_search_spec(s, tenant, body)
     costs.check_search(settings, spec, ds)  # 422 with the estimate past GAS_JOB_MAX_MEMORY_BYTES/_PIXEL_PASSES
     job, created = svc.create_job(s, settings, tenant, kind="search", spec=spec, payload=payload,
-                                  idem_key=idempotency_key, dataset_id=ds.id)
+                                  idem_key=idempotency_key, dataset_id=ds.id, warnings=warnings)
     return _accepted(job, created)
 
 
@@ -168,7 +168,7 @@ def submit_benchmark(body: BenchmarkJobCreate, s: SessionDep, settings: Settings
 
 @api.get("/jobs", response_model=JobList, tags=["jobs"])
 def list_jobs(s: SessionDep, settings: SettingsDep, tenant: TenantDep,
-              kind: Literal["search", "retrain", "benchmark"] | None = None,
+              kind: Literal["search", "retrain", "benchmark", "validate"] | None = None,
               status: Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"] | None = None,
               limit: Limit = None, offset: Offset = 0):
     n = _limit(settings, limit)

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, create_model, field_validator,
                       model_validator)
 
-from core.specs import (GGMConfig, LatencyConfig, Layout, NetworkConfig, Precision, RetrainConfig, RetrainJobSpec,
+from core.specs import (GGMConfig, LabelMap, LatencyConfig, Layout, NetworkConfig, Precision, RetrainConfig, RetrainJobSpec,
                         SearchConfig, SearchJobSpec)
 
 GENOTYPE_MAX_BYTES = 256 * 1024
@@ -144,13 +144,58 @@ class _DatasetConvention(_In):
         return self
 
 
+LABEL_MAP_DOC = ("How raw mask values become class ids (stored with the dataset): {\"values\": {RAW: CLASS}, "
+                 "\"ignore\": [RAW], \"unlisted\": \"error\"|\"ignore\"}; RAW is a grey level / label id (\"255\") "
+                 "or a colour (\"#rrggbb\"). Example for 0/255 binary masks: {\"values\": {\"0\": 0, \"255\": 1}}. "
+                 "Default: the masks hold class ids.")
+
+
 class DatasetCreate(_DatasetConvention):
     path: str = Field(..., min_length=1, max_length=4096,
                       description="Directory relative to the server's datasets root (GAS_DATASETS_ROOT).")
+    label_map: LabelMap | None = Field(None, description=LABEL_MAP_DOC + " A string is read as JSON or the compact "
+                                       "form RAW=CLASS,... (e.g. \"0=0,255=1\").")
+
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _label_map_text(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            from core.labelmap import parse_label_map_text
+
+            try:
+                return parse_label_map_text(v)
+            except ValueError as exc:
+                raise ValueError(str(exc).splitlines()[0]) from None
+        return v
+
+    def label_map_doc(self) -> LabelMap | None:
+        return self.label_map
 
 
 class DatasetUploadParams(_DatasetConvention):
     """Query parameters of an archive upload (the body is the archive itself)."""
+
+    label_map: str | None = Field(None, min_length=1, max_length=65536,
+                                  description=LABEL_MAP_DOC + " In the query string: that JSON, or the compact form "
+                                  "RAW=CLASS,... (e.g. 0=0,255=1; RAW=ignore; *=ignore for every unlisted value).")
+
+    @field_validator("label_map", mode="after")
+    @classmethod
+    def _parse_label_map(cls, v: str | None) -> str | None:
+        if v is not None:
+            from core.labelmap import parse_label_map_text
+
+            try:
+                parse_label_map_text(v)
+            except ValueError as exc:  # LabelMapError or pydantic's: a 422 naming label_map
+                raise ValueError(str(exc).splitlines()[0] if not hasattr(exc, "errors") else
+                                 "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+        return v
+
+    def label_map_doc(self) -> LabelMap | None:
+        from core.labelmap import parse_label_map_text
+
+        return parse_label_map_text(self.label_map) if self.label_map is not None else None
 
 
 class DatasetOut(BaseModel):
@@ -161,6 +206,7 @@ class DatasetOut(BaseModel):
     num_classes: int
     class_names: list[str] | None
     ignore_index: int
+    label_map: dict[str, Any] | None = Field(None, description="Raw mask value -> class id map (null: the masks hold class ids).")
     stats: dict[str, Any]
     created_at: datetime
     status: Literal["validating", "ready", "invalid"] = Field(description="Jobs can use the dataset only when ready.")
@@ -169,7 +215,13 @@ class DatasetOut(BaseModel):
     size_bytes: int | None = Field(None, description="Size of the uploaded archive.")
     validation_job_id: str | None = Field(None, description="The job that checks every file.")
     report: dict[str, Any] | None = Field(None, description="Validation report: counts per split, sizes, class "
-                                          "frequencies, channel mean/std, bad files with reasons.")
+                                          "frequencies, channel mean/std, raw mask values, warnings, a suggested "
+                                          "label map when one would fix the masks, bad files with reasons.")
+    warnings: list[str] = Field(default_factory=list, description="Setups that validate but cannot train well (an "
+                                "empty class in the training split, a split almost all ignored, grey-ramp or palette "
+                                "masks): the dataset stays usable; the report's warnings carry the details.")
+    same_archive_as: list[str] | None = Field(None, description="Uploads: other datasets over the same stored archive "
+                                              "(a re-upload with different parameters is a new dataset).")
 
 
 class DatasetList(BaseModel):
@@ -275,6 +327,10 @@ class ProgressOut(BaseModel):
     expected_latency_ms: float | None = None
     message: str | None = None
     attempt: int | None = None
+    elapsed_s: float | None = Field(None, description="Seconds since the attempt started (updated every few seconds).")
+    phase_elapsed_s: float | None = Field(None, description="Seconds in the current phase.")
+    eta_s: float | None = Field(None, description="Estimated seconds left in the current phase (from its counters; "
+                                "a retrain's time budget when that ends training sooner).")
 
 
 class ResultSummary(BaseModel):
@@ -292,6 +348,9 @@ class ResultSummary(BaseModel):
                           "trivial_baseline has it with every class's pixel frequency).")
     beats_trivial_baseline: bool | None = Field(
         None, description="Retrain: false when the model's mIoU does not beat trivial_baseline_miou: it learned nothing usable.")
+    miou_split: str | None = Field(None, description="Retrain: the split the mIoU was measured on.")
+    miou_selection: str | None = Field(None, description="Retrain: how the reported mIoU (and the shipped checkpoint) "
+                                       "was chosen, e.g. 'last epoch'.")
     device: str | None = None
     genotype_id: str | None = None
 
@@ -316,6 +375,9 @@ class JobOut(BaseModel):
     dataset_id: str | None
     parent_job_id: str | None
     budget: dict[str, Any] | None = Field(None, description="The requested budget (search jobs).")
+    warnings: list[str] = Field(default_factory=list, description="Submission warnings: settings that cannot learn "
+                                "(too few steps per epoch or architecture steps, a warm-up as long as the run, fewer "
+                                "images than a batch), each naming the settings to change; also in the job's events.")
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None

@@ -10,6 +10,7 @@ import logging
 import shutil
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -65,11 +66,27 @@ def register_dataset(s: Session, settings: ServiceSettings, tenant: str, body: D
     return _create_dataset(s, settings, tenant, body, real, root, "path", source="directory")
 
 
-def _create_dataset(s: Session, settings: ServiceSettings, tenant: str, body: DatasetCreate | DatasetUploadParams,
-                    real: Path, shown_root: Path, field: str, *, source: str, sha256: str | None = None,
-                    size_bytes: int | None = None) -> Dataset:
-    """Check the layout and splits, resolve the class convention, insert the dataset as
-    ``validating`` and enqueue the job that checks every file."""
+@dataclass
+class _Convention:
+    """A new dataset's layout, splits and label convention, resolved from the request and the files."""
+
+    layout: Any
+    splits: dict[str, int]
+    num_classes: int
+    class_names: list[str] | None
+    ignore_index: int
+    label_map: dict | None
+
+    def same_as(self, ds: Dataset, name: str) -> list[str]:
+        """Fields in which an existing dataset differs from this convention (and ``name``)."""
+        mine = dict(name=name, layout=self.layout.name, num_classes=self.num_classes, class_names=self.class_names,
+                    ignore_index=self.ignore_index, label_map=self.label_map)
+        return [k for k, v in mine.items() if getattr(ds, k) != v]
+
+
+def _resolve_convention(body: DatasetCreate | DatasetUploadParams, real: Path, shown_root: Path, field: str) -> _Convention:
+    """Check the layout and splits and resolve the class convention and label map (422 naming the field)."""
+    from core.labelmap import LabelMapError, compile_label_map
     from core.layouts import detect_layout, get_layout  # torch-free layout registry of the core
 
     try:
@@ -93,17 +110,40 @@ def _create_dataset(s: Session, settings: ServiceSettings, tenant: str, body: Da
         layout.ignore_index if layout.ignore_index is not None and num_classes == layout.num_classes else num_classes)
     if ignore < num_classes:
         raise invalid("ignore_index", f"must not be a class id (0..{num_classes - 1})")
-    ds = Dataset(tenant_id=tenant, name=body.name, layout=layout.name, root=str(real), num_classes=num_classes,
-                 class_names=names, ignore_index=ignore, stats={"images": splits}, status=dsm.VALIDATING,
+    label_map = body.label_map_doc()
+    if label_map is not None:
+        try:
+            compile_label_map(label_map, num_classes, ignore)
+        except LabelMapError as exc:
+            raise invalid("label_map", str(exc)) from None
+    return _Convention(layout, splits, num_classes, names, ignore,
+                       label_map.model_dump(mode="json") if label_map is not None else None)
+
+
+def _create_dataset(s: Session, settings: ServiceSettings, tenant: str, body: DatasetCreate | DatasetUploadParams,
+                    real: Path, shown_root: Path, field: str, *, source: str, sha256: str | None = None,
+                    size_bytes: int | None = None, conv: _Convention | None = None) -> Dataset:
+    """Insert the dataset as ``validating`` (convention resolved unless given) and enqueue the job
+    that checks every file."""
+    conv = conv or _resolve_convention(body, real, shown_root, field)
+    ds = Dataset(tenant_id=tenant, name=body.name, layout=conv.layout.name, root=str(real),
+                 num_classes=conv.num_classes, class_names=conv.class_names, ignore_index=conv.ignore_index,
+                 label_map=conv.label_map, stats={"images": conv.splits}, status=dsm.VALIDATING,
                  source=source, sha256=sha256, size_bytes=size_bytes)
     s.add(ds)
     s.flush()
-    ref = DatasetRef(root=ds.root, layout=ds.layout, num_classes=num_classes, class_names=names, ignore_index=ignore)
-    spec = ValidateJobSpec(dataset=ref, splits=sorted(splits), max_bad_per_kind=settings.validation_max_bad_per_kind)
+    ref = dataset_ref(ds)
+    spec = ValidateJobSpec(dataset=ref, splits=sorted(conv.splits), max_bad_per_kind=settings.validation_max_bad_per_kind)
     job, _ = create_job(s, settings, tenant, kind=dsm.VALIDATE_KIND, spec=spec.model_dump(mode="json"),
                         payload={"dataset_id": ds.id}, idem_key=None, dataset_id=ds.id,
                         before_commit=lambda job: setattr(ds, "validation_job_id", job.id))
     return ds
+
+
+def dataset_ref(ds: Dataset, limit: int | None = None) -> DatasetRef:
+    """The core's view of a dataset row (the label map included)."""
+    return DatasetRef(root=ds.root, layout=ds.layout, num_classes=ds.num_classes, class_names=ds.class_names,
+                      ignore_index=ds.ignore_index, limit=limit, label_map=ds.label_map)
 
 
 async def receive_upload(request: Request, settings: ServiceSettings) -> tuple[Path, str, int]:
@@ -150,15 +190,22 @@ async def receive_upload(request: Request, settings: ServiceSettings) -> tuple[P
 
 def register_upload(s: Session, settings: ServiceSettings, tenant: str, params: DatasetUploadParams,
                     tmp: Path, sha256: str, size: int) -> tuple[Dataset, bool]:
-    """Content-addressed: the same archive twice (same tenant) is the same dataset. Returns (dataset, created)."""
+    """Content-addressed storage: the archive is extracted once per tenant. The same archive with the
+    same parameters is the same dataset (returns it, created False); with other parameters (name,
+    layout, classes, ignore value, label map) it is a new dataset over the same stored files."""
     from storage.archives import ArchiveRefused, ExtractLimits, extract_archive
 
+    target = dsm.upload_target(settings.upload_path, tenant, sha256)
     try:
-        existing = s.scalar(select(Dataset).where(Dataset.tenant_id == tenant, Dataset.sha256 == sha256,
-                                                  Dataset.deleted_at.is_(None)))
-        if existing is not None:
-            return existing, False
-        target = dsm.upload_target(settings.upload_path, tenant, sha256)
+        existing = list(s.scalars(select(Dataset).where(Dataset.tenant_id == tenant, Dataset.sha256 == sha256,
+                                                        Dataset.deleted_at.is_(None)).order_by(Dataset.created_at)))
+        if existing and target.is_dir():
+            conv = _resolve_convention(params, _data_root(target), target, "body")
+            for ds in existing:
+                if not conv.same_as(ds, params.name):
+                    return ds, False
+            return _create_dataset(s, settings, tenant, params, _data_root(target), target, "body", source="upload",
+                                   sha256=sha256, size_bytes=size, conv=conv), True
         if target.exists():  # left by a deleted dataset or an interrupted registration
             shutil.rmtree(target)
         limits = ExtractLimits(settings.archive_max_members, settings.archive_max_total_bytes, settings.archive_max_ratio,
@@ -198,8 +245,17 @@ def delete_dataset(s: Session, settings: ServiceSettings, tenant: str, dataset_i
                       type_="/problems/dataset-in-use", jobs=users)
     ds.deleted_at = datetime.now(timezone.utc)
     s.commit()
-    if ds.source == "upload" and ds.sha256:
+    if ds.source == "upload" and ds.sha256 and not _same_archive(s, ds):  # other datasets may share the files
         shutil.rmtree(dsm.upload_target(settings.upload_path, tenant, ds.sha256), ignore_errors=True)
+
+
+def _same_archive(s: Session, ds: Dataset) -> list[str]:
+    """Ids of the tenant's other live datasets over the same uploaded archive."""
+    if ds.source != "upload" or not ds.sha256:
+        return []
+    return list(s.scalars(select(Dataset.id).where(Dataset.tenant_id == ds.tenant_id, Dataset.sha256 == ds.sha256,
+                                                   Dataset.id != ds.id, Dataset.deleted_at.is_(None))
+                          .order_by(Dataset.created_at)))
 
 
 def _reason(exc: Exception) -> str:
@@ -224,10 +280,12 @@ def dataset_out(s: Session, ds: Dataset, settings: ServiceSettings) -> dict:
     report = ds.report
     if report is None and reason:
         report = {"ok": False, "error": reason}
+    warnings = [w.get("message", "") for w in ((ds.report or {}).get("warnings") or []) if isinstance(w, dict)]
     return dict(id=ds.id, name=ds.name, layout=ds.layout, path=rel, num_classes=ds.num_classes,
-                class_names=ds.class_names, ignore_index=ds.ignore_index, stats=ds.stats, created_at=ds.created_at,
-                status=status, source=ds.source, sha256=ds.sha256, size_bytes=ds.size_bytes,
-                validation_job_id=ds.validation_job_id, report=report)
+                class_names=ds.class_names, ignore_index=ds.ignore_index, label_map=ds.label_map, stats=ds.stats,
+                created_at=ds.created_at, status=status, source=ds.source, sha256=ds.sha256, size_bytes=ds.size_bytes,
+                validation_job_id=ds.validation_job_id, report=report, warnings=warnings,
+                same_archive_as=_same_archive(s, ds) or None if ds.source == "upload" else None)
 
 
 def get_dataset(s: Session, tenant: str, dataset_id: str) -> Dataset:
@@ -252,9 +310,7 @@ def _dataset_ref(s: Session, tenant: str, dataset_id: str, limit: int | None) ->
                   dsm.INVALID: "failed validation (see its report)"}.get(status, f"is {status}")
         raise Problem(409, f"dataset {dataset_id} {detail}", type_="/problems/dataset-not-ready",
                       dataset_status=status)
-    ref = DatasetRef(root=ds.root, layout=ds.layout, num_classes=ds.num_classes, class_names=ds.class_names,
-                     ignore_index=ds.ignore_index, limit=limit)
-    return ds, ref.model_dump(mode="json")
+    return ds, dataset_ref(ds, limit).model_dump(mode="json")
 
 
 # -------------------------------------------------------------------------------------------- jobs
@@ -284,7 +340,11 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def build_search_spec(s: Session, tenant: str, body: SearchJobCreate) -> tuple[dict, Dataset]:
+def build_search_spec(s: Session, tenant: str, body: SearchJobCreate) -> tuple[dict, Dataset, list[str]]:
+    """The core spec of a search request, its dataset, and warnings about settings that cannot learn
+    (api.search_checks): the job is accepted with them."""
+    from .search_checks import adapt_warmup, search_warnings
+
     st = body.settings
     ds, ref = _dataset_ref(s, tenant, body.dataset_id, st.dataset_limit)
     spec: dict[str, Any] = _advanced(st.advanced)
@@ -307,14 +367,27 @@ def build_search_spec(s: Session, tenant: str, body: SearchJobCreate) -> tuple[d
         spec["network"]["reduction_cells"] = sorted({st.cells // 3, (2 * st.cells) // 3} - {0}) or [1]
     spec["network"]["num_classes"] = ds.num_classes
     spec["dataset"] = ref
+    adv_search = _advanced(st.advanced).get("search") or {}
+    user_epochs = st.epochs is not None or "epochs" in adv_search
+    user_warmup = st.warmup_epochs is not None or "warmup_epochs" in adv_search
+    warnings = [n] if (n := adapt_warmup(spec["search"], user_epochs, user_warmup)) else []
     try:
         model = SearchJobSpec.model_validate(spec)
     except ValidationError as exc:
         raise from_spec_error(exc, "settings") from None
-    if model.search.warmup_epochs > model.search.epochs:
-        raise invalid("settings.warmup_epochs", f"must not exceed epochs ({model.search.epochs})")
+    w, e = model.search.warmup_epochs, model.search.epochs
+    if w > e:
+        wfield = "settings.warmup_epochs" if st.warmup_epochs is not None else "settings.advanced.search.warmup_epochs"
+        if user_epochs:
+            raise invalid(wfield, f"{w} warm-up epochs exceed the {e} epochs asked for; lower the warm-up or raise "
+                                  f"settings.epochs (--epochs)")
+        raise invalid(wfield, f"{w} warm-up epochs exceed the default of {e} epochs; also set settings.epochs "
+                              f"(--epochs) to at least {w}")
     _check_splits(ds, "settings.advanced.train_split", model.train_split.split("+"))
-    return model.model_dump(mode="json"), ds
+    counts = (ds.stats or {}).get("images") or {}
+    images = sum(min(int(counts.get(p, 0)), st.dataset_limit or 10**9) for p in model.train_split.split("+"))
+    warnings += search_warnings(images, model.search.batch_size, model.search.steps_per_epoch, e, w)
+    return model.model_dump(mode="json"), ds, warnings
 
 
 def _genotype_of_job(s: Session, tenant: str, job_id: str, field: str) -> tuple[dict, Job]:
@@ -446,17 +519,21 @@ def find_idempotent(s: Session, tenant: str, key: str | None, kind: str, payload
 
 def create_job(s: Session, settings: ServiceSettings, tenant: str, *, kind: str, spec: dict, payload: dict,
                idem_key: str | None, dataset_id: str | None = None, parent_job_id: str | None = None,
-               before_commit: Callable[[Job], None] | None = None) -> tuple[Job, bool]:
+               before_commit: Callable[[Job], None] | None = None, warnings: list[str] | None = None) -> tuple[Job, bool]:
     """Insert the row (committed: the job now exists), then enqueue its wake-up. Returns (job, created).
     ``before_commit(job)`` changes other rows in the same transaction (e.g. the dataset it validates)."""
     quotas.enforce(s, settings, tenant, kind, idem_key)  # 429/409 past the tenant's quotas (api.quotas)
-    job = Job(tenant_id=tenant, kind=kind, status=sm.QUEUED, spec=spec, request=payload, dataset_id=dataset_id,
+    # the submission's warnings live beside the request (not in request_hash: a retry stays idempotent)
+    request = {**payload, "warnings": warnings} if warnings else payload
+    job = Job(tenant_id=tenant, kind=kind, status=sm.QUEUED, spec=spec, request=request, dataset_id=dataset_id,
               parent_job_id=parent_job_id, idempotency_key=idem_key,
               request_hash=request_hash(kind, payload) if idem_key else None, max_attempts=settings.max_attempts)
     s.add(job)
     try:
         s.flush()
         sm.add_event(s, job, "queued", f"{kind} job accepted")
+        for w in warnings or []:
+            sm.add_event(s, job, "warning", w)
         if before_commit is not None:
             before_commit(job)
         s.commit()
@@ -482,7 +559,8 @@ def get_job(s: Session, tenant: str, job_id: str) -> Job:
 def list_jobs(s: Session, tenant: str, kind: str | None, status: str | None, limit: int, offset: int) -> list:
     """One page of the tenant's jobs: the columns a listing shows (never the stored spec and request)."""
     t = Job.__table__
-    q = select(*[t.c[n] for n in READ_COLUMNS], t.c.request["budget"].label("budget")).where(t.c.tenant_id == tenant)
+    q = select(*[t.c[n] for n in READ_COLUMNS], t.c.request["budget"].label("budget"),
+               t.c.request["warnings"].label("warnings")).where(t.c.tenant_id == tenant)
     if kind:
         q = q.where(t.c.kind == kind)
     if status:
@@ -501,10 +579,12 @@ def job_out(job: Job) -> dict:
     base = f"{API}/jobs/{job.id}"
     budget = getattr(job, "budget", None) if not hasattr(job, "request") else (job.request or {}).get("budget")
     budget = budget if job.kind == "search" else None
-    return dict(
+    warnings = getattr(job, "warnings", None) if not hasattr(job, "request") else (job.request or {}).get("warnings")
+    return dict(warnings=list(warnings or []),
         id=job.id, kind=job.kind, status=job.status,
         progress={k: p.get(k) for k in ("phase", "epoch", "epochs", "step", "steps", "metrics",
-                                        "expected_latency_ms", "message", "attempt")},
+                                        "expected_latency_ms", "message", "attempt", "elapsed_s", "phase_elapsed_s",
+                                        "eta_s")},
         attempts=job.attempts, max_attempts=job.max_attempts, cancel_requested=job.cancel_requested_at is not None,
         error=job.error, result=summary, dataset_id=job.dataset_id, parent_job_id=job.parent_job_id, budget=budget,
         created_at=job.created_at, updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
@@ -525,8 +605,8 @@ class JobReader:
         engine = get_engine(settings.db_url, settings.db_pool_size)
         self.engine = engine if engine.dialect.name == "sqlite" else engine.execution_options(isolation_level="AUTOCOMMIT")
         t = Job.__table__
-        self.query = select(*[t.c[n] for n in READ_COLUMNS], t.c.request["budget"].label("budget")).where(
-            t.c.id == bindparam("id"))
+        self.query = select(*[t.c[n] for n in READ_COLUMNS], t.c.request["budget"].label("budget"),
+                            t.c.request["warnings"].label("warnings")).where(t.c.id == bindparam("id"))
 
     def _job_json(self, tenant: str, job_id: str) -> bytes | None:
         with self.engine.connect() as c:
@@ -549,7 +629,7 @@ class AsyncPgJobReader:
     """PostgreSQL variant of :class:`JobReader`: a small pool of autocommit async psycopg connections
     on the event loop (no thread hop, prepared statement after a few uses)."""
 
-    SQL = f"SELECT {', '.join(READ_COLUMNS)}, request->'budget' AS budget FROM jobs WHERE id = %s"
+    SQL = f"SELECT {', '.join(READ_COLUMNS)}, request->'budget' AS budget, request->'warnings' AS warnings FROM jobs WHERE id = %s"
 
     def __init__(self, settings: ServiceSettings):
         from sqlalchemy.engine import make_url

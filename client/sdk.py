@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 import uuid
@@ -66,12 +67,14 @@ class GasClient:
     # -------------------------------------------------------------------------------- datasets
     def register_dataset(self, name: str, path: str, layout: str | None = None, num_classes: int | None = None,
                          class_names: list[str] | None = None, ignore_index: int | None = None, *,
-                         wait: bool = True, timeout: float = 3600.0) -> dict:
+                         label_map: dict | str | None = None, wait: bool = True, timeout: float = 3600.0) -> dict:
         """Register a directory under the server's datasets root (layout detected when not given).
-        With ``wait`` it returns once validation has ended (status ``ready`` or ``invalid``)."""
+        ``label_map``: how raw mask values become class ids, a dict (``{"values": {"0": 0, "255": 1}}``)
+        or the compact text ``"0=0,255=1"`` (docs/SERVICE.md). With ``wait`` it returns once validation
+        has ended (status ``ready`` or ``invalid``)."""
         body = {"name": name, "path": path}
         for k, v in (("layout", layout), ("num_classes", num_classes), ("class_names", class_names),
-                     ("ignore_index", ignore_index)):
+                     ("ignore_index", ignore_index), ("label_map", label_map)):
             if v is not None:
                 body[k] = v
         ds = self._req("POST", "/api/v1/datasets", json=body).json()
@@ -79,11 +82,16 @@ class GasClient:
 
     def upload_dataset(self, archive: str | Path, name: str, layout: str | None = None,
                        num_classes: int | None = None, class_names: list[str] | None = None,
-                       ignore_index: int | None = None, *, wait: bool = True, timeout: float = 3600.0) -> dict:
-        """Upload a zip/tar/tar.gz archive (streamed from disk). The same archive twice is the same dataset."""
+                       ignore_index: int | None = None, *, label_map: dict | str | None = None, wait: bool = True,
+                       timeout: float = 3600.0) -> dict:
+        """Upload a zip/tar/tar.gz archive (streamed from disk). The same archive with the same parameters is
+        the same dataset; with other parameters, a new dataset over the same stored files. ``label_map`` as in
+        :meth:`register_dataset`."""
         params: dict[str, Any] = {"name": name}
+        if isinstance(label_map, dict):
+            label_map = json.dumps(label_map, separators=(",", ":"))
         for k, v in (("layout", layout), ("num_classes", num_classes), ("class_names", class_names),
-                     ("ignore_index", ignore_index)):
+                     ("ignore_index", ignore_index), ("label_map", label_map)):
             if v is not None:
                 params[k] = v
 
@@ -262,6 +270,10 @@ class GasClient:
                     if not isinstance(v, (dict, list))}
             if p.get("expected_latency_ms") is not None:
                 post["exp_ms"] = round(p["expected_latency_ms"], 3)
+            if p.get("phase_elapsed_s") is not None:  # moves every few seconds, even in phases without counters
+                post["in_phase"] = f"{p['phase_elapsed_s']:.0f}s"
+            if p.get("eta_s") is not None:
+                post["eta"] = f"{p['eta_s']:.0f}s"
             bar.set_postfix(post, refresh=False)
             bar.refresh()
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .specs import (BenchmarkJobSpec, DatasetRef, ExportConfig, GGMConfig, LatencyConfig, NetworkConfig,
+from .specs import (BenchmarkJobSpec, DatasetRef, ExportConfig, GGMConfig, LabelMap, LatencyConfig, NetworkConfig,
                     Normalization, RetrainConfig, RetrainJobSpec, SearchConfig, SearchJobSpec)
 
 
@@ -71,9 +71,10 @@ def _spec(args: argparse.Namespace, base: dict) -> dict:
 def _settings_table() -> str:
     rows = []
     for model in (NetworkConfig, GGMConfig, LatencyConfig, SearchConfig, RetrainConfig, Normalization, ExportConfig,
-                  DatasetRef):
+                  DatasetRef, LabelMap):
         for name, f in model.model_fields.items():
-            default = "required" if f.is_required() else json.dumps(f.default if not isinstance(f.default, BaseModel) else None)
+            value = None if f.is_required() else f.get_default(call_default_factory=True)
+            default = "required" if f.is_required() else json.dumps(value if not isinstance(value, BaseModel) else None)
             rows.append(f"| {model.__name__}.{name} | {default} | {f.description or ''} |")
     return "| setting | default | meaning |\n|---|---|---|\n" + "\n".join(rows)
 

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .labelmap import CompiledLabelMap, compile_label_map, pack_rgb
 from .layouts import CAMVID_CLASSES, IMAGE_EXTENSIONS, MASK_EXTENSION, get_layout  # noqa: F401 (re-exported)
 from .specs import CAMVID_MEAN_RGB, CAMVID_STD_RGB, DatasetRef, Normalization
 
@@ -118,18 +119,56 @@ class MaskChannelsError(ValueError):
     """A mask that is not a single-channel label image."""
 
 
-def read_mask(mask_path: Path, label_map: np.ndarray | None = None) -> Image.Image:
-    """A single-channel label image (palette indices kept), with the layout's label map applied."""
+def mask_values(mask_path: Path, label_map: np.ndarray | CompiledLabelMap | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(raw, mapped) int64 arrays [H, W] of one mask.
+
+    ``raw`` holds the stored values (grey levels, label ids or palette indices; colours packed as
+    0xRRGGBB when ``label_map`` is a colour map); ``mapped`` the class ids / ignore value after the
+    dataset's label map (a :class:`core.labelmap.CompiledLabelMap`) or the layout's lookup table
+    (an array, e.g. Cityscapes ids), or ``raw`` itself without one. Raises
+    :class:`MaskChannelsError` for a colour mask without a colour map and ValueError for values
+    the map does not cover."""
+    colour = isinstance(label_map, CompiledLabelMap) and label_map.kind == "color"
     with Image.open(mask_path) as mk:
-        if mk.mode not in SINGLE_CHANNEL_MODES:
-            raise MaskChannelsError(f"mask {mask_path} has mode {mk.mode}; expected a single-channel label PNG")
-        mask = mk.copy()
-    if label_map is not None:
-        raw = np.asarray(mask).astype(np.int64)
-        if raw.min() < 0 or raw.max() >= len(label_map):
-            raise ValueError(f"mask {mask_path} holds label ids outside 0..{len(label_map) - 1}")
-        mask = Image.fromarray(label_map[raw].astype(np.int32), mode="I")
-    return mask
+        if colour:
+            if mk.mode not in SINGLE_CHANNEL_MODES + ("RGB", "RGBA", "LA"):
+                raise MaskChannelsError(f"mask {mask_path} has mode {mk.mode}; expected an RGB or palette mask")
+            raw = pack_rgb(np.asarray(mk.convert("RGB")))
+        else:
+            if mk.mode not in SINGLE_CHANNEL_MODES:
+                raise MaskChannelsError(
+                    f"mask {mask_path} has mode {mk.mode}; expected a single-channel label PNG. For colour-coded "
+                    "masks give the dataset a label_map with colour keys, e.g. {\"values\": {\"#000000\": 0, "
+                    "\"#ff0000\": 1}}")
+            raw = np.asarray(mk).astype(np.int64)
+    if label_map is None:
+        return raw, raw
+    if isinstance(label_map, CompiledLabelMap):
+        try:
+            return raw, label_map.apply(raw)
+        except ValueError as exc:
+            raise ValueError(f"mask {mask_path} {exc}") from None
+    if raw.min() < 0 or raw.max() >= len(label_map):
+        raise ValueError(f"mask {mask_path} holds label ids outside 0..{len(label_map) - 1}")
+    return raw, label_map[raw].astype(np.int64)
+
+
+def read_mask(mask_path: Path, label_map: np.ndarray | CompiledLabelMap | None = None) -> Image.Image:
+    """A single-channel label image (palette indices kept), with the dataset's or layout's label map applied."""
+    if label_map is None:
+        with Image.open(mask_path) as mk:
+            if mk.mode not in SINGLE_CHANNEL_MODES:
+                mask_values(mask_path)  # raises the MaskChannelsError with its hint
+            return mk.copy()
+    _, mapped = mask_values(mask_path, label_map)
+    return Image.fromarray(mapped.astype(np.int32), mode="I")
+
+
+def label_lookup(ref: DatasetRef) -> np.ndarray | CompiledLabelMap | None:
+    """The map applied to ``ref``'s masks: its own label map, else its layout's (Cityscapes ids), else none."""
+    if ref.label_map is not None:
+        return compile_label_map(ref.label_map, ref.num_classes, ref.ignore_index)
+    return get_layout(ref.layout).label_map
 
 
 def _decode_pair(args: tuple[Path, Path, int, int, int, int, np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
@@ -144,7 +183,8 @@ def _decode_pair(args: tuple[Path, Path, int, int, int, int, np.ndarray | None])
     if bad.any():
         vals = sorted(set(np.unique(full[bad]).tolist()))[:5]
         raise ValueError(f"mask {mask_path} holds values {vals} outside 0..{num_classes - 1} "
-                         f"and not the ignore_index {ignore_index}")
+                         f"and not the ignore_index {ignore_index}; give the dataset a label_map "
+                         f"(raw value -> class id) or another ignore_index")
     if img.size != (width, height):
         img = img.resize((width, height), Image.BILINEAR)
         mask = mask.resize((width, height), Image.NEAREST)
@@ -160,7 +200,8 @@ def _decode_pair(args: tuple[Path, Path, int, int, int, int, np.ndarray | None])
 def _cache_key(ref: DatasetRef, split: str, pairs: list[tuple[str, Path, Path]], height: int, width: int) -> str:
     h = hashlib.sha256()
     head = {"v": CACHE_FORMAT_VERSION, "root": os.path.realpath(ref.root), "layout": ref.layout, "split": split,
-            "h": height, "w": width, "limit": ref.limit, "nc": ref.num_classes, "ig": ref.ignore_index}
+            "h": height, "w": width, "limit": ref.limit, "nc": ref.num_classes, "ig": ref.ignore_index,
+            "lm": ref.label_map.model_dump(mode="json") if ref.label_map is not None else None}
     h.update(json.dumps(head, sort_keys=True).encode())
     for stem, ip, mp in pairs:
         for p in (ip, mp):
@@ -208,7 +249,7 @@ def _load_one_split(ref: DatasetRef, split: str, height: int, width: int,
             hit = _load_cached(cache_path, key)
             if hit is not None:
                 return hit
-    label_map = get_layout(ref.layout).label_map
+    label_map = label_lookup(ref)
     jobs = [(ip, mp, height, width, ref.num_classes, ref.ignore_index, label_map) for _, ip, mp in pairs]
     with ThreadPoolExecutor(max_workers=DECODE_WORKERS) as pool:
         decoded = list(pool.map(_decode_pair, jobs))

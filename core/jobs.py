@@ -87,7 +87,7 @@ def run_validate(spec: ValidateJobSpec | dict, workdir: str | Path, *, progress:
     ref = spec.dataset
     progress({"phase": "validate", "message": f"checking every image and mask of {ref.layout} dataset"})
     report = validate_dataset(ref.root, ref.layout, ref.num_classes, ref.ignore_index, spec.splits,
-                              ref.class_names, spec.max_bad_per_kind)
+                              ref.class_names, spec.max_bad_per_kind, label_map=ref.label_map)
     save_json(Path(workdir) / "artifacts" / "report.json", redact({"kind": "validate", **report}, job_roots(spec, workdir)))
-    return {"ok": report["ok"], "bad_counts": report["bad_counts"],
+    return {"ok": report["ok"], "bad_counts": report["bad_counts"], "warnings": len(report["warnings"]),
             "images": {k: v["images"] for k, v in report["splits"].items()}}

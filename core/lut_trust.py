@@ -61,7 +61,11 @@ def trusted_table(cfg: NetworkConfig, ops: list[str], lat: LatencyConfig, device
 
     def measure(keys: list[LutKey]) -> None:
         def each(i: int, n: int, key: LutKey) -> None:
-            progress({"phase": "latency_table", "step": i, "steps": n, "message": key.as_str()})
+            # one progress line for the phase (a message makes an event): the entries only move its step counter
+            ev = {"phase": "latency_table", "step": i, "steps": n}
+            if i == 1:
+                ev["message"] = f"measuring {n} latency-table entries"
+            progress(ev)
             if should_cancel():
                 raise _Stop
 

@@ -195,12 +195,14 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
                       "trusted": not m["noisy"], "measurements": [{"round": 0, "ms": m["median_ms"], "noisy": m["noisy"],
                                                                   "min_ms": m["min_ms"], "p90_ms": m["p90_ms"]}]}
     validation = None
+    _check(should_cancel, "after the end-to-end measurement")
     if spec.validate_lut_samples:
         progress({"phase": "validate_lut", "message": f"measuring {spec.validate_lut_samples} random networks"})
         validation = validate_table(latency, spec.validate_lut_samples, device, lat_cfg.precision,
                                     lat_cfg.warmup_runs, lat_cfg.e2e_repeats, spec.search.seed, should_cancel,
                                     noise=noise, threads=threads, max_error=lat_cfg.lut_max_error,
                                     min_rank_corr=lat_cfg.lut_min_rank_corr)
+    _check(should_cancel, "before the FPS report")
     progress({"phase": "fps", "message": "FPS report"})
     fps = fps_report(DerivedNet(genotype), lat_cfg.height, lat_cfg.width, device, spec.fps_iters,
                      lut_prediction_ms=latency.genotype_ms(genotype), budget_ms=lat_cfg.budget_ms,

@@ -196,6 +196,20 @@ class RetrainConfig(_Strict):
     eval_split: SplitName = Field("val", description="Split on which mIoU is reported.")
 
 
+LabelMapKey = Annotated[str, StringConstraints(min_length=1, max_length=32)]
+
+
+class LabelMap(_Strict):
+    """How raw mask values become class ids (core.labelmap): stored with the dataset as JSON."""
+
+    values: dict[LabelMapKey, Annotated[int, Field(ge=0, le=1023)]] = Field(
+        default_factory=dict, max_length=4096,
+        description="Raw mask value -> class id. Keys: a grey level / label id (\"255\") or a colour (\"#rrggbb\" or \"r,g,b\").")
+    ignore: list[LabelMapKey] = Field(default_factory=list, max_length=4096,
+                                      description="Raw values (same key syntax) that become the dataset's ignore_index.")
+    unlisted: Literal["error", "ignore"] = Field("error", description="Raw values in neither list: 'error' (the mask is invalid) or 'ignore'.")
+
+
 class DatasetRef(_Strict):
     """Where a dataset lies and what it holds (resolved by the service, or given on the command line)."""
 
@@ -205,6 +219,7 @@ class DatasetRef(_Strict):
     class_names: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] | None = Field(None, max_length=1024, description="Class names, index = class id.")
     ignore_index: int = Field(11, ge=0, le=65535, description="Mask value ignored by loss and metrics.")
     limit: int | None = Field(None, ge=1, le=10_000_000, description="Use at most this many images per split (tests, demos).")
+    label_map: LabelMap | None = Field(None, description="Raw mask values -> class ids (core.labelmap); None = the masks hold class ids (or the layout's own map).")
 
 
 class SearchJobSpec(_Strict):

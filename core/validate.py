@@ -2,12 +2,16 @@
 
 Checks: each named split is present and non-empty; every image decodes (grayscale accepted and
 replicated to 3 channels, and counted); every image has a mask; every mask decodes, is
-single-channel, has the image's size and holds only class ids or the ignore value (after the
-layout's label map). Reports counts per split, image sizes, per-class pixel frequencies, RGB
-channel mean/std (in [0, 1]) and the first ``max_bad_per_kind`` bad files of each kind.
+single-channel (or RGB / palette with a colour label map), has the image's size and holds only class
+ids or the ignore value (after the dataset's label map, :mod:`core.labelmap`, or the layout's).
+Reports counts per split, image sizes, per-class pixel frequencies, RGB channel mean/std (in
+[0, 1]), the most frequent raw mask values, warnings about setups that validate but cannot train
+well (issue 13), a suggested label map when one would make failing masks valid, and the first
+``max_bad_per_kind`` bad files of each kind.
 """
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,16 +19,26 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .data import DECODE_WORKERS, MaskChannelsError, read_mask
+from .data import DECODE_WORKERS, MaskChannelsError, mask_values
+from .labelmap import CompiledLabelMap, compile_label_map, format_raw, suggest_label_map
 from .layouts import Layout, OutsideRootError, get_layout
+from .specs import LabelMap
 
 MAX_BAD_PER_KIND = 20
 """Bad files listed per kind of problem (all are counted)."""
 GRAYSCALE_MODES = ("L", "I", "I;16", "F", "1", "LA")
 """PIL modes counted as grayscale images (accepted, used as 3 identical channels)."""
+RAW_VALUES_PER_MASK = 4096
+"""Distinct raw mask values counted per mask for the report's histogram (more are only counted)."""
+RAW_VALUES_REPORTED = 64
+"""Most frequent raw mask values listed in the report (raw_values)."""
+MOSTLY_IGNORED_FRACTION = 0.9
+"""A split with at least this fraction of ignored pixels gets a ``mostly_ignored`` warning."""
+GREY_RAMP_MIN_VALUES = 32
+"""Distinct raw mask values from which masks look like grey images (``grey_ramp`` warning; also 2*classes+2)."""
 
 
-def _check_pair(args: tuple[str, Path, Path, int, int, np.ndarray | None]) -> dict:
+def _check_pair(args: tuple[str, Path, Path, int, int, object]) -> dict:
     stem, img_path, mask_path, num_classes, ignore, label_map = args
     out: dict = {"stem": stem, "image": str(img_path), "mask": str(mask_path)}
     try:
@@ -39,33 +53,103 @@ def _check_pair(args: tuple[str, Path, Path, int, int, np.ndarray | None]) -> di
     out["sumsq"] = np.square(rgb).reshape(-1, 3).sum(0)
     out["pixels"] = rgb.shape[0] * rgb.shape[1]
     if not mask_path.is_file():
-        return {**out, "problem": ("missing_mask", "no mask for this image", str(img_path))}
+        return {**out, "problem": ("missing_mask", "no mask for this image", str(mask_path))}
+    compiled = isinstance(label_map, CompiledLabelMap)
     try:
-        mask = read_mask(mask_path, label_map)
-    except ValueError as exc:
-        kind = "mask_channels" if isinstance(exc, MaskChannelsError) else "mask_values"
-        return {**out, "problem": (kind, str(exc).replace(str(mask_path), "mask"), str(mask_path))}
-    except (UnidentifiedImageError, OSError) as exc:
+        # the raw values only (the map is applied below, so unlisted values are reported as mask_values)
+        raw, _ = mask_values(mask_path, CompiledLabelMap(label_map.kind, label_map.keys, label_map.targets, True,
+                                                         label_map.ignore_index) if compiled else None)
+    except MaskChannelsError as exc:
+        return {**out, "problem": ("mask_channels", str(exc).replace(str(mask_path), "mask"), str(mask_path))}
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         return {**out, "problem": ("mask_decode", f"mask does not decode: {exc}", str(mask_path))}
-    if mask.size != out["size"]:
+    uniq, cnt = np.unique(raw, return_counts=True)
+    out["raw"] = dict(zip(uniq[:RAW_VALUES_PER_MASK].tolist(), cnt[:RAW_VALUES_PER_MASK].tolist()))
+    out["raw_distinct"] = int(uniq.size)
+    if (raw.shape[1], raw.shape[0]) != out["size"]:
         return {**out, "problem": ("size_mismatch", f"image is {out['size'][0]}x{out['size'][1]} but mask is "
-                                   f"{mask.size[0]}x{mask.size[1]}", str(mask_path))}
-    values = np.asarray(mask).astype(np.int64).ravel()
+                                   f"{raw.shape[1]}x{raw.shape[0]}", str(mask_path))}
+    try:
+        if compiled:
+            mapped = label_map.apply(raw)
+        elif label_map is not None:
+            if raw.min() < 0 or raw.max() >= len(label_map):
+                raise ValueError(f"holds label ids outside 0..{len(label_map) - 1}")
+            mapped = label_map[raw].astype(np.int64)
+        else:
+            mapped = raw
+    except ValueError as exc:
+        return {**out, "problem": ("mask_values", f"mask {exc}", str(mask_path))}
+    values = mapped.ravel()
     bad = ((values >= num_classes) & (values != ignore)) | (values < 0)
     if bad.any():
         vals = sorted(np.unique(values[bad]).tolist())[:5]
         return {**out, "problem": ("mask_values", f"mask values {vals} are neither class ids 0..{num_classes - 1} "
-                                   f"nor the ignore value {ignore}", str(mask_path))}
+                                   f"nor the ignore value {ignore}; give the dataset a label_map (raw value -> "
+                                   f"class id; the report's suggested_label_map when it has one) or another "
+                                   f"ignore_index", str(mask_path))}
     out["counts"] = np.bincount(values[values != ignore], minlength=num_classes)
     out["ignored"] = int((values == ignore).sum())
     return out
 
 
+def _warnings(per_split_pixels: dict[str, np.ndarray], per_split_ignored: dict[str, int], names: list[str],
+              raw_hist: Counter, raw_distinct_max: int, num_classes: int, ignore_index: int,
+              label_map: CompiledLabelMap | None, train_split: str, mapped_by_layout: bool = False) -> list[dict]:
+    """Setups that validate but cannot train well (issue 13): the dataset stays usable."""
+    out: list[dict] = []
+    train = per_split_pixels.get(train_split)
+    if train is not None:
+        empty = [i for i in range(num_classes) if train[i] == 0]
+        if empty:
+            shown = ", ".join(f"{i} ({names[i]})" for i in empty[:10])
+            out.append({"kind": "empty_class", "split": train_split, "classes": empty,
+                        "message": f"class(es) {shown} have no pixels in the {train_split} split: the model cannot "
+                                   f"learn them. Check num_classes, ignore_index and the label map (a 0/255 mask with "
+                                   f"ignore_index 255 ignores every foreground pixel)."})
+    for split, pix in per_split_pixels.items():
+        total = int(pix.sum()) + per_split_ignored.get(split, 0)
+        if total and per_split_ignored.get(split, 0) / total >= MOSTLY_IGNORED_FRACTION:
+            frac = per_split_ignored[split] / total
+            out.append({"kind": "mostly_ignored", "split": split, "ignored_fraction": round(frac, 4),
+                        "message": f"{frac:.1%} of the pixels of the {split} split are the ignore value "
+                                   f"{ignore_index}: losses and metrics see almost nothing. Check ignore_index and "
+                                   f"the label map."})
+    distinct = max(len(raw_hist), raw_distinct_max)
+    colour = label_map is not None and label_map.kind == "color"
+    if distinct >= max(GREY_RAMP_MIN_VALUES, 2 * num_classes + 2):
+        out.append({"kind": "grey_ramp", "distinct_values": distinct,
+                    "message": f"the masks hold {distinct} distinct raw values for {num_classes} classes: they look "
+                               f"like grey images or anti-aliased / JPEG-saved masks rather than label maps. Save masks "
+                               f"as PNG with exact label values (nearest-neighbour resizing)."})
+    elif not colour and label_map is None and not mapped_by_layout and len(raw_hist) > 2:
+        vals = sorted(raw_hist)
+        outside = [v for v in vals if v >= num_classes and v != ignore_index]
+        if len(outside) * 2 > len(vals):
+            shown = ", ".join(str(v) for v in vals[:12])
+            out.append({"kind": "palette_like", "values": vals[:64],
+                        "message": f"the masks hold the values {shown}{', ...' if len(vals) > 12 else ''}: most are "
+                                   f"not class ids 0..{num_classes - 1}, like colours or a palette converted to grey. "
+                                   f"Give the dataset a label_map (raw value -> class id)."})
+    return out
+
+
 def validate_dataset(root: str | Path, layout: str | Layout, num_classes: int, ignore_index: int,
                      splits: list[str] | None = None, class_names: list[str] | None = None,
-                     max_bad_per_kind: int = MAX_BAD_PER_KIND) -> dict:
+                     max_bad_per_kind: int = MAX_BAD_PER_KIND, label_map: LabelMap | dict | None = None,
+                     train_split: str = "train") -> dict:
+    """Check every file; the report also carries ``raw_values`` (the most frequent raw mask values),
+    ``warnings`` (setups that validate but cannot train well: an empty class in ``train_split``, a
+    split almost all ignored, grey-ramp or palette-looking masks) and, when masks fail on their values
+    and a label map would fix them, ``suggested_label_map``."""
     root = Path(root)
     lay = layout if isinstance(layout, Layout) else get_layout(layout)
+    compiled = compile_label_map(label_map, num_classes, ignore_index) if label_map is not None else None
+    lookup = compiled if compiled is not None else lay.label_map
+    raw_hist: Counter = Counter()
+    raw_distinct_max = 0
+    per_split_pixels: dict[str, np.ndarray] = {}
+    per_split_ignored: dict[str, int] = {}
     names = class_names or list(lay.class_names or []) or [f"class_{i}" for i in range(num_classes)]
     if len(names) != num_classes:
         names = [f"class_{i}" for i in range(num_classes)]
@@ -96,12 +180,17 @@ def validate_dataset(root: str | Path, layout: str | Layout, num_classes: int, i
             kind = "outside_root" if isinstance(exc, OutsideRootError) else "empty_split"
             report(kind, split, str(exc).replace(str(root) + "/", ""))
             continue
-        jobs = [(stem, ip, mp, num_classes, ignore_index, lay.label_map) for stem, ip, mp in pairs]
+        jobs = [(stem, ip, mp, num_classes, ignore_index, lookup) for stem, ip, mp in pairs]
         with ThreadPoolExecutor(max_workers=DECODE_WORKERS) as pool:
             results = list(pool.map(_check_pair, jobs))
         sizes: Counter = Counter()
-        good = gray = 0
+        good = gray = split_ignored = 0
+        split_pixels = np.zeros(num_classes, dtype=np.int64)
         for r in results:
+            if "raw" in r:
+                if len(raw_hist) < RAW_VALUES_PER_MASK:
+                    raw_hist.update(r["raw"])
+                raw_distinct_max = max(raw_distinct_max, r["raw_distinct"])
             if "size" in r:
                 sizes[f"{r['size'][0]}x{r['size'][1]}"] += 1
                 csum += r["sum"]
@@ -114,12 +203,31 @@ def validate_dataset(root: str | Path, layout: str | Layout, num_classes: int, i
             good += 1
             class_pixels += r["counts"]
             ignored += r["ignored"]
+            split_pixels += r["counts"]
+            split_ignored += r["ignored"]
+        if good:  # warnings speak of splits whose masks were read
+            per_split_pixels[split], per_split_ignored[split] = split_pixels, split_ignored
         per_split[split] = {"images": len(results), "valid": good, "grayscale_images": gray, "sizes": dict(sizes)}
     labelled = int(class_pixels.sum())
     mean = csum / max(npix, 1)
     std = np.sqrt(np.maximum(csumsq / max(npix, 1) - mean ** 2, 0.0))
+    warnings = _warnings(per_split_pixels, per_split_ignored, names, raw_hist, raw_distinct_max, num_classes,
+                         ignore_index, compiled, train_split, mapped_by_layout=lay.label_map is not None)
+    kind = compiled.kind if compiled is not None else "value"
+    suggested = None
+    if bad_counts.get("mask_values") and compiled is None and lay.label_map is None:
+        suggested = suggest_label_map(sorted(raw_hist), num_classes, ignore_index)
+        if suggested is not None:
+            pairs_txt = ",".join(f"{k}={v}" for k, v in suggested["values"].items())
+            warnings.append({"kind": "suggested_label_map", "label_map": suggested,
+                             "message": f"the masks hold exactly the raw values {', '.join(map(str, sorted(raw_hist)))}: "
+                                        f"declare label_map {json.dumps(suggested)} (CLI: --label-map {pairs_txt}) "
+                                        f"to map them to classes 0..{len(suggested['values']) - 1}"})
     return {
         "ok": not bad_counts,
+        "label_map": LabelMap.model_validate(label_map).model_dump(mode="json") if label_map is not None else None,
+        "raw_values": {format_raw(kind, int(v)): int(c) for v, c in raw_hist.most_common(RAW_VALUES_REPORTED)},
+        "warnings": warnings, "suggested_label_map": suggested,
         "layout": lay.name, "num_classes": num_classes, "ignore_index": ignore_index, "class_names": names,
         "splits": per_split,
         "class_pixels": {n: int(c) for n, c in zip(names, class_pixels)},

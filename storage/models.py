@@ -65,6 +65,8 @@ class Dataset(TenantMixin, Base):
     num_classes: Mapped[int] = mapped_column(Integer)
     class_names: Mapped[list[Any] | None] = mapped_column(nullable=True)
     ignore_index: Mapped[int] = mapped_column(Integer)
+    # raw mask value -> class id (core.specs.LabelMap as JSON); None: the masks hold class ids
+    label_map: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
     stats: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Ingest and validation (datasets issue): a dataset is usable by jobs only when "ready".

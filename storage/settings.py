@@ -69,6 +69,7 @@ class ServiceSettings(BaseSettings):
     device_lock: bool = Field(True, description="Workers on one host take an exclusive lock per device (GAS_DEVICE_ID) for search, retrain and benchmark jobs, held by the job process itself, so one device never runs two measuring jobs at once (not even an orphaned one).")
     device_id: str = Field("", description="Name of the device this worker uses for the device lock; empty = `cuda:<CUDA_VISIBLE_DEVICES>` when that is set, else `cpu`.")
     device_lock_wait_s: float = Field(600.0, gt=0, description="How long a claimed job waits for its device lock (heart-beating) before it is handed back, uncharged, for later.")
+    progress_pulse_s: float = Field(2.0, gt=0, le=3600, description="A running job's progress is re-sent with its elapsed time and ETA at least this often, so no phase looks hung.")
     job_kind_overrides: str = Field("", description="TESTS ONLY: JSON map kind -> 'module:function' replacing the core entry point of a job kind.")
     worker_pool: str = Field("solo", description="Celery pool of `python -m worker` (solo: one job per worker process, the GPU-per-worker model).")
     worker_concurrency: int = Field(1, ge=1, description="Celery concurrency of `python -m worker` (keep 1 per GPU).")

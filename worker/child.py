@@ -57,6 +57,73 @@ def memory_reason(exc: BaseException, limit: int) -> str | None:
         return (f"out of memory: the job process is limited to {limit / 2**30:.2f} GiB "
                 "(GAS_JOB_MEMORY_LIMIT_BYTES); lower the batch size, the crop or the network's channels")
     return None
+PULSE_INTERVAL_S = 2.0
+"""Seconds between two progress pulses when the parent does not say (``progress_pulse_s``: GAS_PROGRESS_PULSE_S)."""
+
+
+def time_budget_s(spec) -> float:
+    """A retrain's wall-clock budget (0: none), which ends its training phase when shorter than its epochs."""
+    train = (spec or {}).get("train") if isinstance(spec, dict) else None
+    return float((train or {}).get("time_budget_s") or 0.0)
+
+
+def _stage(phase) -> object:
+    """Phases timed together: a search's warm-up and search epochs are one run of ``epochs`` epochs."""
+    return "search" if phase in ("warmup", "search") else phase
+
+
+class Pulse:
+    """The job's progress callback, plus a pulse: every ``interval_s`` the latest event is sent
+    again with ``elapsed_s`` (job), ``phase_elapsed_s`` and ``eta_s`` (the phase's remaining time, from
+    its epoch/step counters, capped by the time budget of a ``train`` phase), so no phase is silent
+    (issue 13). Pulses carry no ``message``: they update the job's progress, not its event log."""
+
+    def __init__(self, send, budget_s: float = 0.0, interval_s: float = PULSE_INTERVAL_S):
+        self.send, self.budget_s, self.interval_s = send, budget_s, interval_s
+        self.t0 = self.phase_t0 = self.last_sent = time.monotonic()
+        self.last: dict = {}
+        self.lock = threading.Lock()
+
+    def _annotate(self, ev: dict, now: float) -> dict:
+        out = {k: v for k, v in ev.items() if k != "message"} if ev is self.last else dict(ev)
+        out["elapsed_s"] = round(now - self.t0, 1)
+        out["phase_elapsed_s"] = round(now - self.phase_t0, 1)
+        done = None
+        if ev.get("steps") and ev.get("step") is not None:
+            if ev.get("epochs") and ev.get("epoch") and ev.get("phase") in ("warmup", "search"):
+                done = ((ev["epoch"] - 1) + ev["step"] / ev["steps"]) / ev["epochs"]  # per-epoch steps
+            else:
+                done = ev["step"] / ev["steps"]
+        elif ev.get("epochs") and ev.get("epoch") is not None:
+            done = ev["epoch"] / ev["epochs"]
+        phase_s = now - self.phase_t0
+        eta = phase_s * (1.0 - done) / done if done and 0.0 < done <= 1.0 else None
+        if ev.get("phase") == "train" and self.budget_s > 0:
+            left = max(0.0, self.budget_s - phase_s)
+            eta = left if eta is None else min(eta, left)
+        if eta is not None:
+            out["eta_s"] = round(eta, 1)
+        return out
+
+    def __call__(self, ev: dict) -> None:
+        now = time.monotonic()
+        with self.lock:
+            if _stage(ev.get("phase")) != _stage(self.last.get("phase")):
+                self.phase_t0 = now
+            self.last = dict(ev)
+            self.last_sent = now
+            out = self._annotate(ev, now)
+        self.send(out)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.interval_s / 2):
+            now = time.monotonic()
+            with self.lock:
+                if not self.last or now - self.last_sent < self.interval_s:
+                    continue
+                self.last_sent = now
+                out = self._annotate(self.last, now)
+            self.send(out)
 
 
 def main() -> int:
@@ -95,7 +162,10 @@ def main() -> int:
     threading.Thread(target=watch_stdin, daemon=True).start()
 
     fn = resolve(job["target"])
-    kwargs = dict(progress=lambda ev: send({"t": "progress", "event": redact(ev, roots)}), should_cancel=cancel.is_set)
+    pulse = Pulse(lambda ev: send({"t": "progress", "event": redact(ev, roots)}), time_budget_s(job.get("spec")),
+                  float(job.get("progress_pulse_s") or PULSE_INTERVAL_S))
+    threading.Thread(target=pulse.run, args=(cancel,), daemon=True).start()
+    kwargs = dict(progress=pulse, should_cancel=cancel.is_set)
     if job["kind"] in NEEDS_LUT_DIR:
         kwargs["lut_dir"] = job["lut_dir"]
     if job["kind"] in NEEDS_DATA_CACHE and job.get("data_cache_dir"):

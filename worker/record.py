@@ -66,6 +66,9 @@ def summarize(kind: str, result: dict, report: dict | None, spec: dict) -> dict:
         "trivial_baseline_miou": _num(flat, "trivial_baseline_miou"),
         "beats_trivial_baseline": flat.get("beats_trivial_baseline") if isinstance(flat.get("beats_trivial_baseline"), bool) else None,
         "device": flat.get("device") if isinstance(flat.get("device"), str) else None,
+        # retrain: where the headline mIoU was measured and how it was chosen (issue 13)
+        "miou_split": flat.get("miou_split") if isinstance(flat.get("miou_split"), str) else None,
+        "miou_selection": flat.get("miou_selection") if isinstance(flat.get("miou_selection"), str) else None,
     }
     return {k: v for k, v in summary.items() if v is not None}
 

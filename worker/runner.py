@@ -188,7 +188,8 @@ def _run_claimed(Session, settings: ServiceSettings, job_id: str, attempt: int, 
         (workdir / "logs").mkdir(parents=True, exist_ok=True)
         msg = dict(kind=kind, target=target_for(kind, settings.kind_overrides()), spec=spec, workdir=str(workdir),
                    lut_dir=str(settings.lut_path), data_cache_dir=str(settings.cache_path),
-                   orphan_grace_s=settings.cancel_grace_s, memory_limit_bytes=settings.job_memory_limit())
+                   orphan_grace_s=settings.cancel_grace_s, memory_limit_bytes=settings.job_memory_limit(),
+                   progress_pulse_s=settings.progress_pulse_s)
         child = Child(msg, workdir / "logs" / f"attempt-{attempt}.log", pass_fds=(lock_fd,) if lock_fd is not None else ())
     except Exception as exc:  # noqa: BLE001 - cannot even start the job: it fails with the reason
         log.exception("job %s: could not start attempt %d", job_id, attempt)
@@ -291,7 +292,9 @@ def _supervise(Session, settings: ServiceSettings, job_id: str, attempt: int, ch
             with Session() as s:
                 sm.finish(s, job_id, attempt, sm.FAILED, error=reason, progress=progress or None, message=reason)
             return "wall-limit"
-        if cancel_sent is not None and now - cancel_sent > settings.cancel_grace_s and child.proc.poll() is None:
+        # a child that already answered (stopped at a step boundary) is exiting: give it another grace period
+        grace = settings.cancel_grace_s * (2 if outcome is not None else 1)
+        if cancel_sent is not None and now - cancel_sent > grace and child.proc.poll() is None:
             child.kill()
             with Session() as s:
                 sm.finish(s, job_id, attempt, sm.CANCELLED, progress=progress or None,
@@ -323,6 +326,10 @@ def _succeed(s, settings: ServiceSettings, job_id: str, attempt: int, result: di
     job = s.get(Job, job_id)
     if job is None or job.attempts != attempt or job.status not in sm.ACTIVE:
         return "lost-lease"
+    if job.status == sm.CANCELLING:  # the cancel came after the last step: a cancelled job never ends succeeded
+        sm.finish(s, job_id, attempt, sm.CANCELLED, progress=progress or None,
+                  message="cancelled: the job finished its work after the cancel request; its results are discarded")
+        return "cancelled"
     art_dir = workdir / "artifacts"
     report = None
     if (art_dir / "report.json").is_file():

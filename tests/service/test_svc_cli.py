@@ -13,7 +13,7 @@ pytestmark = pytest.mark.services
 
 
 def gas(stack, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([PY, "-m", "client.cli", "--url", stack.url, *args], cwd=str(REPO), capture_output=True,
+    return subprocess.run([PY, "-m", "client.cli", "--url", stack.url, "--json", *args], cwd=str(REPO), capture_output=True,
                           text=True, timeout=120, env=stack.env)
 
 

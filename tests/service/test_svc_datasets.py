@@ -98,10 +98,17 @@ def test_upload_zip_of_camvid_validates_and_runs_a_job(stack, camvid_tiny):
     # validation ran as a job on the worker
     vjob = http.get(f"/api/v1/jobs/{ready['validation_job_id']}").json()
     assert vjob["kind"] == "validate" and vjob["status"] == "succeeded"
-    # the same archive again is the same dataset (content addressing), nothing extracted twice
-    again = upload(http, data, name="other name")
+    # the same archive with the same parameters is the same dataset (content addressing), nothing extracted twice
+    again = upload(http, data)
     assert again.status_code == 200 and again.json()["id"] == ds["id"]
+    # with other parameters it is a new dataset over the same stored files, never silently the old one (issue 13)
+    other = upload(http, data, name="other name")
+    assert other.status_code == 201 and other.json()["id"] != ds["id"], other.text
+    assert other.json()["name"] == "other name" and other.json()["same_archive_as"] == [ds["id"]]
     assert len([p for p in (uploads_dir(stack) / "default").iterdir() if p.name == ds["sha256"]]) == 1
+    wait_dataset(http, other.json()["id"])
+    assert http.delete(f"/api/v1/datasets/{other.json()['id']}").status_code == 204
+    assert (uploads_dir(stack) / "default" / ds["sha256"]).is_dir()  # still used by the first dataset
     # and a job runs on it
     job = http.post("/api/v1/jobs/search", json=fake_search_body(ds["id"])).json()
     wait_until(lambda: http.get(f"/api/v1/jobs/{job['id']}").json()["status"] == "succeeded", 60, "search on upload")
@@ -262,7 +269,7 @@ def test_cli_upload_show_delete(stack, camvid_tiny, tmp_path):
     (tmp_path / "c.tar.gz").write_bytes(tar_dir(src, "c", "w:gz"))
 
     def gas(*args):
-        return subprocess.run([PY, "-m", "client.cli", "--url", stack.url, *args], cwd=str(REPO), capture_output=True,
+        return subprocess.run([PY, "-m", "client.cli", "--url", stack.url, "--json", *args], cwd=str(REPO), capture_output=True,
                               text=True, timeout=120, env=stack.env)
 
     out = gas("datasets", "upload", "cli-up", str(tmp_path / "c.tar.gz"), "--num-classes", "11")

@@ -23,7 +23,7 @@ RETRAIN = {"epochs": 1, "batch_size": 2, "dataset_limit": 8, "advanced": {"fps_i
 
 
 def cli(stack, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([PY, "-m", "client.cli", "--url", stack.url, *args], cwd=str(REPO), capture_output=True,
+    return subprocess.run([PY, "-m", "client.cli", "--url", stack.url, "--json", *args], cwd=str(REPO), capture_output=True,
                           text=True, timeout=300, env=stack.env)
 
 

@@ -43,7 +43,7 @@ def tiny_genotype(seed: int = 0) -> dict:
 
 def predict_cli(stack, cache: Path, *args) -> subprocess.CompletedProcess:
     env = {**stack.env, "GAS_CLIENT_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([PY, "-c", PREDICT_NO_TORCH, "--url", stack.url, "predict", *args], cwd=str(REPO),
+    return subprocess.run([PY, "-c", PREDICT_NO_TORCH, "--url", stack.url, "--json", "predict", *args], cwd=str(REPO),
                           capture_output=True, text=True, timeout=300, env=env)
 
 
