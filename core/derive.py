@@ -1,8 +1,8 @@
 """Derivation (GAS.md §6): α' -> genotype, random genotypes, budget filling and over-budget repair.
 
-Two derivations (``latency.derivation``), in :data:`DERIVATIONS`:
+Three derivations (``latency.derivation``), in :data:`DERIVATIONS`:
 
-- ``argmax`` (the paper's, DARTS's; the default): on each kept edge the strongest non-``none`` op of α';
+- ``argmax`` (the paper's, DARTS's): on each kept edge the strongest non-``none`` op of α';
 - ``fill`` [ours]: on each kept edge the strongest *parametric* op, then the repair's greedy steps to
   cheaper ops, in the order that gives up the least α' probability per ms saved, until the LUT
   predicts the budget. Weight-free ops (skip, pooling) are kept only where the budget needs them,
@@ -10,7 +10,7 @@ Two derivations (``latency.derivation``), in :data:`DERIVATIONS`:
   trained supernet those favour weight-free ops (the DARTS collapse), which left attempts 1–2 of
   docs/SEARCH_QUALITY.md 30–50 % under budget and no better than random networks at the budget.
   Measured worse than that (attempt 3): an option, not the default.
-- ``pt`` [ours, after DARTS-PT, Wang et al. ICLR 2021]: ops and edges ranked by how much the trained
+- ``pt`` [ours, after DARTS-PT, Wang et al. ICLR 2021; the default since attempt 4]: ops and edges ranked by how much the trained
   supernet's loss rises when each is removed (:mod:`core.perturb`), not by α' magnitudes; then, where
   the LUT predicts more than the budget, the same greedy steps to cheaper ops, giving up the least
   importance per ms saved. α', the GGM and the latency loss still shape the supernet it scores.
