@@ -5,6 +5,8 @@ Examples::
     gas datasets register camvid camvid/            # a directory under the server's datasets root
     gas search DATASET_ID --latency-ms 20 --height 360 --width 480 --epochs 20 --watch
     gas retrain DATASET_ID --search-job JOB_ID --epochs 100 --watch
+    gas feasibility --height 360 --width 480 --dataset DATASET_ID     # what budgets are feasible, before a search
+    gas luts list ; gas luts show TABLE_ID ; gas luts delete TABLE_ID   # latency tables (delete: operators)
     gas jobs list --status running
     gas watch JOB_ID ; gas cancel JOB_ID ; gas events JOB_ID
     gas download JOB_ID checkpoint.safetensors -o ./out/
@@ -37,6 +39,7 @@ def _settings(args, names: list[str]) -> dict:
 
 SEARCH_FIELDS = ["epochs", "warmup_epochs", "cells", "nodes", "init_channels", "gamma", "lam", "seed", "batch_size",
                  "crop_height", "crop_width", "dataset_limit", "ggm"]
+FEASIBILITY_FIELDS = ["cells", "nodes", "init_channels"]
 RETRAIN_FIELDS = ["epochs", "time_budget_s", "batch_size", "lr", "seed", "crop_height", "crop_width", "height", "width",
                   "dataset_limit"]
 
@@ -102,6 +105,27 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--iters", type=int, default=100)
     bm.add_argument("--budget-ms", type=float)
     bm.add_argument("--watch", action="store_true")
+
+    fe = sub.add_parser("feasibility", help="what budgets are feasible: latency of the cheapest, a typical and the "
+                                            "dearest network of a search space at a resolution (waits for the answer)")
+    fe.add_argument("--height", type=int, default=360)
+    fe.add_argument("--width", type=int, default=480)
+    fe.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    fg = fe.add_mutually_exclusive_group()
+    fg.add_argument("--dataset", dest="dataset_id", help="take the number of classes from this dataset")
+    fg.add_argument("--num-classes", type=int)
+    for n in FEASIBILITY_FIELDS:
+        fe.add_argument("--" + n.replace("_", "-"), dest=n, type=int)
+    fe.add_argument("--advanced", help="JSON object of allow-listed core knobs (network, latency, ops, measure, repeats, "
+                                       "typical_samples, seed; see docs/SERVICE.md)")
+    fe.add_argument("--no-wait", action="store_true", help="print the job at once instead of waiting for the answer")
+
+    lt = sub.add_parser("luts", help="latency tables of the workers' devices").add_subparsers(dest="lcmd", required=True)
+    ll = lt.add_parser("list")
+    ll.add_argument("--height", type=int)
+    ll.add_argument("--width", type=int)
+    lt.add_parser("show", help="one table with every entry and its validations").add_argument("table_id")
+    lt.add_parser("delete", help="delete a table (operator tenants only); the next job re-measures it").add_argument("table_id")
 
     jb = sub.add_parser("jobs", help="list jobs").add_subparsers(dest="jcmd", required=True)
     ls = jb.add_parser("list")
@@ -176,6 +200,26 @@ def main(argv: list[str] | None = None) -> int:
                 job = c.submit_benchmark(job_id=args.job, genotype=genotype, height=args.height, width=args.width,
                                          iters=args.iters, budget_ms=args.budget_ms)
                 return _finish(c, job, args.watch)
+            if args.cmd == "feasibility":
+                kw = dict(height=args.height, width=args.width, precision=args.precision, dataset_id=args.dataset_id,
+                          num_classes=args.num_classes, settings=_settings(args, FEASIBILITY_FIELDS))
+                if args.no_wait:
+                    _print(c.submit_feasibility(**kw))
+                    return 0
+                try:
+                    _print(c.feasibility(**kw))
+                except RuntimeError as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+                    return 1
+                return 0
+            if args.cmd == "luts":
+                if args.lcmd == "list":
+                    _print(c.latency_tables(height=args.height, width=args.width))
+                elif args.lcmd == "show":
+                    _print(c.latency_table(args.table_id))
+                else:
+                    c.delete_latency_table(args.table_id)
+                return 0
             if args.cmd == "jobs":
                 _print(c.jobs(args.kind, args.status, args.limit, args.offset))
                 return 0

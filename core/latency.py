@@ -277,9 +277,17 @@ def table_path(cache_dir: str | Path, ctx: LutContext) -> Path:
 
 
 def load_or_new(ctx: LutContext, cache_dir: str | Path | None) -> LatencyTable:
-    """The cached table of this identity, or an empty one."""
+    """The cached table of this identity, or an empty one. A file whose recorded identity is not ``ctx``
+    (copied from another machine, or written by another torch/runtime/thread setting and renamed) or
+    that cannot be read is not reused: the job measures a new table, which replaces it once it passes."""
     path = table_path(cache_dir, ctx) if cache_dir else None
-    return LatencyTable.load(path) if path and path.exists() else LatencyTable(ctx)
+    if not (path and path.exists()):
+        return LatencyTable(ctx)
+    try:
+        table = LatencyTable.load(path)
+    except (ValueError, TypeError, KeyError):  # another format version, a damaged file
+        return LatencyTable(ctx)
+    return table if table.context == ctx else LatencyTable(ctx)
 
 
 def measure_into(table: LatencyTable, keys: list[LutKey], cfg: NetworkConfig, device: torch.device, warmup: int,

@@ -242,3 +242,16 @@ class ValidateJobSpec(_Strict):
     dataset: DatasetRef
     splits: list[SplitName] | None = Field(None, max_length=64, description="Splits that must be present; None = every split the layout finds.")
     max_bad_per_kind: int = Field(20, ge=1, le=10_000, description="Bad files listed per kind of problem (all are counted).")
+
+
+class FeasibilityJobSpec(_Strict):
+    """What budgets are feasible before a search (issue 11 section 6): the cheapest, a typical and the
+    dearest network of the search space at the budget's resolution, device and runtime."""
+
+    network: NetworkConfig = NetworkConfig()
+    ops: list[Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,64}$")]] | None = Field(None, max_length=64, description="The search space's op subset (None = all 8), as SearchConfig.ops.")
+    latency: LatencyConfig = LatencyConfig()
+    measure: bool = Field(True, description="Also time the three networks end to end (the LUT sum under-predicts whole networks by 15-25 % on CPU here); off = the table's figures only.")
+    repeats: int = Field(20, ge=3, le=10_000, description="Timed runs of each end-to-end measurement of a feasibility job.")
+    typical_samples: int = Field(64, ge=1, le=10_000, description="Random networks of the space whose median LUT latency is the typical one (the one nearest the median is measured).")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the random networks (the table's validation and the typical network).")
