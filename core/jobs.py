@@ -25,6 +25,8 @@ whenever a timing stays noisy after its retries, a latency table is not trusted,
 bad data, or two measurements of the final network disagree; the search summary then has
 ``measurements_trusted: False`` and the count ``noise_warnings`` (the report lists them), and its
 ``measured_latency_ms``, ``fps`` and ``budget_met`` come from one verdict (``latency_source``).
+While a job waits for its device (another job is timing on it, core.device_lock) it sends
+``{"phase": "device_lock", "message"}`` once per wait; the report's ``device_lock`` lists every hold.
 ``should_cancel()`` is polled between steps; when it answers True the function
 raises :class:`Cancelled` after writing nothing further.
 """
