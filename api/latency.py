@@ -160,7 +160,7 @@ def build_feasibility_spec(s: Session, tenant: str, body: FeasibilityCreate) -> 
         spec["network"]["num_classes"], dataset_id = ds.num_classes, ds.id
     elif body.num_classes is not None:
         spec["network"]["num_classes"] = body.num_classes
-    spec["latency"].update(height=body.height, width=body.width, precision=body.precision)
+    spec["latency"].update(height=body.height, width=body.width, precision=body.precision, runtime=body.runtime)
     try:
         model = FeasibilityJobSpec.model_validate(spec)
     except ValidationError as exc:

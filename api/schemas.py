@@ -10,7 +10,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StringConstr
                       model_validator)
 
 from core.specs import (FeasibilityJobSpec, GGMConfig, LatencyConfig, Layout, NetworkConfig, Precision, RetrainConfig,
-                        RetrainJobSpec, SearchConfig, SearchJobSpec)
+                        RetrainJobSpec, RuntimeName, SearchConfig, SearchJobSpec)
 
 GENOTYPE_MAX_BYTES = 256 * 1024
 """Largest inline genotype document (its compact JSON); a real one is a few kB."""
@@ -95,8 +95,8 @@ def _tunable(model: type[BaseModel], name: str, *, exclude: tuple[str, ...] = ()
 NetworkTunable = _tunable(NetworkConfig, "NetworkTunable", exclude=("num_classes",),
                           doc="core NetworkConfig (num_classes comes from the dataset).")
 GGMTunable = _tunable(GGMConfig, "GGMTunable", doc="core GGMConfig.")
-LatencyTunable = _tunable(LatencyConfig, "LatencyTunable", exclude=("budget_ms", "height", "width", "precision"),
-                          doc="core LatencyConfig (budget, resolution and precision are set with `budget`).")
+LatencyTunable = _tunable(LatencyConfig, "LatencyTunable", exclude=("budget_ms", "height", "width", "precision", "runtime"),
+                          doc="core LatencyConfig (budget, resolution, precision and runtime are set with `budget`).")
 SearchTunable = _tunable(SearchConfig, "SearchTunable", doc="core SearchConfig.")
 SearchAdvancedIn = _tunable(
     SearchJobSpec, "SearchAdvancedIn", exclude=("dataset",),
@@ -122,6 +122,7 @@ SERVER_OWNED: dict[tuple[str, ...], str] = {
     ("latency", "height"): "set with budget.height; remove it",
     ("latency", "width"): "set with budget.width; remove it",
     ("latency", "precision"): "set with budget.precision; remove it",
+    ("latency", "runtime"): "set with budget.runtime (feasibility: runtime); remove it",
     ("advanced", "height"): "set with settings.height; remove it",
     ("advanced", "width"): "set with settings.width; remove it",
     ("advanced", "genotype"): "give genotype or search_job_id at the top level of the body; remove it",
@@ -190,6 +191,7 @@ class BudgetIn(_In):
     height: int = Field(360, ge=16, le=4096, description="Deployment input height.")
     width: int = Field(480, ge=16, le=4096, description="Deployment input width.")
     precision: Precision = Field("fp32", description="Deployment precision.")
+    runtime: RuntimeName = Field("torch-eager", description="Deployment runtime: the latency table, the end-to-end measurements, the repair and the FPS verdict run in it (onnxruntime: CPU execution provider, fp32).")
 
     @model_validator(mode="after")
     def _one(self) -> "BudgetIn":
@@ -283,6 +285,7 @@ class FeasibilityCreate(_In):
     height: int = Field(360, ge=16, le=4096, description="Deployment input height (as budget.height of a search).")
     width: int = Field(480, ge=16, le=4096, description="Deployment input width.")
     precision: Precision = Field("fp32", description="Deployment precision.")
+    runtime: RuntimeName = Field("torch-eager", description="Deployment runtime (as budget.runtime of a search).")
     dataset_id: str | None = Field(None, min_length=1, max_length=64, description="Take the number of classes from this dataset (or give num_classes; default 11).")
     num_classes: int | None = Field(None, ge=2, le=1024, description="Classes of the head (instead of dataset_id).")
     settings: FeasibilitySettingsIn = Field(default_factory=FeasibilitySettingsIn)

@@ -39,6 +39,7 @@ def _settings(args, names: list[str]) -> dict:
 
 SEARCH_FIELDS = ["epochs", "warmup_epochs", "cells", "nodes", "init_channels", "gamma", "lam", "seed", "batch_size",
                  "crop_height", "crop_width", "dataset_limit", "ggm"]
+RUNTIMES = ["torch-eager", "onnxruntime"]
 FEASIBILITY_FIELDS = ["cells", "nodes", "init_channels"]
 RETRAIN_FIELDS = ["epochs", "time_budget_s", "batch_size", "lr", "seed", "crop_height", "crop_width", "height", "width",
                   "dataset_limit"]
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--height", type=int, default=360)
     se.add_argument("--width", type=int, default=480)
     se.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    se.add_argument("--runtime", default="torch-eager", choices=RUNTIMES, help="deployment runtime of the budget")
     for n in SEARCH_FIELDS:
         if n == "ggm":
             se.add_argument("--ggm", dest="ggm", action=argparse.BooleanOptionalAction, default=None)
@@ -111,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     fe.add_argument("--height", type=int, default=360)
     fe.add_argument("--width", type=int, default=480)
     fe.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    fe.add_argument("--runtime", default="torch-eager", choices=RUNTIMES)
     fg = fe.add_mutually_exclusive_group()
     fg.add_argument("--dataset", dest="dataset_id", help="take the number of classes from this dataset")
     fg.add_argument("--num-classes", type=int)
@@ -187,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             if args.cmd == "search":
                 job = c.submit_search(args.dataset_id, latency_ms=args.latency_ms, fps=args.fps, height=args.height,
-                                      width=args.width, precision=args.precision,
+                                      width=args.width, precision=args.precision, runtime=args.runtime,
                                       settings=_settings(args, SEARCH_FIELDS), idempotency_key=args.idempotency_key)
                 return _finish(c, job, args.watch)
             if args.cmd == "retrain":
@@ -201,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                                          iters=args.iters, budget_ms=args.budget_ms)
                 return _finish(c, job, args.watch)
             if args.cmd == "feasibility":
-                kw = dict(height=args.height, width=args.width, precision=args.precision, dataset_id=args.dataset_id,
+                kw = dict(height=args.height, width=args.width, precision=args.precision, runtime=args.runtime,
+                          dataset_id=args.dataset_id,
                           num_classes=args.num_classes, settings=_settings(args, FEASIBILITY_FIELDS))
                 if args.no_wait:
                     _print(c.submit_feasibility(**kw))

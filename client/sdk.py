@@ -121,8 +121,8 @@ class GasClient:
     # ------------------------------------------------------------------------------------ jobs
     def submit_search(self, dataset_id: str, *, latency_ms: float | None = None, fps: float | None = None,
                       height: int = 360, width: int = 480, precision: str = "fp32", settings: dict | None = None,
-                      idempotency_key: str | None = None) -> dict:
-        budget: dict[str, Any] = {"height": height, "width": width, "precision": precision}
+                      idempotency_key: str | None = None, runtime: str = "torch-eager") -> dict:
+        budget: dict[str, Any] = {"height": height, "width": width, "precision": precision, "runtime": runtime}
         budget.update({"latency_ms": latency_ms} if latency_ms is not None else {"fps": fps})
         return self._post_job("search", {"dataset_id": dataset_id, "budget": budget, "settings": settings or {}},
                               idempotency_key)
@@ -144,10 +144,12 @@ class GasClient:
 
     def submit_feasibility(self, *, height: int = 360, width: int = 480, precision: str = "fp32",
                            dataset_id: str | None = None, num_classes: int | None = None,
-                           settings: dict | None = None, idempotency_key: str | None = None) -> dict:
+                           settings: dict | None = None, idempotency_key: str | None = None,
+                           runtime: str = "torch-eager") -> dict:
         """Ask what budgets are feasible for a search space (the search's cells/nodes/init_channels/advanced
         network settings) at a resolution: a feasibility job (see :meth:`feasibility`)."""
-        body: dict[str, Any] = {"height": height, "width": width, "precision": precision, "settings": settings or {}}
+        body: dict[str, Any] = {"height": height, "width": width, "precision": precision, "runtime": runtime,
+                                "settings": settings or {}}
         if dataset_id is not None:
             body["dataset_id"] = dataset_id
         if num_classes is not None:

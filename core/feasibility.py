@@ -34,6 +34,7 @@ from .lut_trust import trusted_table
 from .network import DerivedNet
 from .noise import NoisePolicy
 from .ops import OPS, op_names
+from .runtimes import check_runtime
 from .pipeline import _check, _dirs, job_threads, pick_device, save_report
 from .specs import FeasibilityJobSpec
 from .timing import set_cudnn_benchmark
@@ -96,6 +97,7 @@ def feasibility_pipeline(spec: FeasibilityJobSpec, workdir: Path, progress: Call
     set_cudnn_benchmark()  # before the table: its identity records the flag
     lat, cfg = spec.latency, spec.network
     ops = op_names(spec.ops)
+    check_runtime(lat.runtime, device, lat.precision)
     noise, threads = NoisePolicy.from_config(lat), job_threads(lat)
     lut_dir = Path(lut_dir) if lut_dir else workdir / "lut"
     lock = DeviceLock.for_device(device, default_lock_dir(lut_dir), progress, should_cancel)
@@ -118,7 +120,7 @@ def feasibility_pipeline(spec: FeasibilityJobSpec, workdir: Path, progress: Call
             for name, g in nets.items():
                 _check(should_cancel, "while measuring")
                 m = measure_latency(DerivedNet(g), lat.height, lat.width, device, lat.precision, lat.warmup_runs,
-                                    spec.repeats, noise=noise, threads=threads)
+                                    spec.repeats, noise=noise, threads=threads, runtime=lat.runtime)
                 rows[name]["measured"] = {"median": round(m["median_ms"], 4), "min": round(m["min_ms"], 4),
                                           "p90": round(m["p90_ms"], 4), "noisy": m["noisy"],
                                           "attempts": m["attempts"]}

@@ -19,7 +19,7 @@ from .data import load_split, normalize
 from .derive import derive, repair_to_budget
 from .device_lock import DeviceLock, default_lock_dir
 from .estimate import estimate_search, fit_batch
-from .fps import fps_report, measure_latency
+from .fps import fps_report, measure_latency, reference_measurement, runtime_key
 from .export import export_checked, model_metadata
 from .genotype import Genotype, Provenance, parse_genotype
 from .jobs import Cancelled
@@ -35,6 +35,7 @@ from .preprocess import Preprocessing
 from .search import Searcher, SearchCancelled, search_crop
 from .specs import BenchmarkJobSpec, LatencyConfig, RetrainJobSpec, SearchConfig, SearchJobSpec
 from .threads import Threads, apply_inter_op, effective
+from .runtimes import check_runtime
 from .timing import set_cudnn_benchmark
 from .verdict import Timed, latency_verdict
 from .train import train
@@ -99,7 +100,7 @@ def end_to_end(genotype: Genotype, lat: LatencyConfig, device: torch.device, noi
                threads: Threads) -> dict:
     """measure_latency of the derived network at the budget's resolution and precision."""
     return measure_latency(DerivedNet(genotype), lat.height, lat.width, device, lat.precision, lat.warmup_runs,
-                           lat.e2e_repeats, noise=noise, threads=threads)
+                           lat.e2e_repeats, noise=noise, threads=threads, runtime=lat.runtime)
 
 
 def _noisy_note(what: str, m: dict, noise: NoisePolicy) -> str:
@@ -133,6 +134,7 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
     device = pick_device()
     set_cudnn_benchmark()  # before the LUT: its identity records the flag
     lat_cfg, net_cfg = spec.latency, spec.network.model_copy(update={"num_classes": spec.dataset.num_classes})
+    check_runtime(lat_cfg.runtime, device, lat_cfg.precision)  # fail now, not after the data and the table
     t0 = time.perf_counter()
     torch.manual_seed(spec.search.seed)
     progress({"phase": "data", "message": "loading and caching the training split"})
@@ -196,16 +198,16 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
             validation = validate_table(latency, spec.validate_lut_samples, device, lat_cfg.precision,
                                         lat_cfg.warmup_runs, lat_cfg.e2e_repeats, spec.search.seed, should_cancel,
                                         noise=noise, threads=threads, max_error=lat_cfg.lut_max_error,
-                                        min_rank_corr=lat_cfg.lut_min_rank_corr)
+                                        min_rank_corr=lat_cfg.lut_min_rank_corr, runtime=lat_cfg.runtime)
     progress({"phase": "fps", "message": "FPS report"})
     with lock.hold("fps"):
         fps = fps_report(DerivedNet(genotype), lat_cfg.height, lat_cfg.width, device, spec.fps_iters,
                          lut_prediction_ms=latency.genotype_ms(genotype), budget_ms=lat_cfg.budget_ms,
-                         precision=lat_cfg.precision, noise=noise, threads=threads)
-    ref = fps["measurements"][fps["reference_precision"]]["eager"]
+                         precision=lat_cfg.precision, noise=noise, threads=threads, runtime=lat_cfg.runtime)
+    ref = reference_measurement(fps)
     if ref["noisy"]:
         warn(_noisy_note("FPS measurement", ref, noise))
-    verdict = latency_verdict([Timed.of("end_to_end", repair_doc["measurements"][-1]), Timed.of("fps_eager", ref)],
+    verdict = latency_verdict([Timed.of("end_to_end", repair_doc["measurements"][-1]), Timed.of(f"fps_{runtime_key(lat_cfg.runtime)}", ref)],
                               lat_cfg.budget_ms)
     if not verdict["agree"] or not verdict["trusted"]:
         warn(f"latency verdict: {verdict['reason']}")
@@ -215,7 +217,8 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
     genotype.save(art / "genotype.json")
     report = {
         "kind": "search", "genotype_hash": genotype.arch_hash(), "budget_ms": lat_cfg.budget_ms,
-        "resolution": [lat_cfg.height, lat_cfg.width], "precision": lat_cfg.precision, "batch": 1,
+        "resolution": [lat_cfg.height, lat_cfg.width], "precision": lat_cfg.precision, "runtime": lat_cfg.runtime,
+        "batch": 1,
         "device": table.context.device, "lut": {"id": table.id, "entries": len(table.entries),
                                                  "context": table.context.__dict__, "trust": trust.as_dict()},
         "expected_latency_ms": result.expected_latency_ms, "predicted_latency_ms": latency.genotype_ms(genotype),
@@ -230,6 +233,7 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
     return {"genotype_hash": genotype.arch_hash(), "expected_latency_ms": round(result.expected_latency_ms, 4),
             "predicted_latency_ms": round(report["predicted_latency_ms"], 4),
             "measured_latency_ms": round(report["measured_latency_ms"], 4), "budget_ms": lat_cfg.budget_ms,
+            "runtime": lat_cfg.runtime,
             "budget_met": report["budget_met"], "repaired": repair_doc["repaired"], "lut_id": table.id,
             "device": table.context.device, "supernet_miou": result.history[-1]["supernet_miou"] if result.history else None,
             "fps": verdict["fps"], "measurements_trusted": trusted, "noise_warnings": len(warn.messages),

@@ -15,6 +15,7 @@ Adjacency = Literal["similarity", "topology"]
 LatencyForm = Literal["budget", "paper"]
 Derivation = Literal["argmax", "fill"]
 Layout = Literal["camvid", "folder", "cityscapes"]
+RuntimeName = Literal["torch-eager", "onnxruntime"]  # core/runtimes.py's registry
 
 CAMVID_MEAN_RGB: tuple[float, float, float] = (0.39, 0.41, 0.43)
 """Per-channel RGB mean in [0, 1] of CamVid: the normalisation used where a dataset has no statistics."""
@@ -82,6 +83,7 @@ class LatencyConfig(_Strict):
     height: int = Field(360, ge=16, le=4096, description="Deployment input height for LUT and FPS.")
     width: int = Field(480, ge=16, le=4096, description="Deployment input width for LUT and FPS.")
     precision: Precision = Field("fp32", description="Deployment precision of the LUT and the budget (fp16/bf16 on CUDA only).")
+    runtime: RuntimeName = Field("torch-eager", description="Deployment runtime of the budget: the LUT entries, the end-to-end measurements (validation, repair) and the FPS report's reference timing run in it (onnxruntime: CPU execution provider, fp32).")
     weight: float = Field(0.5, ge=0.0, le=100.0, description="λ, the weight of the latency term in the architecture loss.")
     form: LatencyForm = Field("budget", description="'budget': λ·f(LAT/T) pulling toward T; 'paper': λ·LAT/T (plain, minimising).")
     under_budget_slope: float = Field(0.1, ge=0.0, le=1.0, description="Slope of f below the budget (f(r)=slope·(1-r) for r<1, r-1 above).")
