@@ -162,7 +162,7 @@ def test_two_workers_never_measure_on_the_device_at_once(stack, first):
     """Two jobs taken at once by two workers on one host: their timing phases (recorded in each report)
     do not overlap; the one that found the device busy waited for it."""
     stack.start_worker("worker2")
-    longer = {**SETTINGS, "advanced": {**SETTINGS["advanced"], "repeats": 100}}  # seconds of timing each
+    longer = {**SETTINGS, "advanced": {**SETTINGS["advanced"], "repeats": 300}}  # seconds of timing each
     try:
         with GasClient(stack.url, api_key=stack.api_key) as c:
             ids = [c.submit_feasibility(height=H, width=W, num_classes=11, settings=longer)["id"] for _ in range(2)]
