@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     env.update(GAS_DATA_DIR=str(data), GAS_DATABASE_URL=settings.db_url, GAS_BROKER_URL=settings.broker,
                GAS_ARTIFACT_DIR=str(settings.artifacts_path), GAS_WORK_DIR=str(settings.work_path),
                GAS_LUT_DIR=str(settings.lut_path))
+    if not settings.operators():  # one machine, one owner: its tenant may delete the latency tables
+        env["GAS_OPERATOR_TENANTS"] = settings.default_tenant
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["GAS_PARENT_PID"] = str(os.getpid())  # the worker's watchdog: stop when this launcher is gone
     upgrade(settings.db_url)

@@ -25,7 +25,7 @@ from storage.settings import ServiceSettings
 
 from .problems import Problem
 
-USER_KINDS = ("search", "retrain", "benchmark")
+USER_KINDS = ("search", "retrain", "benchmark", "feasibility")
 ACTIVE = (sm.QUEUED, sm.RUNNING, sm.CANCELLING)
 
 

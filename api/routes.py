@@ -13,13 +13,14 @@ from storage.db import get_sessionmaker
 from storage.settings import PAGE_SIZE_LIMIT
 
 from . import costs, quotas
+from . import latency as lat
 from . import services as svc
 from .auth import Authenticated
 from .deps import ReaderDep, SessionDep, SettingsDep, StoreDep, TenantAsyncDep, TenantDep
 from .problems import PROBLEM, Problem, problem_response
 from .schemas import (ArtifactList, BenchmarkJobCreate, DatasetCreate, DatasetList, DatasetOut, DatasetUploadParams,
-                      EventList, Health,
-                      JobList, JobOut, RetrainJobCreate, SearchJobCreate)
+                      EventList, FeasibilityCreate, Health, JobList, JobOut, LatencyTableDetail, LatencyTableList,
+                      RetrainJobCreate, SearchJobCreate)
 
 PROBLEM_RESPONSES = {code: {"content": {PROBLEM: {}}, "description": desc} for code, desc in
                      {400: "Malformed request body (problem+json)",
@@ -166,9 +167,23 @@ def submit_benchmark(body: BenchmarkJobCreate, s: SessionDep, settings: Settings
     return _accepted(job, created)
 
 
+@api.post("/jobs/feasibility", status_code=202, response_model=JobOut, tags=["jobs", "latency"],
+          summary="What budgets are feasible: latency of the cheapest, a typical and the dearest network of a search "
+                  "space at a resolution on the workers' device (from the cached validated table, or a short measuring job)")
+def submit_feasibility(body: FeasibilityCreate, s: SessionDep, settings: SettingsDep, tenant: TenantDep,
+                       idempotency_key: IdemKey = None):
+    payload = body.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    if (job := svc.find_idempotent(s, tenant, idempotency_key, "feasibility", payload)) is not None:
+        return _accepted(job, False)
+    spec, dataset_id = lat.build_feasibility_spec(s, tenant, body)
+    job, created = svc.create_job(s, settings, tenant, kind="feasibility", spec=spec, payload=payload,
+                                  idem_key=idempotency_key, dataset_id=dataset_id)
+    return _accepted(job, created)
+
+
 @api.get("/jobs", response_model=JobList, tags=["jobs"])
 def list_jobs(s: SessionDep, settings: SettingsDep, tenant: TenantDep,
-              kind: Literal["search", "retrain", "benchmark", "validate"] | None = None,
+              kind: Literal["search", "retrain", "benchmark", "validate", "feasibility"] | None = None,
               status: Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"] | None = None,
               limit: Limit = None, offset: Offset = 0):
     n = _limit(settings, limit)
@@ -224,6 +239,30 @@ def download_artifact(job_id: str, name: str, s: SessionDep, tenant: TenantDep, 
         return FileResponse(path, media_type=art.content_type, filename=art.name, headers=headers)
     f = store.open(art.key)
     return StreamingResponse(iter(lambda: f.read(1 << 20), b""), media_type=art.content_type, headers=headers)
+
+
+# ------------------------------------------------------------------------------------ latency tables
+@api.get("/latency-tables", response_model=LatencyTableList, tags=["latency"],
+         summary="Latency tables of the workers' devices (shared by every tenant; newest first)")
+def list_latency_tables(settings: SettingsDep, limit: Limit = None, offset: Offset = 0,
+                        height: Annotated[int | None, Query(ge=16, le=4096)] = None,
+                        width: Annotated[int | None, Query(ge=16, le=4096)] = None):
+    n = _limit(settings, limit)
+    items = lat.list_tables(settings, n, offset, height, width)
+    return dict(items=items, limit=n, offset=offset, next_offset=offset + n if len(items) == n else None)
+
+
+@api.get("/latency-tables/{table_id}", response_model=LatencyTableDetail, tags=["latency"],
+         summary="One latency table: identity, every entry with its spread, validations")
+def get_latency_table(table_id: str, settings: SettingsDep):
+    return lat.get_table(settings, table_id)
+
+
+@api.delete("/latency-tables/{table_id}", status_code=204, tags=["latency"],
+            summary="Delete a latency table (operator tenants only: it is shared); the next job measures it again")
+def delete_latency_table(table_id: str, s: SessionDep, settings: SettingsDep, tenant: TenantDep):
+    lat.delete_table(s, settings, tenant, table_id)
+    return Response(status_code=204)
 
 
 # ------------------------------------------------------------------------------------------ system

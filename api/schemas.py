@@ -9,8 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, create_model, field_validator,
                       model_validator)
 
-from core.specs import (GGMConfig, LabelMap, LatencyConfig, Layout, NetworkConfig, Precision, RetrainConfig, RetrainJobSpec,
-                        SearchConfig, SearchJobSpec)
+from core.specs import (FeasibilityJobSpec, GGMConfig, LabelMap, LatencyConfig, Layout, NetworkConfig, Precision,
+                        RetrainConfig, RetrainJobSpec, RuntimeName, SearchConfig, SearchJobSpec)
 
 GENOTYPE_MAX_BYTES = 256 * 1024
 """Largest inline genotype document (its compact JSON); a real one is a few kB."""
@@ -95,8 +95,8 @@ def _tunable(model: type[BaseModel], name: str, *, exclude: tuple[str, ...] = ()
 NetworkTunable = _tunable(NetworkConfig, "NetworkTunable", exclude=("num_classes",),
                           doc="core NetworkConfig (num_classes comes from the dataset).")
 GGMTunable = _tunable(GGMConfig, "GGMTunable", doc="core GGMConfig.")
-LatencyTunable = _tunable(LatencyConfig, "LatencyTunable", exclude=("budget_ms", "height", "width", "precision"),
-                          doc="core LatencyConfig (budget, resolution and precision are set with `budget`).")
+LatencyTunable = _tunable(LatencyConfig, "LatencyTunable", exclude=("budget_ms", "height", "width", "precision", "runtime"),
+                          doc="core LatencyConfig (budget, resolution, precision and runtime are set with `budget`).")
 SearchTunable = _tunable(SearchConfig, "SearchTunable", doc="core SearchConfig.")
 SearchAdvancedIn = _tunable(
     SearchJobSpec, "SearchAdvancedIn", exclude=("dataset",),
@@ -109,6 +109,10 @@ RetrainAdvancedIn = _tunable(
     nested={"train": RetrainTunable},
     doc="Core knobs a tenant may tune for a retrain (an allow-list of core.specs.RetrainJobSpec). "
         "train.train_splits and train.eval_split must be splits of the dataset.")
+FeasibilityAdvancedIn = _tunable(
+    FeasibilityJobSpec, "FeasibilityAdvancedIn", nested={"network": NetworkTunable, "latency": LatencyTunable},
+    doc="Core knobs of a feasibility job (an allow-list of core.specs.FeasibilityJobSpec: the search space's network "
+        "and ops, the latency table's measurement settings, measure, repeats, typical_samples, seed).")
 
 SERVER_OWNED: dict[tuple[str, ...], str] = {
     ("dataset",): "set by the service from dataset_id (a job never names a directory); remove it",
@@ -118,6 +122,7 @@ SERVER_OWNED: dict[tuple[str, ...], str] = {
     ("latency", "height"): "set with budget.height; remove it",
     ("latency", "width"): "set with budget.width; remove it",
     ("latency", "precision"): "set with budget.precision; remove it",
+    ("latency", "runtime"): "set with budget.runtime (feasibility: runtime); remove it",
     ("advanced", "height"): "set with settings.height; remove it",
     ("advanced", "width"): "set with settings.width; remove it",
     ("advanced", "genotype"): "give genotype or search_job_id at the top level of the body; remove it",
@@ -238,6 +243,7 @@ class BudgetIn(_In):
     height: int = Field(360, ge=16, le=4096, description="Deployment input height.")
     width: int = Field(480, ge=16, le=4096, description="Deployment input width.")
     precision: Precision = Field("fp32", description="Deployment precision.")
+    runtime: RuntimeName = Field("torch-eager", description="Deployment runtime: the latency table, the end-to-end measurements, the repair and the FPS verdict run in it (onnxruntime: CPU execution provider, fp32).")
 
     @model_validator(mode="after")
     def _one(self) -> "BudgetIn":
@@ -317,6 +323,66 @@ class BenchmarkJobCreate(_In):
         return self
 
 
+class FeasibilitySettingsIn(_In):
+    cells: int | None = Field(None, ge=2, le=24, description="Number of cells K (as the search's settings.cells).")
+    reduction_cells: list[Annotated[int, Field(ge=0, le=23)]] | None = Field(None, max_length=24, description="0-based indices of the reduction cells.")
+    nodes: int | None = Field(None, ge=1, le=6, description="Intermediate nodes per cell.")
+    init_channels: int | None = Field(None, ge=4, le=256, description="Channels of the first cell.")
+    advanced: FeasibilityAdvancedIn | None = Field(None, description="Core knobs (an allow-list: network, latency, ops, measure, repeats, typical_samples, seed); the resolution and precision are set at the top level.")  # type: ignore[valid-type]
+
+
+class FeasibilityCreate(_In):
+    """What budgets are feasible for a search space at a resolution, on the workers' device and runtime."""
+
+    height: int = Field(360, ge=16, le=4096, description="Deployment input height (as budget.height of a search).")
+    width: int = Field(480, ge=16, le=4096, description="Deployment input width.")
+    precision: Precision = Field("fp32", description="Deployment precision.")
+    runtime: RuntimeName = Field("torch-eager", description="Deployment runtime (as budget.runtime of a search).")
+    dataset_id: str | None = Field(None, min_length=1, max_length=64, description="Take the number of classes from this dataset (or give num_classes; default 11).")
+    num_classes: int | None = Field(None, ge=2, le=1024, description="Classes of the head (instead of dataset_id).")
+    settings: FeasibilitySettingsIn = Field(default_factory=FeasibilitySettingsIn)
+
+    @model_validator(mode="after")
+    def _one(self) -> "FeasibilityCreate":
+        if self.dataset_id is not None and self.num_classes is not None:
+            raise ValueError("give dataset_id or num_classes, not both")
+        return self
+
+
+class LatencyTableOut(BaseModel):
+    id: str = Field(description="The table's identity hash (device, runtime, precision, resolution, burst, threads, versions).")
+    format_version: int | None = None
+    device: str | None = None
+    runtime: str | None = None
+    precision: str | None = None
+    height: int | None = None
+    width: int | None = None
+    batch: int | None = None
+    burst: int | None = None
+    threads: dict[str, int | None]
+    versions: dict[str, str | None]
+    cudnn_benchmark: bool | None = None
+    channels_last: bool | None = None
+    entries: int
+    noisy_entries: int
+    validations: list[dict[str, Any]] = Field(description="Per search space: LUT vs end-to-end check (median relative error, Spearman rho, passed).")
+    validated: bool = Field(description="At least one passing validation is recorded.")
+    size_bytes: int
+    sha256: str
+    updated_at: datetime
+
+
+class LatencyTableDetail(LatencyTableOut):
+    entry_list: list[dict[str, Any]] = Field(description="Every timed layer: key, shape, median/p10/p90/min ms, noise verdict.")
+
+
+class LatencyTableList(BaseModel):
+    items: list[LatencyTableOut]
+    limit: int
+    offset: int
+    next_offset: int | None
+
+
 class ProgressOut(BaseModel):
     phase: str | None = None
     epoch: int | None = None
@@ -353,6 +419,9 @@ class ResultSummary(BaseModel):
                                        "was chosen, e.g. 'last epoch'.")
     device: str | None = None
     genotype_id: str | None = None
+    feasibility: dict[str, Any] | None = Field(
+        None, description="Feasibility jobs: latency of the cheapest, a typical and the dearest network of the space "
+                          "(`networks.*.lut_ms`, `networks.*.measured.median`), the table used and its validation, advice.")
 
 
 class JobLinks(BaseModel):
@@ -364,7 +433,7 @@ class JobLinks(BaseModel):
 
 class JobOut(BaseModel):
     id: str
-    kind: Literal["search", "retrain", "benchmark"] | str
+    kind: Literal["search", "retrain", "benchmark", "feasibility"] | str
     status: Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"] | str
     progress: ProgressOut
     attempts: int

@@ -353,7 +353,8 @@ def build_search_spec(s: Session, tenant: str, body: SearchJobCreate) -> tuple[d
         if not isinstance(spec[section], dict):
             raise invalid(f"settings.advanced.{section}", "must be an object")
     b = body.budget
-    spec["latency"].update(budget_ms=b.budget_ms, height=b.height, width=b.width, precision=b.precision)
+    spec["latency"].update(budget_ms=b.budget_ms, height=b.height, width=b.width, precision=b.precision,
+                           runtime=b.runtime)
     pairs = {("search", "epochs"): st.epochs, ("search", "warmup_epochs"): st.warmup_epochs,
              ("network", "num_cells"): st.cells, ("network", "reduction_cells"): st.reduction_cells,
              ("network", "nodes"): st.nodes, ("network", "init_channels"): st.init_channels,

@@ -5,6 +5,8 @@ Examples::
     gas datasets register camvid camvid/            # a directory under the server's datasets root
     gas search DATASET_ID --latency-ms 20 --height 360 --width 480 --epochs 20 --watch
     gas retrain DATASET_ID --search-job JOB_ID --epochs 100 --watch
+    gas feasibility --height 360 --width 480 --dataset DATASET_ID     # what budgets are feasible, before a search
+    gas luts list ; gas luts show TABLE_ID ; gas luts delete TABLE_ID   # latency tables (delete: operators)
     gas jobs list --status running
     gas watch JOB_ID ; gas cancel JOB_ID ; gas events JOB_ID
     gas download JOB_ID checkpoint.safetensors -o ./out/
@@ -59,6 +61,8 @@ def _settings(args, names: list[str]) -> dict:
 
 SEARCH_FIELDS = ["epochs", "warmup_epochs", "cells", "reduction_cells", "nodes", "init_channels", "gamma", "lam", "seed",
                  "batch_size", "crop_height", "crop_width", "dataset_limit", "ggm"]
+RUNTIMES = ["torch-eager", "onnxruntime"]
+FEASIBILITY_FIELDS = ["cells", "nodes", "init_channels"]
 RETRAIN_FIELDS = ["epochs", "time_budget_s", "batch_size", "lr", "seed", "crop_height", "crop_width", "height", "width",
                   "dataset_limit"]
 FLAG_HELP = {
@@ -75,7 +79,7 @@ FLAG_HELP = {
     "height": "train/eval height (default: the search budget's)", "width": "train/eval width (default: the search budget's)",
     "ggm": "GCN-Guided Module on/off",
 }
-JOB_KINDS = ["search", "retrain", "benchmark", "validate"]
+JOB_KINDS = ["search", "retrain", "benchmark", "validate", "feasibility"]
 JOB_STATUSES = ["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 
 
@@ -147,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--height", type=int, default=360, help="deployment input height")
     se.add_argument("--width", type=int, default=480, help="deployment input width")
     se.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="deployment precision")
+    se.add_argument("--runtime", default="torch-eager", choices=RUNTIMES, help="deployment runtime of the budget")
     for n in SEARCH_FIELDS:
         if n == "ggm":
             se.add_argument("--ggm", dest="ggm", action=argparse.BooleanOptionalAction, default=None, help=FLAG_HELP[n])
@@ -182,6 +187,29 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--iters", type=int, default=100, help="timed iterations")
     bm.add_argument("--budget-ms", type=float, default=None, help="budget to compare against")
     bm.add_argument("--watch", action="store_true", help="follow progress until the job ends")
+
+    fe = parser(sub, "feasibility", "what budgets are feasible: latency of the cheapest, a typical and the dearest "
+                                    "network of a search space at a resolution (waits for the answer)")
+    fe.add_argument("--height", type=int, default=360, help="deployment input height")
+    fe.add_argument("--width", type=int, default=480, help="deployment input width")
+    fe.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="deployment precision")
+    fe.add_argument("--runtime", default="torch-eager", choices=RUNTIMES, help="deployment runtime")
+    fg = fe.add_mutually_exclusive_group()
+    fg.add_argument("--dataset", dest="dataset_id", default=None, help="take the number of classes from this dataset")
+    fg.add_argument("--num-classes", type=int, default=None, help="number of classes")
+    for n in FEASIBILITY_FIELDS:
+        fe.add_argument("--" + n.replace("_", "-"), dest=n, type=int, default=None, help=FLAG_HELP[n])
+    fe.add_argument("--advanced", default=None, help="JSON object of allow-listed core knobs (network, latency, ops, measure, "
+                                                    "repeats, typical_samples, seed; see docs/SERVICE.md)")
+    fe.add_argument("--no-wait", action="store_true", help="print the job at once instead of waiting for the answer")
+
+    lt = parser(sub, "luts", "latency tables of the workers' devices").add_subparsers(dest="lcmd", required=True,
+                                                                                      metavar="ACTION")
+    ll = parser(lt, "list", "list latency tables")
+    ll.add_argument("--height", type=int, default=None, help="only tables at this height")
+    ll.add_argument("--width", type=int, default=None, help="only tables at this width")
+    parser(lt, "show", "one table with every entry and its validations").add_argument("table_id")
+    parser(lt, "delete", "delete a table (operator tenants only); the next job re-measures it").add_argument("table_id")
 
     jb = parser(sub, "jobs", "list jobs").add_subparsers(dest="jcmd", required=True, metavar="ACTION")
     ls = parser(jb, "list", "list jobs, newest first")
@@ -266,7 +294,7 @@ def _run(args, c: GasClient) -> int:
         return 0
     if args.cmd == "search":
         job = c.submit_search(args.dataset_id, latency_ms=args.latency_ms, fps=args.fps, height=args.height,
-                              width=args.width, precision=args.precision,
+                              width=args.width, precision=args.precision, runtime=args.runtime,
                               settings=_settings(args, SEARCH_FIELDS), idempotency_key=args.idempotency_key)
         return _finish(c, args, job)
     if args.cmd == "retrain":
@@ -279,6 +307,26 @@ def _run(args, c: GasClient) -> int:
         job = c.submit_benchmark(job_id=args.job, genotype=genotype, height=args.height, width=args.width,
                                  iters=args.iters, budget_ms=args.budget_ms)
         return _finish(c, args, job)
+    if args.cmd == "feasibility":
+        kw = dict(height=args.height, width=args.width, precision=args.precision, runtime=args.runtime,
+                  dataset_id=args.dataset_id, num_classes=args.num_classes, settings=_settings(args, FEASIBILITY_FIELDS))
+        if args.no_wait:
+            _print(c.submit_feasibility(**kw))
+            return 0
+        try:
+            _print(c.feasibility(**kw))
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if args.cmd == "luts":
+        if args.lcmd == "list":
+            _print(c.latency_tables(height=args.height, width=args.width))
+        elif args.lcmd == "show":
+            _print(c.latency_table(args.table_id))
+        else:
+            c.delete_latency_table(args.table_id)
+        return 0
     if args.cmd == "jobs":
         _out(args, c.jobs(args.kind, args.status, args.limit, args.offset), render.jobs_table)
         return 0

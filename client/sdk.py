@@ -129,8 +129,8 @@ class GasClient:
     # ------------------------------------------------------------------------------------ jobs
     def submit_search(self, dataset_id: str, *, latency_ms: float | None = None, fps: float | None = None,
                       height: int = 360, width: int = 480, precision: str = "fp32", settings: dict | None = None,
-                      idempotency_key: str | None = None) -> dict:
-        budget: dict[str, Any] = {"height": height, "width": width, "precision": precision}
+                      idempotency_key: str | None = None, runtime: str = "torch-eager") -> dict:
+        budget: dict[str, Any] = {"height": height, "width": width, "precision": precision, "runtime": runtime}
         budget.update({"latency_ms": latency_ms} if latency_ms is not None else {"fps": fps})
         return self._post_job("search", {"dataset_id": dataset_id, "budget": budget, "settings": settings or {}},
                               idempotency_key)
@@ -149,6 +149,44 @@ class GasClient:
         if budget_ms is not None:
             body["budget_ms"] = budget_ms
         return self._post_job("benchmark", body, idempotency_key)
+
+    def submit_feasibility(self, *, height: int = 360, width: int = 480, precision: str = "fp32",
+                           dataset_id: str | None = None, num_classes: int | None = None,
+                           settings: dict | None = None, idempotency_key: str | None = None,
+                           runtime: str = "torch-eager") -> dict:
+        """Ask what budgets are feasible for a search space (the search's cells/nodes/init_channels/advanced
+        network settings) at a resolution: a feasibility job (see :meth:`feasibility`)."""
+        body: dict[str, Any] = {"height": height, "width": width, "precision": precision, "runtime": runtime,
+                                "settings": settings or {}}
+        if dataset_id is not None:
+            body["dataset_id"] = dataset_id
+        if num_classes is not None:
+            body["num_classes"] = num_classes
+        return self._post_job("feasibility", body, idempotency_key)
+
+    def feasibility(self, *, timeout: float = 3600.0, poll: float = 0.5, **kw) -> dict:
+        """Submit a feasibility job and wait for it: the result's ``feasibility`` section (latency of the
+        cheapest, a typical and the dearest network, the table used, advice). Raises GasError-like
+        RuntimeError when the job does not succeed."""
+        job = self.wait(self.submit_feasibility(**kw)["id"], timeout=timeout, poll=poll)
+        if job["status"] != "succeeded":
+            raise RuntimeError(f"feasibility job {job['id']} {job['status']}: {job.get('error')}")
+        return {"job_id": job["id"], **((job.get("result") or {}).get("feasibility") or {})}
+
+    # -------------------------------------------------------------------------- latency tables
+    def latency_tables(self, limit: int | None = None, offset: int = 0, height: int | None = None,
+                       width: int | None = None) -> dict:
+        params: dict[str, Any] = {"offset": offset}
+        for k, v in (("limit", limit), ("height", height), ("width", width)):
+            if v is not None:
+                params[k] = v
+        return self._req("GET", "/api/v1/latency-tables", params=params).json()
+
+    def latency_table(self, table_id: str) -> dict:
+        return self._req("GET", f"/api/v1/latency-tables/{table_id}").json()
+
+    def delete_latency_table(self, table_id: str) -> None:
+        self._req("DELETE", f"/api/v1/latency-tables/{table_id}")
 
     def job(self, job_id: str) -> dict:
         return self._req("GET", f"/api/v1/jobs/{job_id}").json()

@@ -1,4 +1,4 @@
-"""Local command line (no service needed): ``gas-local search|retrain|benchmark|export|settings``.
+"""Local command line (no service needed): ``gas-local search|retrain|benchmark|feasibility|export|settings``.
 
 Each command writes genotype/checkpoint/report into ``--out`` (its ``artifacts/`` folder) and
 resumes when run again with the same ``--out``. Settings are given as JSON files or dotted
@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .specs import (BenchmarkJobSpec, DatasetRef, ExportConfig, GGMConfig, LabelMap, LatencyConfig, NetworkConfig,
+from .specs import (BenchmarkJobSpec, DatasetRef, ExportConfig, FeasibilityJobSpec, GGMConfig, LabelMap, LatencyConfig, NetworkConfig,
                     Normalization, RetrainConfig, RetrainJobSpec, SearchConfig, SearchJobSpec)
 
 
@@ -71,8 +71,10 @@ def _spec(args: argparse.Namespace, base: dict) -> dict:
 def _settings_table() -> str:
     rows = []
     for model in (NetworkConfig, GGMConfig, LatencyConfig, SearchConfig, RetrainConfig, Normalization, ExportConfig,
-                  DatasetRef, LabelMap):
+                  DatasetRef, LabelMap, FeasibilityJobSpec):
         for name, f in model.model_fields.items():
+            if model is FeasibilityJobSpec and name in ("network", "latency"):  # listed above
+                continue
             value = None if f.is_required() else f.get_default(call_default_factory=True)
             default = "required" if f.is_required() else json.dumps(value if not isinstance(value, BaseModel) else None)
             rows.append(f"| {model.__name__}.{name} | {default} | {f.description or ''} |")
@@ -82,17 +84,17 @@ def _settings_table() -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="gas-local", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("search", "retrain", "benchmark"):
+    for name in ("search", "retrain", "benchmark", "feasibility"):
         p = sub.add_parser(name)
         p.add_argument("--out", required=True, type=Path, help="job folder (artifacts/, state/); reused to resume")
         p.add_argument("--config", help="JSON file with the job spec (see `gas-local settings`)")
         p.add_argument("--set", action="append", help="dotted override, e.g. latency.budget_ms=8")
-        if name != "benchmark":
+        if name not in ("benchmark", "feasibility"):
             p.add_argument("--data", help="dataset root (dataset.root)")
             p.add_argument("--layout", default=None, choices=["camvid", "folder"])
-        if name != "search":
+        if name in ("retrain", "benchmark"):
             p.add_argument("--genotype", type=Path, help="genotype.json to train or measure")
-        p.add_argument("--lut-dir", type=Path, default=None, help="shared latency-table cache (search)")
+        p.add_argument("--lut-dir", type=Path, default=None, help="shared latency-table cache (search, feasibility; its locks/ serialise timings per device)")
     ex = sub.add_parser("export", help="model.onnx from a genotype + checkpoint, parity-checked against PyTorch")
     ex.add_argument("--genotype", type=Path, required=True, help="genotype.json")
     ex.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.safetensors")
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "export":
         return _export(args)
 
-    from .jobs import run_benchmark, run_retrain, run_search
+    from .jobs import run_benchmark, run_feasibility, run_retrain, run_search
 
     base: dict = {}
     if getattr(args, "data", None):
@@ -125,9 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "search":
             result = run_search(SearchJobSpec.model_validate(doc), args.out, progress=bars, lut_dir=args.lut_dir)
         elif args.cmd == "retrain":
-            result = run_retrain(RetrainJobSpec.model_validate(doc), args.out, progress=bars)
+            result = run_retrain(RetrainJobSpec.model_validate(doc), args.out, progress=bars, lut_dir=args.lut_dir)
+        elif args.cmd == "feasibility":
+            result = run_feasibility(FeasibilityJobSpec.model_validate(doc), args.out, progress=bars,
+                                     lut_dir=args.lut_dir)
         else:
-            result = run_benchmark(BenchmarkJobSpec.model_validate(doc), args.out, progress=bars)
+            result = run_benchmark(BenchmarkJobSpec.model_validate(doc), args.out, progress=bars, lut_dir=args.lut_dir)
     finally:
         bars.close()
     json.dump(result, sys.stdout, indent=1)

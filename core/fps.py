@@ -75,13 +75,33 @@ def _prepared(model: nn.Module, height: int, width: int, device: torch.device,
 
 def measure_latency(model: nn.Module, height: int, width: int, device: torch.device | str,
                     precision: Precision = "fp32", warmup: int = DEFAULT_WARMUP, iters: int = DEFAULT_ITERS, *,
-                    noise: NoisePolicy | None = None, threads: Threads | None = None) -> dict:
-    """Eager batch-1 latency: :func:`timed_stats` plus precision, resolution and batch."""
+                    noise: NoisePolicy | None = None, threads: Threads | None = None,
+                    runtime: str = "torch-eager") -> dict:
+    """Batch-1 latency in ``runtime`` (core/runtimes.py; torch eager by default): :func:`timed_stats`
+    plus precision, resolution, batch and runtime."""
     device = torch.device(device)
-    m, x = _prepared(model, height, width, device, precision)
-    with torch.no_grad():
-        stats = timed_stats(lambda: m(x), device, warmup, iters, noise, threads)
-    return {**stats, "precision": precision, "height": height, "width": width, "batch": 1, "mode": "eager"}
+    if runtime == "torch-eager":
+        m, x = _prepared(model, height, width, device, precision)
+        with torch.no_grad():
+            stats = timed_stats(lambda: m(x), device, warmup, iters, noise, threads)
+    else:
+        from .runtimes import callable_for
+
+        with measuring(threads):
+            fn = callable_for(runtime, model, [torch.randn(1, 3, height, width)], device, precision, threads)
+        stats = timed_stats(fn, device, warmup, iters, noise, threads)
+    return {**stats, "precision": precision, "height": height, "width": width, "batch": 1,
+            "mode": "eager" if runtime == "torch-eager" else runtime, "runtime": runtime}
+
+
+def runtime_key(runtime: str) -> str:
+    """Where an FPS report keeps a runtime's timing under ``measurements[precision]``."""
+    return "eager" if runtime == "torch-eager" else runtime
+
+
+def reference_measurement(report: dict) -> dict:
+    """The FPS report's timing its verdict refers to: the budget's runtime at its reference precision."""
+    return report["measurements"][report["reference_precision"]][runtime_key(report.get("runtime", "torch-eager"))]
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,14 +209,18 @@ def environment(device: torch.device | str) -> dict:
 def fps_report(model: nn.Module, height: int, width: int, device: torch.device | str, iters: int = DEFAULT_ITERS,
                lut_prediction_ms: float | None = None, budget_ms: float | None = None, *,
                precision: Precision = "fp32", warmup: int = DEFAULT_WARMUP, optimise: bool = True,
-               noise: NoisePolicy | None = None, threads: Threads | None = None) -> dict:
-    """Batch-1 speed report: eager and optimised, fp32 (and fp16 on CUDA), with the LUT beside it.
+               noise: NoisePolicy | None = None, threads: Threads | None = None, runtime: str = "torch-eager",
+               all_runtimes: bool = True) -> dict:
+    """Batch-1 speed report: eager and optimised, fp32 (and fp16 on CUDA), every other runtime the
+    worker has (``all_runtimes``: onnxruntime on the CPU, fp32) side by side, with the LUT beside it.
 
-    ``precision`` is the one the LUT and the budget refer to; ``budget_met`` compares the eager
-    median at that precision (the way the LUT is measured) with ``budget_ms``. The optimised
-    median's verdict is ``budget_met_optimised``. Every timing runs under ``threads`` and is
+    ``precision`` and ``runtime`` are the ones the LUT and the budget refer to; ``budget_met`` compares
+    that runtime's median at that precision (the way the LUT is measured) with ``budget_ms``. The
+    optimised median's verdict is ``budget_met_optimised``. Every timing runs under ``threads`` and is
     re-measured while noisy (``noise``); ``measured_noisy`` says whether the reference one stayed noisy.
     """
+    from .runtimes import available, check_runtime
+
     device = torch.device(device)
     is_cuda = device.type == "cuda"
     precisions: list[str] = ["fp32", "fp16"] if is_cuda else ["fp32"]
@@ -205,15 +229,23 @@ def fps_report(model: nn.Module, height: int, width: int, device: torch.device |
     note = ("fp32 and fp16 (model cast, channels_last)" if is_cuda
             else "fp32 only: reduced precision is measured on CUDA only")
     measurements: dict[str, dict] = {}
+    ref_precision = precision if precision in precisions else "fp32"
+    if runtime != "torch-eager":
+        check_runtime(runtime, device, ref_precision)
     for p in precisions:
         entry = {"eager": measure_latency(model, height, width, device, p, warmup, iters,  # type: ignore[arg-type]
                                           noise=noise, threads=threads)}
         if optimise:
             entry["optimised"] = measure_optimised(model, height, width, device, p, warmup, iters,  # type: ignore[arg-type]
                                                    noise=noise, threads=threads)
+        others = [r for r in available(device, p) if r != "torch-eager"] if all_runtimes else []
+        if p == ref_precision and runtime != "torch-eager" and runtime not in others:
+            others.append(runtime)
+        for r in others:
+            entry[runtime_key(r)] = measure_latency(model, height, width, device, p, warmup, iters,  # type: ignore[arg-type]
+                                                    noise=noise, threads=threads, runtime=r)
         measurements[p] = entry
-    ref_precision = precision if precision in measurements else "fp32"
-    ref = measurements[ref_precision]["eager"]
+    ref = measurements[ref_precision][runtime_key(runtime)]
     measured = ref["median_ms"]
     opt = measurements[ref_precision].get("optimised") or {}
     opt_ms = opt.get("median_ms")
@@ -223,7 +255,8 @@ def fps_report(model: nn.Module, height: int, width: int, device: torch.device |
         "precisions": precisions, "precision_note": note,
         "measurements": measurements,
         "optimised_path": {"method": opt.get("method"), "status": opt.get("status", "not requested")},
-        "reference_precision": ref_precision,
+        "reference_precision": ref_precision, "runtime": runtime,
+        "runtimes": {p: {k: v.get("median_ms") for k, v in e.items() if k != "optimised"} for p, e in measurements.items()},
         "measured_ms": measured,
         "measured_fps": 1000.0 / measured if measured > 0 else None,
         "measured_min_ms": ref["min_ms"], "measured_p90_ms": ref["p90_ms"], "measured_noise_ratio": ref["noise_ratio"],

@@ -6,12 +6,14 @@ Contract (stable; the service is built against it):
 - ``run_retrain(spec, workdir, progress=..., should_cancel=...) -> dict``
 - ``run_benchmark(spec, workdir, progress=..., should_cancel=...) -> dict``
 - ``run_validate(spec, workdir, progress=..., should_cancel=...) -> dict`` (dataset validation)
+- ``run_feasibility(spec, workdir, progress=..., should_cancel=..., lut_dir=...) -> dict`` (what budgets are feasible)
 
 ``spec`` is the matching pydantic model of :mod:`core.specs` (or a plain dict of it).
 ``workdir`` is a directory owned by the job across attempts: checkpoints live in
 ``workdir/state`` and a second call with the same workdir resumes from the last checkpoint.
 Finished artifacts are written atomically into ``workdir/artifacts``:
-``lut_dir`` (search) and ``data_cache_dir`` (search, retrain) are shared caches across jobs:
+``lut_dir`` (search, feasibility; retrain and benchmark take it for the per-device measuring lock under
+``<lut_dir>/locks``, core.device_lock) and ``data_cache_dir`` (search, retrain) are shared caches across jobs:
 latency tables and prepared (decoded, resized uint8) datasets; default: inside ``workdir``.
 ``genotype.json`` and ``report.json`` (search), ``checkpoint.safetensors``, ``model.onnx`` (published
 only after its parity check, :mod:`core.export`), ``genotype.json`` and ``report.json`` (retrain), ``report.json`` (benchmark, validate). The returned dict is a JSON-able result summary.
@@ -23,6 +25,8 @@ whenever a timing stays noisy after its retries, a latency table is not trusted,
 bad data, or two measurements of the final network disagree; the search summary then has
 ``measurements_trusted: False`` and the count ``noise_warnings`` (the report lists them), and its
 ``measured_latency_ms``, ``fps`` and ``budget_met`` come from one verdict (``latency_source``).
+While a job waits for its device (another job is timing on it, core.device_lock) it sends
+``{"phase": "device_lock", "message"}`` once per wait; the report's ``device_lock`` lists every hold.
 ``should_cancel()`` is polled between steps; when it answers True the function
 raises :class:`Cancelled` after writing nothing further.
 """
@@ -31,7 +35,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from .specs import BenchmarkJobSpec, RetrainJobSpec, SearchJobSpec, ValidateJobSpec
+from .specs import BenchmarkJobSpec, FeasibilityJobSpec, RetrainJobSpec, SearchJobSpec, ValidateJobSpec
 
 ProgressFn = Callable[[dict[str, Any]], None]
 CancelFn = Callable[[], bool]
@@ -59,19 +63,30 @@ def run_search(spec: SearchJobSpec | dict, workdir: str | Path, *, progress: Pro
 
 
 def run_retrain(spec: RetrainJobSpec | dict, workdir: str | Path, *, progress: ProgressFn = _noop,
-                should_cancel: CancelFn = _never, data_cache_dir: str | Path | None = None) -> dict:
+                should_cancel: CancelFn = _never, data_cache_dir: str | Path | None = None,
+                lut_dir: str | Path | None = None) -> dict:
     from .pipeline import retrain_pipeline
 
     spec = RetrainJobSpec.model_validate(spec)
-    return retrain_pipeline(spec, Path(workdir), progress, should_cancel, data_cache_dir)
+    return retrain_pipeline(spec, Path(workdir), progress, should_cancel, data_cache_dir, lut_dir)
 
 
 def run_benchmark(spec: BenchmarkJobSpec | dict, workdir: str | Path, *, progress: ProgressFn = _noop,
-                  should_cancel: CancelFn = _never) -> dict:
+                  should_cancel: CancelFn = _never, lut_dir: str | Path | None = None) -> dict:
     from .pipeline import benchmark_pipeline
 
     spec = BenchmarkJobSpec.model_validate(spec)
-    return benchmark_pipeline(spec, Path(workdir), progress, should_cancel)
+    return benchmark_pipeline(spec, Path(workdir), progress, should_cancel, lut_dir)
+
+
+def run_feasibility(spec: FeasibilityJobSpec | dict, workdir: str | Path, *, progress: ProgressFn = _noop,
+                    should_cancel: CancelFn = _never, lut_dir: str | Path | None = None) -> dict:
+    """What budgets are feasible (issue 11 section 6): the cheapest, a typical and the dearest network of
+    the search space at the budget's resolution, from the cached validated table or a short measurement."""
+    from .feasibility import feasibility_pipeline
+
+    spec = FeasibilityJobSpec.model_validate(spec)
+    return feasibility_pipeline(spec, Path(workdir), progress, should_cancel, lut_dir)
 
 
 def run_validate(spec: ValidateJobSpec | dict, workdir: str | Path, *, progress: ProgressFn = _noop,

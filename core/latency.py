@@ -23,10 +23,10 @@ from .ops import OPS, FactorizedReduce, ReLUConvBN, build_op
 from .noise import BusyHost, NoisePolicy, is_noisy, measure_until_quiet
 from .specs import NetworkConfig
 from .threads import Threads, measuring
-from .timing import TimingStats, device_name, prepare, software_versions, time_callable
+from .timing import TimingStats, device_name, software_versions, time_callable
 
 LUT_FORMAT_VERSION = 2  # 2: spread (min) and noise verdict per entry, runtime and threads in the identity, validations
-RUNTIME = "torch-eager"  # the only runtime measured so far (issue 11 item 5 adds others)
+RUNTIME = "torch-eager"  # the default runtime (core/runtimes.py holds the registry)
 BATCH = 1  # the LUT and every FPS figure are batch 1
 
 
@@ -64,20 +64,26 @@ class LutContext:
     runtime: str = RUNTIME
     intra_op_threads: int = 0  # threads the entries were timed with (0: not recorded)
     inter_op_threads: int = 0
+    runtime_version: str | None = None  # e.g. onnxruntime's version; None for torch-eager (torch is above)
 
     def table_id(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        doc = asdict(self)
+        if doc["runtime_version"] is None:  # torch-eager tables keep the ids they had before runtimes existed
+            del doc["runtime_version"]
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def current_context(device: torch.device, precision: str, height: int, width: int, burst: int = 1,
-                    threads: Threads | None = None) -> LutContext:
-    """The identity of a table measured now, here, under ``threads`` (None: the threads in force)."""
+                    threads: Threads | None = None, runtime: str = RUNTIME) -> LutContext:
+    """The identity of a table measured now, here, in ``runtime``, under ``threads`` (None: the threads in force)."""
+    from .runtimes import get_runtime
+
     v = software_versions()
     with measuring(threads) as used:
         name = device_name(device)
     return LutContext(name, precision, BATCH, height, width, v["torch"], v["cuda"], v["cudnn"],
-                      bool(torch.backends.cudnn.benchmark), device.type == "cuda", burst, RUNTIME,
-                      used.intra_op, used.inter_op)
+                      bool(torch.backends.cudnn.benchmark), device.type == "cuda", burst, runtime,
+                      used.intra_op, used.inter_op, get_runtime(runtime).version())
 
 
 def network_key(cfg: NetworkConfig, ops: Iterable[str]) -> str:
@@ -257,14 +263,18 @@ def _module_and_inputs(key: LutKey, cfg: NetworkConfig, height: int, width: int)
 
 def measure_key(key: LutKey, cfg: NetworkConfig, height: int, width: int, device: torch.device, precision: str,
                 warmup: int, repeats: int, burst: int = 1, noise: NoisePolicy | None = None,
-                threads: Threads | None = None) -> TimingStats:
-    """Time one key; with a noise policy a noisy timing is repeated (bounded) and kept flagged if it stays noisy."""
+                threads: Threads | None = None, runtime: str = RUNTIME) -> TimingStats:
+    """Time one key in ``runtime``; with a noise policy a noisy timing is repeated (bounded) and kept
+    flagged if it stays noisy."""
+    from .runtimes import callable_for
+
     mod, inputs = _module_and_inputs(key, cfg, height, width)
-    mod, inputs = prepare(mod, inputs, device, precision)
+    with measuring(threads):
+        fn = callable_for(runtime, mod, inputs, device, precision, threads)
 
     def once() -> TimingStats:
         with torch.no_grad(), measuring(threads):
-            return time_callable(lambda: mod(*inputs), device, warmup, repeats, burst)
+            return time_callable(fn, device, warmup, repeats, burst)
 
     if noise is None:
         return once()
@@ -277,9 +287,17 @@ def table_path(cache_dir: str | Path, ctx: LutContext) -> Path:
 
 
 def load_or_new(ctx: LutContext, cache_dir: str | Path | None) -> LatencyTable:
-    """The cached table of this identity, or an empty one."""
+    """The cached table of this identity, or an empty one. A file whose recorded identity is not ``ctx``
+    (copied from another machine, or written by another torch/runtime/thread setting and renamed) or
+    that cannot be read is not reused: the job measures a new table, which replaces it once it passes."""
     path = table_path(cache_dir, ctx) if cache_dir else None
-    return LatencyTable.load(path) if path and path.exists() else LatencyTable(ctx)
+    if not (path and path.exists()):
+        return LatencyTable(ctx)
+    try:
+        table = LatencyTable.load(path)
+    except (ValueError, TypeError, KeyError):  # another format version, a damaged file
+        return LatencyTable(ctx)
+    return table if table.context == ctx else LatencyTable(ctx)
 
 
 def measure_into(table: LatencyTable, keys: list[LutKey], cfg: NetworkConfig, device: torch.device, warmup: int,
@@ -291,7 +309,7 @@ def measure_into(table: LatencyTable, keys: list[LutKey], cfg: NetworkConfig, de
     busy = BusyHost(noise) if noise is not None else None
     for i, key in enumerate(keys):
         stats = measure_key(key, cfg, ctx.height, ctx.width, device, ctx.precision, warmup, repeats, ctx.burst,
-                            busy.current() if busy else None, threads)
+                            busy.current() if busy else None, threads, ctx.runtime)
         table.entries[key] = stats
         if busy:
             busy.record(stats.noisy)
@@ -302,11 +320,12 @@ def measure_into(table: LatencyTable, keys: list[LutKey], cfg: NetworkConfig, de
 def build_table(cfg: NetworkConfig, ops: list[str], height: int, width: int, device: torch.device, precision: str,
                 warmup: int, repeats: int, cache_dir: str | Path | None = None,
                 progress: Callable[[int, int, LutKey], None] | None = None, burst: int = 1,
-                noise: NoisePolicy | None = None, threads: Threads | None = None) -> LatencyTable:
+                noise: NoisePolicy | None = None, threads: Threads | None = None,
+                runtime: str = RUNTIME) -> LatencyTable:
     """Measure every key the network needs (reusing a cached table of the same context), unchecked.
     ``burst``: back-to-back calls per timed sample (1 = each call timed alone). A job uses
     :func:`core.lut_trust.trusted_table`, which validates a table before it caches or trusts it."""
-    ctx = current_context(device, precision, height, width, burst, threads)
+    ctx = current_context(device, precision, height, width, burst, threads, runtime)
     table = load_or_new(ctx, cache_dir)
     missing = [k for k in required_keys(cfg, ops, height, width) if k not in table.entries]
     measure_into(table, missing, cfg, device, warmup, repeats, progress, noise, threads)

@@ -48,7 +48,7 @@ def verdict(median_rel_error: float | None, rho: float | None, noisy: int, max_e
 def validate_table(latency: LatencyModel, samples: int, device: torch.device, precision: str, warmup: int,
                    repeats: int, seed: int, should_cancel: Callable[[], bool] = lambda: False, *,
                    noise: NoisePolicy | None = None, threads: Threads | None = None, max_error: float | None = None,
-                   min_rank_corr: float | None = None) -> dict:
+                   min_rank_corr: float | None = None, runtime: str = "torch-eager") -> dict:
     """Measure ``samples`` random networks of the search space end to end against the LUT sum."""
     gen = torch.Generator().manual_seed(seed)
     rows = []
@@ -57,7 +57,7 @@ def validate_table(latency: LatencyModel, samples: int, device: torch.device, pr
             break
         g = random_genotype(latency.cfg, latency.ops, gen)
         m = measure_latency(DerivedNet(g), latency.height, latency.width, device, precision, warmup, repeats,
-                            noise=noise, threads=threads)
+                            noise=noise, threads=threads, runtime=runtime)
         rows.append({"genotype_hash": g.arch_hash(), "predicted_ms": latency.genotype_ms(g),
                      "measured_ms": float(m["median_ms"]), "min_ms": m["min_ms"], "p90_ms": m["p90_ms"],
                      "noisy": m["noisy"], "attempts": m["attempts"]})

@@ -53,7 +53,7 @@ def trusted_table(cfg: NetworkConfig, ops: list[str], lat: LatencyConfig, device
                   should_cancel: Callable[[], bool] = lambda: False) -> tuple[LatencyTable, TableTrust]:
     noise = NoisePolicy.from_config(lat)
     threads = Threads(lat.intra_op_threads, lat.inter_op_threads)
-    ctx = current_context(device, lat.precision, lat.height, lat.width, lat.lut_burst, threads)
+    ctx = current_context(device, lat.precision, lat.height, lat.width, lat.lut_burst, threads, lat.runtime)
     table = load_or_new(ctx, cache_dir)
     trust = TableTrust(cached=bool(table.entries))
     needed = required_keys(cfg, ops, lat.height, lat.width)
@@ -95,7 +95,8 @@ def trusted_table(cfg: NetworkConfig, ops: list[str], lat: LatencyConfig, device
             model = LatencyModel(table, cfg, ops, lat.height, lat.width)
             validation = validate_table(model, lat.lut_check_networks, device, lat.precision, lat.warmup_runs,
                                         lat.e2e_repeats, seed, should_cancel, noise=noise, threads=threads,
-                                        max_error=lat.lut_max_error, min_rank_corr=lat.lut_min_rank_corr)
+                                        max_error=lat.lut_max_error, min_rank_corr=lat.lut_min_rank_corr,
+                                        runtime=lat.runtime)
             trust.validated, trust.validation = True, validation
         reasons = ([f"{len(noisy)} of {len(needed)} entries stayed noisy"] if noisy else [])
         reasons += [f"validation failed: {r}" for r in (validation or {}).get("reasons", [])]

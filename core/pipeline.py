@@ -17,8 +17,9 @@ import torch
 from .checkpoint import load_weights, save_json, save_weights
 from .data import load_split, normalize
 from .derive import Preference, derive, preference_source, repair_to_budget
+from .device_lock import DeviceLock, default_lock_dir
 from .estimate import estimate_search, fit_batch
-from .fps import fps_report, measure_latency
+from .fps import fps_report, measure_latency, reference_measurement, runtime_key
 from .export import export_checked, model_metadata
 from .genotype import Genotype, Provenance, parse_genotype
 from .jobs import Cancelled
@@ -35,6 +36,7 @@ from .preprocess import Preprocessing
 from .search import EVAL_BATCH, Searcher, SearchCancelled, search_crop
 from .specs import BenchmarkJobSpec, LatencyConfig, RetrainJobSpec, SearchConfig, SearchJobSpec
 from .threads import Threads, apply_inter_op, effective
+from .runtimes import check_runtime
 from .timing import set_cudnn_benchmark
 from .verdict import Timed, latency_verdict
 from .train import train
@@ -99,7 +101,7 @@ def end_to_end(genotype: Genotype, lat: LatencyConfig, device: torch.device, noi
                threads: Threads) -> dict:
     """measure_latency of the derived network at the budget's resolution and precision."""
     return measure_latency(DerivedNet(genotype), lat.height, lat.width, device, lat.precision, lat.warmup_runs,
-                           lat.e2e_repeats, noise=noise, threads=threads)
+                           lat.e2e_repeats, noise=noise, threads=threads, runtime=lat.runtime)
 
 
 def _noisy_note(what: str, m: dict, noise: NoisePolicy) -> str:
@@ -133,6 +135,7 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
     device = pick_device()
     set_cudnn_benchmark()  # before the LUT: its identity records the flag
     lat_cfg, net_cfg = spec.latency, spec.network.model_copy(update={"num_classes": spec.dataset.num_classes})
+    check_runtime(lat_cfg.runtime, device, lat_cfg.precision)  # fail now, not after the data and the table
     t0 = time.perf_counter()
     torch.manual_seed(spec.search.seed)
     progress({"phase": "data", "message": "loading and caching the training split"})
@@ -143,8 +146,11 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
     _check(should_cancel, "before the latency table")
 
     noise, threads, warn = NoisePolicy.from_config(lat_cfg), job_threads(lat_cfg), NoiseLog(progress)
-    table, trust = trusted_table(net_cfg, model.ops, lat_cfg, device, lut_dir or workdir / "lut", spec.search.seed,
-                                 progress, should_cancel)
+    lut_dir = lut_dir or workdir / "lut"
+    lock = DeviceLock.for_device(device, default_lock_dir(lut_dir), progress, should_cancel)
+    with lock.hold("latency_table"):  # the cache is read under the lock: a table another job just measured is reused
+        table, trust = trusted_table(net_cfg, model.ops, lat_cfg, device, lut_dir, spec.search.seed, progress,
+                                     should_cancel)
     _check(should_cancel, "while measuring the latency table")
     if not trust.trusted:
         warn.messages.append(f"latency table {table.id} not trusted (not cached): {'; '.join(trust.reasons)}")
@@ -175,7 +181,8 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
 
     def measure(g: Genotype) -> dict:
         _check(should_cancel, "while measuring")
-        m = end_to_end(g, lat_cfg, device, noise, threads)
+        with lock.hold("end_to_end"):
+            m = end_to_end(g, lat_cfg, device, noise, threads)
         if m["noisy"]:
             warn(_noisy_note(f"end-to-end measurement of {g.arch_hash()[:12]}", m, noise))
         return m
@@ -198,19 +205,21 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
     _check(should_cancel, "after the end-to-end measurement")
     if spec.validate_lut_samples:
         progress({"phase": "validate_lut", "message": f"measuring {spec.validate_lut_samples} random networks"})
-        validation = validate_table(latency, spec.validate_lut_samples, device, lat_cfg.precision,
-                                    lat_cfg.warmup_runs, lat_cfg.e2e_repeats, spec.search.seed, should_cancel,
-                                    noise=noise, threads=threads, max_error=lat_cfg.lut_max_error,
-                                    min_rank_corr=lat_cfg.lut_min_rank_corr)
+        with lock.hold("validate_lut"):
+            validation = validate_table(latency, spec.validate_lut_samples, device, lat_cfg.precision,
+                                        lat_cfg.warmup_runs, lat_cfg.e2e_repeats, spec.search.seed, should_cancel,
+                                        noise=noise, threads=threads, max_error=lat_cfg.lut_max_error,
+                                        min_rank_corr=lat_cfg.lut_min_rank_corr, runtime=lat_cfg.runtime)
     _check(should_cancel, "before the FPS report")
     progress({"phase": "fps", "message": "FPS report"})
-    fps = fps_report(DerivedNet(genotype), lat_cfg.height, lat_cfg.width, device, spec.fps_iters,
-                     lut_prediction_ms=latency.genotype_ms(genotype), budget_ms=lat_cfg.budget_ms,
-                     precision=lat_cfg.precision, noise=noise, threads=threads)
-    ref = fps["measurements"][fps["reference_precision"]]["eager"]
+    with lock.hold("fps"):
+        fps = fps_report(DerivedNet(genotype), lat_cfg.height, lat_cfg.width, device, spec.fps_iters,
+                         lut_prediction_ms=latency.genotype_ms(genotype), budget_ms=lat_cfg.budget_ms,
+                         precision=lat_cfg.precision, noise=noise, threads=threads, runtime=lat_cfg.runtime)
+    ref = reference_measurement(fps)
     if ref["noisy"]:
         warn(_noisy_note("FPS measurement", ref, noise))
-    verdict = latency_verdict([Timed.of("end_to_end", repair_doc["measurements"][-1]), Timed.of("fps_eager", ref)],
+    verdict = latency_verdict([Timed.of("end_to_end", repair_doc["measurements"][-1]), Timed.of(f"fps_{runtime_key(lat_cfg.runtime)}", ref)],
                               lat_cfg.budget_ms)
     if not verdict["agree"] or not verdict["trusted"]:
         warn(f"latency verdict: {verdict['reason']}")
@@ -220,13 +229,14 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
     genotype.save(art / "genotype.json")
     report = {
         "kind": "search", "genotype_hash": genotype.arch_hash(), "budget_ms": lat_cfg.budget_ms,
-        "resolution": [lat_cfg.height, lat_cfg.width], "precision": lat_cfg.precision, "batch": 1,
+        "resolution": [lat_cfg.height, lat_cfg.width], "precision": lat_cfg.precision, "runtime": lat_cfg.runtime,
+        "batch": 1,
         "device": table.context.device, "lut": {"id": table.id, "entries": len(table.entries),
                                                  "context": table.context.__dict__, "trust": trust.as_dict()},
         "expected_latency_ms": result.expected_latency_ms, "predicted_latency_ms": latency.genotype_ms(genotype),
         "measured_latency_ms": verdict["measured_latency_ms"], "budget_met": verdict["budget_met"],
         "measurements_trusted": trusted, "noise_warnings": warn.messages, "latency_verdict": verdict,
-        "threads": effective(threads).as_dict(), "noise_policy": noise.as_dict(),
+        "threads": effective(threads).as_dict(), "noise_policy": noise.as_dict(), "device_lock": lock.as_dict(),
         "derivation": derivation, "repair": repair_doc, "lut_validation": validation, "fps": fps, "history": result.history,
         "search_steps": result.steps, "memory": memory, "resumed_from_epoch": result.resumed_from_epoch,
         "wall_s": round(time.perf_counter() - t0, 2), "settings": spec.model_dump(mode="json", exclude=PRIVATE_SETTINGS),
@@ -235,6 +245,7 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
     return {"genotype_hash": genotype.arch_hash(), "expected_latency_ms": round(result.expected_latency_ms, 4),
             "predicted_latency_ms": round(report["predicted_latency_ms"], 4),
             "measured_latency_ms": round(report["measured_latency_ms"], 4), "budget_ms": lat_cfg.budget_ms,
+            "runtime": lat_cfg.runtime,
             "budget_met": report["budget_met"], "repaired": repair_doc["repaired"], "lut_id": table.id,
             "device": table.context.device, "supernet_miou": result.history[-1]["supernet_miou"] if result.history else None,
             "fps": verdict["fps"], "measurements_trusted": trusted, "noise_warnings": len(warn.messages),
@@ -242,7 +253,7 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
 
 
 def retrain_pipeline(spec: RetrainJobSpec, workdir: Path, progress: Progress, should_cancel: CancelCheck,
-                     data_cache_dir: str | Path | None = None) -> dict:
+                     data_cache_dir: str | Path | None = None, lut_dir: str | Path | None = None) -> dict:
     art, _ = _dirs(workdir)
     device = pick_device()
     set_cudnn_benchmark()
@@ -281,8 +292,10 @@ def retrain_pipeline(spec: RetrainJobSpec, workdir: Path, progress: Progress, sh
     export_doc["parity"]["stems"] = eval_data.stems[: export.parity_images]
     os.replace(workdir / STATE / ONNX_NAME, art / ONNX_NAME)
     progress({"phase": "fps", "message": "FPS report"})
-    fps = fps_report(model, spec.height, spec.width, device, spec.fps_iters,
-                     budget_ms=genotype.provenance.budget_ms, threads=job_threads(LatencyConfig()))
+    lock = DeviceLock.for_device(device, default_lock_dir(lut_dir), progress, should_cancel)
+    with lock.hold("fps"):
+        fps = fps_report(model, spec.height, spec.width, device, spec.fps_iters,
+                         budget_ms=genotype.provenance.budget_ms, threads=job_threads(LatencyConfig()))
     genotype.save(art / "genotype.json")
     base = last.get("trivial_baseline") or {}
     headline = {"miou": last["miou"], "miou_epoch": last["epoch"], "miou_split": spec.train.eval_split,
@@ -292,7 +305,7 @@ def retrain_pipeline(spec: RetrainJobSpec, workdir: Path, progress: Progress, sh
     # names only: a tenant reads this report, and the work dir is a server path
     train_doc = {**result, "checkpoints": {k: Path(v).name for k, v in result["checkpoints"].items()}}
     report = {"kind": "retrain", "genotype_hash": genotype.arch_hash(), **headline, "best_note": BEST_NOTE,
-              "train": train_doc, "fps": fps, "resolution": [spec.height, spec.width],
+              "train": train_doc, "fps": fps, "device_lock": lock.as_dict(), "resolution": [spec.height, spec.width],
               "preprocessing": pre.model_dump(mode="json"), "class_names": class_names, "palette": palette,
               "export": export_doc, "settings": spec.model_dump(mode="json", exclude={"genotype": True, **PRIVATE_SETTINGS})}
     save_report(art, report, spec, workdir)
@@ -303,15 +316,19 @@ def retrain_pipeline(spec: RetrainJobSpec, workdir: Path, progress: Progress, sh
             "measurements_trusted": not fps.get("measured_noisy", False)}
 
 
-def benchmark_pipeline(spec: BenchmarkJobSpec, workdir: Path, progress: Progress, should_cancel: CancelCheck) -> dict:
+def benchmark_pipeline(spec: BenchmarkJobSpec, workdir: Path, progress: Progress, should_cancel: CancelCheck,
+                       lut_dir: str | Path | None = None) -> dict:
     art, _ = _dirs(workdir)
     device = pick_device()
     set_cudnn_benchmark()
     genotype = parse_genotype(spec.genotype)
     _check(should_cancel, "before measuring")
     progress({"phase": "fps", "message": f"measuring at {spec.height}x{spec.width}"})
-    fps = fps_report(DerivedNet(genotype), spec.height, spec.width, device, spec.iters, budget_ms=spec.budget_ms,
-                     threads=job_threads(LatencyConfig()))
-    save_report(art, {"kind": "benchmark", "genotype_hash": genotype.arch_hash(), "fps": fps}, spec, workdir)
+    lock = DeviceLock.for_device(device, default_lock_dir(lut_dir), progress, should_cancel)
+    with lock.hold("fps"):
+        fps = fps_report(DerivedNet(genotype), spec.height, spec.width, device, spec.iters, budget_ms=spec.budget_ms,
+                         threads=job_threads(LatencyConfig()))
+    save_report(art, {"kind": "benchmark", "genotype_hash": genotype.arch_hash(), "fps": fps,
+                      "device_lock": lock.as_dict()}, spec, workdir)
     return {"genotype_hash": genotype.arch_hash(), "fps": fps.get("measured_fps"), "device": fps.get("device"),
             "measurements_trusted": not fps.get("measured_noisy", False)}

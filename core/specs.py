@@ -15,6 +15,7 @@ Adjacency = Literal["similarity", "topology"]
 LatencyForm = Literal["budget", "paper"]
 Derivation = Literal["argmax", "fill", "pt"]
 Layout = Literal["camvid", "folder", "cityscapes"]
+RuntimeName = Literal["torch-eager", "onnxruntime"]  # core/runtimes.py's registry
 
 CAMVID_MEAN_RGB: tuple[float, float, float] = (0.39, 0.41, 0.43)
 """Per-channel RGB mean in [0, 1] of CamVid: the normalisation used where a dataset has no statistics."""
@@ -82,6 +83,7 @@ class LatencyConfig(_Strict):
     height: int = Field(360, ge=16, le=4096, description="Deployment input height for LUT and FPS.")
     width: int = Field(480, ge=16, le=4096, description="Deployment input width for LUT and FPS.")
     precision: Precision = Field("fp32", description="Deployment precision of the LUT and the budget (fp16/bf16 on CUDA only).")
+    runtime: RuntimeName = Field("torch-eager", description="Deployment runtime of the budget: the LUT entries, the end-to-end measurements (validation, repair) and the FPS report's reference timing run in it (onnxruntime: CPU execution provider, fp32).")
     weight: float = Field(0.5, ge=0.0, le=100.0, description="λ, the weight of the latency term in the architecture loss.")
     form: LatencyForm = Field("budget", description="'budget': λ·f(LAT/T) pulling toward T; 'paper': λ·LAT/T (plain, minimising).")
     under_budget_slope: float = Field(0.1, ge=0.0, le=1.0, description="Slope of f below the budget (f(r)=slope·(1-r) for r<1, r-1 above).")
@@ -258,3 +260,16 @@ class ValidateJobSpec(_Strict):
     dataset: DatasetRef
     splits: list[SplitName] | None = Field(None, max_length=64, description="Splits that must be present; None = every split the layout finds.")
     max_bad_per_kind: int = Field(20, ge=1, le=10_000, description="Bad files listed per kind of problem (all are counted).")
+
+
+class FeasibilityJobSpec(_Strict):
+    """What budgets are feasible before a search (issue 11 section 6): the cheapest, a typical and the
+    dearest network of the search space at the budget's resolution, device and runtime."""
+
+    network: NetworkConfig = NetworkConfig()
+    ops: list[Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,64}$")]] | None = Field(None, max_length=64, description="The search space's op subset (None = all 8), as SearchConfig.ops.")
+    latency: LatencyConfig = LatencyConfig()
+    measure: bool = Field(True, description="Also time the three networks end to end (the LUT sum under-predicts whole networks by 15-25 % on CPU here); off = the table's figures only.")
+    repeats: int = Field(20, ge=3, le=10_000, description="Timed runs of each end-to-end measurement of a feasibility job.")
+    typical_samples: int = Field(64, ge=1, le=10_000, description="Random networks of the space whose median LUT latency is the typical one (the one nearest the median is measured).")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the random networks (the table's validation and the typical network).")

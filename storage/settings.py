@@ -47,10 +47,11 @@ class ServiceSettings(BaseSettings):
     default_tenant: str = Field("default", description="Tenant the embedded mode creates (with its first API key) at first start.")
 
     # --- tenants, API keys, quotas -----------------------------------------------------------
-    quota_concurrent_jobs: int = Field(16, ge=1, description="Default per-tenant cap on queued + running jobs (search, retrain, benchmark); past it 429 + Retry-After. A tenant row can override it.")
+    quota_concurrent_jobs: int = Field(16, ge=1, description="Default per-tenant cap on queued + running jobs (search, retrain, benchmark, feasibility); past it 429 + Retry-After. A tenant row can override it.")
     quota_storage_bytes: int = Field(100 * 2**30, ge=0, description="Default per-tenant cap on stored bytes (artifacts + uploaded datasets); past it new jobs and uploads are refused with 409. A tenant row can override it.")
     quota_validation_jobs: int = Field(4, ge=1, description="Per-tenant cap on queued + running validation jobs (one per dataset registration or upload); past it the registration is answered 429 + Retry-After.")
     quota_retry_after_s: int = Field(30, ge=1, description="Retry-After (seconds) of a 429 answered for the concurrent-jobs quota.")
+    operator_tenants: str = Field("", description="Comma-separated tenants that may delete the shared latency tables through the API (`DELETE /latency-tables/{id}`); empty = none (gas-serve makes it its default tenant). Every tenant may list and inspect them.")
     auth_cache_ttl_s: float = Field(5.0, ge=0, description="Seconds an API process trusts a verified key without asking the database again (a revoked key stops working within this; 0 = always ask).")
 
     # --- job lifecycle ------------------------------------------------------------------------
@@ -113,6 +114,9 @@ class ServiceSettings(BaseSettings):
     @property
     def cache_path(self) -> Path:
         return (self.cache_dir or self.data_dir / "cache").resolve()
+
+    def operators(self) -> set[str]:
+        return {t.strip() for t in self.operator_tenants.split(",") if t.strip()}
 
     def kind_overrides(self) -> dict[str, str]:
         return json.loads(self.job_kind_overrides) if self.job_kind_overrides else {}

@@ -13,9 +13,10 @@ DEFAULT_KINDS: dict[str, str] = {
     "retrain": "core.jobs:run_retrain",
     "benchmark": "core.jobs:run_benchmark",
     "validate": "core.jobs:run_validate",
+    "feasibility": "core.jobs:run_feasibility",
 }
 # Extra keyword arguments a kind's entry point accepts (beyond progress/should_cancel).
-NEEDS_LUT_DIR = {"search"}
+NEEDS_LUT_DIR = {"search", "feasibility", "retrain", "benchmark"}  # tables; <lut_dir>/locks: the measuring lock
 NEEDS_DATA_CACHE = {"search", "retrain"}  # prepared data shared across jobs (per dataset and resolution)
 
 

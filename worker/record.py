@@ -42,6 +42,11 @@ def _flatten(d: Any, out: dict | None = None) -> dict:
 
 def summarize(kind: str, result: dict, report: dict | None, spec: dict) -> dict:
     """The result summary shown on GET /jobs/{id}: mIoU, measured latency, FPS, budget met."""
+    if kind == "feasibility":  # three networks, not one: the figures stay in their own section
+        doc = result.get("feasibility") if isinstance(result.get("feasibility"), dict) else None
+        out = {"feasibility": doc, "device": result.get("device"),
+               "measurements_trusted": result.get("measurements_trusted")}
+        return {k: v for k, v in out.items() if v is not None}
     flat = _flatten(result)
     for k, v in _flatten(report or {}).items():
         flat.setdefault(k, v)

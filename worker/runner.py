@@ -341,7 +341,7 @@ def _succeed(s, settings: ServiceSettings, job_id: str, attempt: int, result: di
     record.store_artifacts(s, get_store(settings.artifacts_path), job, art_dir)
     genotype = record.record_genotype(s, job, art_dir)
     record.record_fps(s, job, summary, report, genotype)
-    if job.kind == "search":
+    if job.kind in ("search", "feasibility"):
         record.record_luts(s, job, settings.lut_path)
     if job.kind == VALIDATE_KIND:
         apply_validation(s, job, report)

@@ -61,7 +61,8 @@ def fault_lut_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fake_faults_stack(tmp_path_factory, datasets_root):
     """Fast fake search (tests/service/fake_core.py) on the machine's PostgreSQL and Redis."""
-    overrides = json.dumps({"search": "tests.service.fake_core:fake_search"})
+    overrides = json.dumps({"search": "tests.service.fake_core:fake_search",
+                       "feasibility": "tests.service.fake_core:fake_feasibility"})
     yield from running_stack("ffault", tmp_path_factory, datasets_root, None, job_kind_overrides=overrides)
 
 

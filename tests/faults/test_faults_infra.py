@@ -17,7 +17,8 @@ from svc_helpers import (PY, REPO, TINY_BUDGET, db_session, drop_pg_db, fake_sea
 
 from infra import OwnPostgres, OwnRedis
 
-FAKE = json.dumps({"search": "tests.service.fake_core:fake_search"})
+FAKE = json.dumps({"search": "tests.service.fake_core:fake_search",
+                       "feasibility": "tests.service.fake_core:fake_feasibility"})
 
 
 def _statuses(stack, ids) -> dict[str, int]:

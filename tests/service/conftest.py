@@ -32,7 +32,8 @@ def shared_lut_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def fake_stack(tmp_path_factory, datasets_root):
     """PostgreSQL + Redis stack whose search kind is the fast test-only fake (fake_core.py)."""
-    overrides = json.dumps({"search": "tests.service.fake_core:fake_search"})
+    overrides = json.dumps({"search": "tests.service.fake_core:fake_search",
+                       "feasibility": "tests.service.fake_core:fake_feasibility"})
     yield from running_stack("fake", tmp_path_factory, datasets_root, None, job_kind_overrides=overrides)
 
 

@@ -74,3 +74,15 @@ def fake_search(spec, workdir, *, progress, should_cancel, lut_dir=None, data_ca
                                                     "budget_ms": budget, "resumed_from_epoch": resumed})
     return {"measured_latency_ms": 3.0, "fps": 333.3, "budget_ms": budget, "budget_met": 3.0 <= budget,
             "resumed_from_epoch": resumed, "supernet_miou": 0.5, "ran": [t_start, time.time()], "pid": os.getpid()}
+
+
+def fake_feasibility(spec, workdir, *, progress, should_cancel, lut_dir=None):
+    """A feasibility job's contract without timing anything (the fuzzing and API tests of the fake stack
+    submit feasibility jobs of any size; the real one is tested in test_svc_latency.py)."""
+    if should_cancel():
+        raise Cancelled()
+    progress({"phase": "measure", "message": "fake feasibility"})
+    doc = {"device": "fake", "runtime": "torch-eager", "networks": {n: {"lut_ms": ms} for n, ms in
+                                                                    (("cheapest", 1.0), ("typical", 2.0), ("dearest", 3.0))}}
+    _atomic_json(Path(workdir) / "artifacts" / "feasibility.json", doc)
+    return {"feasibility": doc, "device": "fake", "measurements_trusted": True}

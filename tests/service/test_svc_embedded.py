@@ -84,6 +84,11 @@ def test_embedded_whole_story(embedded, tmp_path):
         assert part.status_code == 206 and part.content == path.read_bytes()[:100]
         report = c.http.get(f"/api/v1/jobs/{rt['id']}/artifacts/report.json").json()
         assert report["kind"] == "retrain"
+        # issue 11: the measuring lock works without any server (a file lock in the LUT directory)
+        assert [h["phase"] for h in report["device_lock"]["holds"]] == ["fps"]
+        search = c.http.get(f"/api/v1/jobs/{job['id']}/artifacts/report.json").json()
+        phases = [h["phase"] for h in search["device_lock"]["holds"]]
+        assert phases[0] == "latency_table" and "end_to_end" in phases and phases[-1] == "fps", phases
 
 
 def test_embedded_cancel_running_and_queued(embedded):
