@@ -64,12 +64,13 @@ def alpha_heatmap(alphas: Sequence[Sequence[Sequence[float]]], ops: Sequence[str
     nodes = nodes_of_edges(n_edges)
     edges = cell_edges(nodes)
     red = set(reduction_cells)
-    label_w, head_h, gap = 58, 92, 18
+    label_w, gap = 64, 22
+    head_h = 18 + 6 * max(len(str(o)) for o in ops)  # vertical op names above the columns
     block_w = label_w + n_ops * cell_size
     block_h = head_h + n_edges * cell_size + 20
     per_row = max(1, min(len(alphas), 6))
     rows = math.ceil(len(alphas) / per_row)
-    width, height = per_row * (block_w + gap), rows * (block_h + gap) + 24
+    width, height = per_row * (block_w + gap), rows * (block_h + gap) + 34
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="heatmap" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" {FONT} font-size="10" role="img" '
            f'data-cells="{len(alphas)}" data-edges="{n_edges}" data-ops="{n_ops}"'
@@ -91,7 +92,7 @@ def alpha_heatmap(alphas: Sequence[Sequence[Sequence[float]]], ops: Sequence[str
                        f'stroke-dasharray="4 2"/>')
         for o, name in enumerate(ops):
             cx = label_w + o * cell_size + cell_size / 2
-            out.append(f'<text x="{_num(cx)}" y="{head_h - 6}" transform="rotate(-60 {_num(cx)} {head_h - 6})" '
+            out.append(f'<text x="{_num(cx + 3)}" y="{head_h - 4}" transform="rotate(-90 {_num(cx + 3)} {head_h - 4})" '
                        f'class="hm-op">{_e(name)}</text>')
         for e, row in enumerate(cell):
             j, i = edges[e]
@@ -108,12 +109,12 @@ def alpha_heatmap(alphas: Sequence[Sequence[Sequence[float]]], ops: Sequence[str
                            f'{_e(ops[o])}: {float(p):.3f}</title></rect>')
         out.append("</g>")
     # legend
-    ly = height - 16
+    ly = height - 26
     out.append(f'<g class="legend" transform="translate(0,{ly})">')
     for i in range(11):
         out.append(f'<rect x="{i * 16}" y="0" width="16" height="10" fill="{color(i / 10)}"/>')
-    out.append('<text x="0" y="-2">0</text><text x="176" y="9">1 = probability of the op on the edge '
-               '(outlined: the edge\'s strongest op)</text></g>')
+    out.append('<text x="0" y="20">0</text><text x="172" y="20" text-anchor="end">1</text><text x="182" y="9">'
+               'probability of the op on the edge (outlined: the edge\'s strongest op)</text></g>')
     out.append("</svg>")
     return "".join(out)
 
@@ -121,9 +122,9 @@ def alpha_heatmap(alphas: Sequence[Sequence[Sequence[float]]], ops: Sequence[str
 # ------------------------------------------------------------------------------------- genotype DAG
 @dataclass(frozen=True)
 class DagLayout:
-    width: int = 300
+    width: int = 340
     node_r: int = 15
-    row_h: int = 52
+    row_h: int = 64
 
 
 def genotype_dag(cell: dict, k: int, *, layout: DagLayout = DagLayout()) -> str:
@@ -136,7 +137,7 @@ def genotype_dag(cell: dict, k: int, *, layout: DagLayout = DagLayout()) -> str:
     n = len(nodes)
     reduction = bool(cell.get("reduction"))
     lay = layout
-    height = (n + 2) * lay.row_h + 30
+    height = (n + 1) * lay.row_h + 62
     pos: dict[int | str, tuple[float, float]] = {0: (50, 40), 1: (lay.width - 50, 40)}
     for i in range(n):
         pos[2 + i] = (lay.width / 2 + (i % 2 * 2 - 1) * 40 * (1 if n > 1 else 0), 40 + (i + 1) * lay.row_h)
@@ -160,9 +161,10 @@ def genotype_dag(cell: dict, k: int, *, layout: DagLayout = DagLayout()) -> str:
         sx, sy, ex, ey = x1 + ux * lay.node_r, y1 + uy * lay.node_r, x2 - ux * lay.node_r, y2 - uy * lay.node_r
         out.append(f'<g class="dag-edge {kind}" {data}><line x1="{_num(sx)}" y1="{_num(sy)}" x2="{_num(ex)}" '
                    f'y2="{_num(ey)}" stroke="#555" marker-end="url(#arr{k})"/>')
-        if label:
-            mx, my = (sx + ex) / 2, (sy + ey) / 2
-            out.append(f'<text x="{_num(mx + 3)}" y="{_num(my - 2)}" fill="#1d4ed8">{_e(label)}</text>')
+        if label:  # 40 % along the edge: edges converging on one node keep their labels apart
+            mx, my = sx + (ex - sx) * 0.4, sy + (ey - sy) * 0.4
+            out.append(f'<text x="{_num(mx)}" y="{_num(my)}" text-anchor="middle" fill="#1d4ed8" stroke="#fff" '
+                       f'stroke-width="3" paint-order="stroke">{_e(label)}</text>')
         out.append("</g>")
 
     for i, pair in enumerate(nodes):

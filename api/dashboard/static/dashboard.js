@@ -30,7 +30,8 @@
       box.setAttribute("data-chart", c.title);
       el.appendChild(box);
       new window.uPlot({ title: c.title, width: width, height: 190, series: series,
-                         scales: { x: { time: false } }, axes: [{ label: "epoch" }, {}] }, cols, box);
+                         scales: { x: { time: false } },
+                         axes: [{ label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] }, {}] }, cols, box);
     });
   }
 
