@@ -264,3 +264,67 @@ def test_pages_work_under_a_path_prefix(fake_stack, owner):
         page = c.get("/gas/ui/jobs")
         assert f'href="/gas/ui/jobs/{owner["job_id"]}"' in page.text
         assert c.get("/gas/ui/static/vendor/htmx-2.0.11.min.js").status_code == 200
+
+
+def test_an_open_sse_stream_holds_no_database_connection(fake_stack, owner):
+    """The stream of a running job, served in process: between its checks no connection of the app's
+    pool is checked out (each check opens a session and closes it), and a client disconnect ends it."""
+    import asyncio
+
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from storage.db import get_engine
+
+    settings = settings_of(fake_stack)
+    app = create_app(settings)
+    with TestClient(app) as c:
+        page = c.get("/ui/signin")
+        c.post("/ui/signin", data={"api_key": fake_stack.api_key, "csrf": ui_csrf(page.text)}, follow_redirects=False)
+        cookie = c.cookies["gas_session"]
+    r = fake_stack.http.post("/api/v1/jobs/search", json=fake_search_body(owner["dataset_id"], epochs=20, steps=8))
+    job_id = r.json()["id"]
+    fake_stack.wait_status(job_id, "running", 30)
+    engine = get_engine(settings.db_url, settings.db_pool_size)
+
+    async def run() -> tuple[list[bytes], list[int], bool]:
+        chunks: list[bytes] = []
+        gone = asyncio.Event()
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+                 "path": f"/ui/jobs/{job_id}/live", "raw_path": f"/ui/jobs/{job_id}/live".encode(), "query_string": b"",
+                 "root_path": "", "headers": [(b"host", b"testserver"), (b"cookie", f"gas_session={cookie}".encode())],
+                 "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
+
+        async def receive():
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            if message["type"] == "http.response.body" and message.get("body"):
+                chunks.append(message["body"])
+
+        task = asyncio.create_task(app(scope, receive, send))
+        for _ in range(400):
+            if len(chunks) >= 3:
+                break
+            await asyncio.sleep(0.05)
+        samples = []
+        for _ in range(40):  # 2 s: several checks (GAS_DASHBOARD_REFRESH_S=0.3)
+            samples.append(engine.pool.checkedout())
+            await asyncio.sleep(0.05)
+        n_before = len(chunks)
+        gone.set()
+        try:
+            await asyncio.wait_for(task, 10)
+            ended = True
+        except asyncio.TimeoutError:
+            task.cancel()
+            ended = False
+        return chunks[:n_before], samples, ended
+
+    chunks, samples, ended = asyncio.run(run())
+    assert len(chunks) >= 4 and b"event: progress" in chunks[0], chunks[:2]
+    assert sum(1 for n in samples if n > 0) <= 4, samples  # only the instant of a check, never the whole stream
+    assert ended, "the stream did not end when the client went away"
+    fake_stack.http.post(f"/api/v1/jobs/{job_id}/cancel")
+    fake_stack.wait_status(job_id, "cancelled", 60)

@@ -197,7 +197,7 @@ def test_pages_render_without_errors_and_another_tenant_gets_404(watched, real_s
         tab.shot(shots, "compare")
         tab.goto(f"/ui/search/new?dataset_id={dataset}")
         tab.page.fill("#budget_value", "0")
-        tab.page.click("button[type=submit]")
+        tab.page.click("form.new-search button[type=submit]")
         assert "budget.latency_ms" in tab.page.inner_text('[data-field="budget_value"]')
         tab.shot(shots, "new_search")
         assert tab.errors == []
