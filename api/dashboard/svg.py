@@ -255,8 +255,8 @@ def scatter(points: Sequence[dict], *, x_label: str = "measured latency (ms)", y
                f'{_e(y_label)}</text>')
     if budget:
         out.append(f'<g class="budget"><line x1="{_num(sx(budget))}" x2="{_num(sx(budget))}" y1="{mt}" '
-                   f'y2="{mt + ph}" stroke="#c2410c" stroke-dasharray="5 3"/><text x="{_num(sx(budget) + 4)}" '
-                   f'y="{mt + 12}" fill="#c2410c">budget {_num(budget)} ms</text></g>')
+                   f'y2="{mt + ph}" stroke="#c2410c" stroke-dasharray="5 3"/><text x="{_num(sx(budget) - 4)}" '
+                   f'y="{mt + 12}" text-anchor="end" fill="#c2410c">budget {_num(budget)} ms</text></g>')
     front = pareto_front([(float(p["x"]), float(p["y"])) for p in points])
     if len(front) > 1:
         pts = " ".join(f"{_num(sx(points[i]['x']))},{_num(sy(points[i]['y']))}" for i in front)
