@@ -96,6 +96,7 @@ def watched(real_stack, dataset, browser, shots):
     tab = Tab(browser, real_stack, real_stack.api_key)
     tab.goto(f"/ui/jobs/{job_id}")
     seen: list[str] = []
+    live_heatmap = None  # the epoch of the first heatmap the SSE stream swapped in while the job ran
     deadline = time.monotonic() + 600  # generous: a loaded 2-core machine is several times slower
     while time.monotonic() < deadline:
         block = tab.page.query_selector("#progress-block")
@@ -105,11 +106,14 @@ def watched(real_stack, dataset, browser, shots):
                 seen.append(text)
             if block.get_attribute("data-status") in ("succeeded", "failed", "cancelled"):
                 break
+            if live_heatmap is None and block.get_attribute("data-status") == "running":
+                heat = tab.page.query_selector("svg.heatmap")
+                live_heatmap = heat.get_attribute("data-epoch") if heat is not None else None
         time.sleep(0.2)
     status = real_stack.job(job_id)["status"]
     assert status == "succeeded", (status, real_stack.log_tail("worker"))
     tab.page.wait_for_selector("svg.dag", timeout=30_000)  # the page swapped in the results by itself
-    yield {"job_id": job_id, "tab": tab, "seen": seen}
+    yield {"job_id": job_id, "tab": tab, "seen": seen, "live_heatmap": live_heatmap}
     tab.close()
 
 
@@ -118,6 +122,8 @@ def test_sse_moves_the_progress_text_of_a_running_real_search(watched):
     assert len(seen) >= 3, seen
     assert any("epoch 1/2" in t for t in seen) and any("epoch 2/2" in t for t in seen), seen
     assert any(t.startswith("running") for t in seen), seen
+    # an epoch end while the job ran sent the curves and the α' heatmap of that epoch (from its event)
+    assert watched["live_heatmap"] in ("1", "2"), watched["live_heatmap"]
     live = [u for u in tab.requests if u.endswith(f"/ui/jobs/{watched['job_id']}/live")]
     assert live, "the page did not open the SSE stream"
     assert not [u for u in tab.requests if "/progress?live=poll" in u]  # SSE, not polling
