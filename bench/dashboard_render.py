@@ -77,7 +77,7 @@ def setup(base: Path, epochs: int) -> tuple[str, str, str]:
     spec = {"network": {"num_cells": CELLS, "nodes": NODES, "reduction_cells": REDUCTION},
             "latency": {"budget_ms": 25.0, "height": 360, "width": 480}}
     with get_sessionmaker(settings.db_url)() as s:
-        ds = Dataset(tenant_id="bench", name="camvid", layout="camvid", root="/x", num_classes=11, stats={})
+        ds = Dataset(tenant_id="bench", name="camvid", layout="camvid", root="/x", num_classes=11, ignore_index=255, stats={})
         s.add(ds)
         s.flush()
         done = Job(tenant_id="bench", kind="search", status="succeeded", spec=spec, dataset_id=ds.id,
