@@ -9,7 +9,7 @@ from storage.artifacts import get_store
 from storage.db import get_sessionmaker
 from storage.settings import ServiceSettings, get_settings
 
-from . import problems
+from . import dashboard, problems
 from .auth import KeyCache, add_security_to_openapi
 from .limits import BodyLimitMiddleware
 from .metrics import JobsCollector, Metrics, MetricsMiddleware
@@ -45,6 +45,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(api)
     app.include_router(system)
     app.include_router(system, prefix="/api/v1", include_in_schema=False)
+    dashboard.install(app)  # server-rendered pages under /ui (docs/DASHBOARD.md)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.json_max_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     base_openapi = app.openapi

@@ -19,7 +19,7 @@ latency tables and prepared (decoded, resized uint8) datasets; default: inside `
 only after its parity check, :mod:`core.export`), ``genotype.json`` and ``report.json`` (retrain), ``report.json`` (benchmark, validate). The returned dict is a JSON-able result summary.
 
 ``progress(event: dict)`` receives ``{"phase", "epoch", "epochs", "step", "steps", "metrics",
-"expected_latency_ms", "op_probs"(search only), "message"}`` (keys may be missing when not
+"expected_latency_ms", "op_probs", "alphas", "ops"(search epoch ends only), "message"}`` (keys may be missing when not
 applicable). Latency trust (issue 11): an event ``{"phase": "noise", "noisy": True, "message"}`` is sent
 whenever a timing stays noisy after its retries, a latency table is not trusted, the repair stops on
 bad data, or two measurements of the final network disagree; the search summary then has

@@ -53,6 +53,14 @@ def op_probabilities(model: SuperNet, alphas: list[torch.Tensor]) -> list[dict[s
             for a in alphas]
 
 
+def alpha_probabilities(alphas: list[torch.Tensor], digits: int = 4) -> list[list[list[float]]]:
+    """Per cell, per edge (core.cell.cell_edges order), per op: softmax(α') rounded to ``digits``.
+
+    What the dashboard's heatmap draws for one epoch (cells × edges × ops)."""
+    return [[[round(float(v), digits) for v in row] for row in F.softmax(a.detach().float(), -1).cpu()]
+            for a in alphas]
+
+
 def op_entropy(alphas: list[torch.Tensor]) -> list[float]:
     """Per cell: mean over edges of the entropy of softmax(α'), divided by log|O| (1 = uniform, 0 = one op)."""
     out = []
@@ -163,7 +171,7 @@ class Searcher:
                            "steps": self.steps, "metrics": {"supernet_miou": summary["supernet_miou"], **summary["mean"]},
                            "expected_latency_ms": summary["expected_latency_ms"], "op_probs": summary["op_probs"],
                            "op_entropy": summary["op_entropy"], "ggm_shift": summary["ggm_shift"],
-                           "message": f"epoch {epoch + 1}/{self.cfg.epochs} done"})
+                           "alphas": summary["alphas"], "ops": list(self.model.ops), "message": f"epoch {epoch + 1}/{self.cfg.epochs} done"})
         with torch.no_grad():
             alphas = [a.detach().cpu() for a in self.model.alpha_prime()]
             lat = float(self.latency([a.to(self.device) for a in alphas]))
@@ -177,7 +185,7 @@ class Searcher:
                 "expected_latency_ms": round(float(self.latency(alphas)), 4),
                 "w_lr": self.sched.get_last_lr()[0], "op_probs": op_probabilities(self.model, alphas),
                 "op_entropy": op_entropy(alphas), "ggm_shift": ggm_shift(self.model, alphas),
-                "free_op_dropout": round(self.free_op_dropout(epoch), 4)}
+                "alphas": alpha_probabilities(alphas), "free_op_dropout": round(self.free_op_dropout(epoch), 4)}
 
     def free_op_dropout(self, epoch: int) -> float:
         """Linear decay from ``free_op_dropout`` at the first epoch to 0 after the last."""

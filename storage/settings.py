@@ -86,6 +86,12 @@ class ServiceSettings(BaseSettings):
     readiness_timeout_s: float = Field(2.0, gt=0, description="Timeout of each /readyz probe (database, broker).")
     log_level: str = Field("info", description="Log level of API, worker and sweeper.")
 
+    # --- dashboard (api/dashboard: server-rendered pages under /ui) -------------------------------
+    dashboard_secret: str = Field("", description="Key signing the dashboard's session cookies; empty = a random one kept in `<data_dir>/dashboard.secret` (created once; share the data dir, or set this, when API processes run on several machines).")
+    dashboard_session_ttl_s: int = Field(8 * 3600, ge=60, le=30 * 86400, description="Lifetime of a dashboard session (seconds) after signing in with an API key.")
+    dashboard_live: str = Field("sse", pattern="^(sse|poll)$", description="How dashboard pages follow running jobs: `sse` (Server-Sent Events, htmx SSE extension) or `poll` (periodic requests, for proxies that buffer SSE). `?live=poll` on a page overrides it.")
+    dashboard_refresh_s: float = Field(1.0, ge=0.2, le=60, description="Interval of the dashboard's SSE checks and of its polling (seconds).")
+
     # --- derived ------------------------------------------------------------------------------
     @property
     def db_url(self) -> str:

@@ -23,6 +23,8 @@ from storage.dispatch import send_job
 from storage.models import Job
 from storage.settings import ServiceSettings
 
+PROGRESS_ONLY_IN_EVENTS = ("op_probs", "alphas")  # per-epoch arrays: in the epoch-end event, not in the job row
+
 from . import record
 from .kinds import target_for
 
@@ -243,7 +245,9 @@ def _supervise(Session, settings: ServiceSettings, job_id: str, attempt: int, ch
                 ev = item.get("event") or {}
                 milestone = (ev.get("phase") != progress.get("phase") or ev.get("epoch") != progress.get("epoch")
                              or bool(ev.get("message")))
-                progress = {k: v for k, v in ev.items() if k != "op_probs"} | {"attempt": attempt}
+                # the per-edge α' of an epoch end goes into that epoch's event (the dashboard's live heatmap),
+                # not into the job row's progress, which every poll reads
+                progress = {k: v for k, v in ev.items() if k not in PROGRESS_ONLY_IN_EVENTS} | {"attempt": attempt}
                 if "op_probs" in ev:
                     progress["has_op_probs"] = True
                 dirty = True
@@ -255,7 +259,8 @@ def _supervise(Session, settings: ServiceSettings, job_id: str, attempt: int, ch
                                 return "lost-lease"
                             sm.add_event(s, job_id, "progress", ev.get("message") or
                                          f"{ev.get('phase', '')} epoch {ev.get('epoch', '')}/{ev.get('epochs', '')}".strip(),
-                                         progress, attempt=attempt, tenant_id=tenant)
+                                         progress | ({"alphas": ev["alphas"]} if "alphas" in ev else {}),
+                                         attempt=attempt, tenant_id=tenant)
                             s.commit()
                         last_written = last_beat = now
                         dirty = False

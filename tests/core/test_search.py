@@ -97,3 +97,24 @@ def test_default_schedule_can_move_alpha_on_camvid(table, tmp_path):
     assert steps["warmup_steps"] >= (steps["warmup_steps"] + steps["arch_steps"]) / 3
     assert default.a_lr * steps["arch_steps"] >= 1.5, steps
     assert steps["crop"][0] * steps["crop"][1] < 360 * 480  # the search trains on crops; the LUT does not
+
+
+def test_history_records_softmax_alphas_per_cell_edge_op(table, camvid_train, tmp_path):
+    """Each epoch's summary (and its epoch-end progress event) carries α' as probabilities per cell, edge, op:
+    what the dashboard's heatmap draws; the last epoch's equals softmax of the α' derivation reads."""
+    events = []
+    s = make(table, camvid_train, tmp_path, events.append)
+    s.cfg = SC.model_copy(update={"epochs": 2, "warmup_epochs": 1})
+    res = s.run()
+    n_edges = sum(2 + i for i in range(CFG.nodes))
+    for h in res.history:
+        a = h["alphas"]
+        assert len(a) == CFG.num_cells and all(len(cell) == n_edges for cell in a)
+        assert all(len(row) == len(s.model.ops) and abs(sum(row) - 1) < 2e-3 for cell in a for row in cell)
+    last = torch.tensor(res.history[-1]["alphas"])
+    want = torch.stack([torch.softmax(x.float(), -1) for x in res.alphas])
+    assert torch.allclose(last, want, atol=1e-4)
+    # warm-up leaves α at its init, the search epoch moves it
+    assert res.history[0]["alphas"] != res.history[1]["alphas"]
+    ends = [e for e in events if "alphas" in e]
+    assert [e["epoch"] for e in ends] == [1, 2] and ends[-1]["alphas"] == res.history[-1]["alphas"]

@@ -1,6 +1,7 @@
 """Helpers of the service tests (imported by conftest.py and the test modules)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import shutil
@@ -191,7 +192,7 @@ def make_stack(name: str, tmp_path_factory, datasets_root: Path, lut_dir: Path |
         "GAS_HEARTBEAT_INTERVAL_S": "0.5", "GAS_HEARTBEAT_TIMEOUT_S": "4", "GAS_REDISPATCH_AFTER_S": "3",
         "GAS_SWEEP_INTERVAL_S": "1", "GAS_CANCEL_GRACE_S": "3", "GAS_PROGRESS_MIN_INTERVAL_S": "0.2",
         "GAS_LOG_LEVEL": "info", "OMP_NUM_THREADS": "2", "GAS_AUTH_CACHE_TTL_S": "1",
-        "GAS_QUOTA_CONCURRENT_JOBS": "64", "GAS_QUOTA_VALIDATION_JOBS": "64",
+        "GAS_QUOTA_CONCURRENT_JOBS": "64", "GAS_QUOTA_VALIDATION_JOBS": "64", "GAS_DASHBOARD_REFRESH_S": "0.3",
     })
     if lut_dir is not None:
         env["GAS_LUT_DIR"] = str(lut_dir)
@@ -287,3 +288,25 @@ def sqlite_stack(name: str, tmp_path_factory, datasets_root: Path, **overrides):
         yield stack
     finally:
         stack.stop()
+
+
+@contextlib.contextmanager
+def ui_client(stack: Stack, key: str | None = None, **kw):
+    """(A context manager) an HTTP client of the stack's dashboard signed in with ``key`` (default: the
+    stack's key) through the sign-in form, as a browser does: it holds the session cookie, no key header."""
+    import re
+
+    with httpx.Client(base_url=stack.url, timeout=30, **kw) as c:
+        page = c.get("/ui/signin")
+        assert page.status_code == 200, page.text
+        token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+        r = c.post("/ui/signin", data={"api_key": key or stack.api_key, "csrf": token, "next": ""})
+        assert r.status_code == 303 and r.headers["location"].endswith("/ui/jobs"), (r.status_code, r.text[:500])
+        yield c
+
+
+def ui_csrf(html: str) -> str:
+    """The CSRF token a dashboard page puts in its forms."""
+    import re
+
+    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
