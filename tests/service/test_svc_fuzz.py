@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from svc_helpers import PY, REPO, fake_search_body, register_tiny
+from svc_helpers import PY, REPO, fake_search_body, register_tiny, wait_until
 
 pytestmark = pytest.mark.services
 EXAMPLES = int(os.environ.get("GAS_FUZZ_EXAMPLES", "10"))
@@ -34,7 +34,8 @@ def fuzz_tenant(fake_stack):
         ds = register_tiny(c)
         r = c.post("/api/v1/jobs/search", json=fake_search_body(ds, epochs=1, steps=1))
         assert r.status_code == 202, r.text
-        fake_stack.wait_status(r.json()["id"], "succeeded", 90)
+        job = r.json()["id"]
+        wait_until(lambda: c.get(f"/api/v1/jobs/{job}").json()["status"] == "succeeded", 90, "the fuzzing job")
     return fake_stack, key
 
 
