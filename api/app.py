@@ -12,9 +12,23 @@ from storage.settings import ServiceSettings, get_settings
 from . import dashboard, problems
 from .auth import KeyCache, add_security_to_openapi
 from .limits import BodyLimitMiddleware
+from .protocol import HeadMiddleware
 from .metrics import JobsCollector, Metrics, MetricsMiddleware
 from .routes import api, system
 from .services import jobs_by_status, make_reader
+
+
+def state_limits(doc: dict, settings: ServiceSettings) -> dict:
+    """The document states the limits this server enforces: a page's ``limit`` is at most
+    GAS_PAGE_SIZE_MAX (a setting, so filled in here rather than in the route signatures)."""
+    for ops in doc.get("paths", {}).values():
+        for op in ops.values():
+            for p in op.get("parameters", []) if isinstance(op, dict) else []:
+                if p.get("in") == "query" and p.get("name") == "limit":
+                    for s in [p["schema"], *p["schema"].get("anyOf", [])]:
+                        if s.get("type") == "integer":
+                            s["maximum"] = settings.page_size_max
+    return doc
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -48,11 +62,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     dashboard.install(app)  # server-rendered pages under /ui (docs/DASHBOARD.md)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.json_max_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(HeadMiddleware)
     base_openapi = app.openapi
 
     def openapi() -> dict:
         if app.openapi_schema is None:
-            app.openapi_schema = add_security_to_openapi(base_openapi())
+            app.openapi_schema = state_limits(add_security_to_openapi(base_openapi()), settings)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -90,8 +90,15 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        return problem_response(exc.status_code, str(exc.detail), instance=request.url.path,
-                                headers=getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        detail = str(exc.detail)
+        if exc.status_code == 405:
+            # every method of the path (the router names only the first route that matched it)
+            from .protocol import allowed_methods
+
+            headers["Allow"] = allowed_methods(request.app.routes, request.scope["path"])
+            detail = f"{request.method} is not allowed here; allowed: {headers['Allow']}"
+        return problem_response(exc.status_code, detail, instance=request.url.path, headers=headers or None)
 
     async def _unavailable(request: Request, exc: Exception):
         log.warning("database unreachable on %s %s: %s", request.method, request.url.path,

@@ -5,7 +5,7 @@ import logging
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
@@ -17,13 +17,15 @@ from . import latency as lat
 from . import services as svc
 from .auth import Authenticated
 from .deps import ReaderDep, SessionDep, SettingsDep, StoreDep, TenantAsyncDep, TenantDep
+from .downloads import DOWNLOAD_TYPES, artifact_response
 from .problems import PROBLEM, Problem, problem_response
 from .schemas import (ArtifactList, BenchmarkJobCreate, DatasetCreate, DatasetList, DatasetOut, DatasetUploadParams,
                       EventList, FeasibilityCreate, Health, JobList, JobOut, LatencyTableDetail, LatencyTableList,
                       RetrainJobCreate, SearchJobCreate)
 
 PROBLEM_RESPONSES = {code: {"content": {PROBLEM: {}}, "description": desc} for code, desc in
-                     {400: "Malformed request body (problem+json)",
+                     {400: "Malformed request body (problem+json); a request line or header section past 64 KiB "
+                           "(e.g. a very long query) is refused by the HTTP server itself with text/plain",
                       401: "Missing, invalid or revoked API key (problem+json, WWW-Authenticate)",
                       403: "Forbidden (problem+json)", 404: "Unknown id (problem+json)",
                       409: "Conflict, or the tenant's storage quota is used up (problem+json)",
@@ -31,6 +33,7 @@ PROBLEM_RESPONSES = {code: {"content": {PROBLEM: {}}, "description": desc} for c
                       422: "Invalid request (problem+json)",
                       429: "A quota of the tenant is reached: concurrent jobs, or validation jobs for a registration (problem+json, Retry-After)",
                       503: "The database is unreachable (problem+json, Retry-After)"}.items()}
+PROBLEM_RESPONSES[400]["content"]["text/plain"] = {"schema": {"type": "string"}}
 AUTH_RESPONSES = {401: PROBLEM_RESPONSES[401], 503: PROBLEM_RESPONSES[503]}
 IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
                                        description="Retrying a POST with the same key returns the same job.")]
@@ -226,19 +229,41 @@ def job_artifacts(job_id: str, s: SessionDep, tenant: TenantDep):
                        for a in svc.list_artifacts(s, tenant, job_id)])
 
 
-@api.get("/jobs/{job_id}/artifacts/{name}", tags=["artifacts"], response_class=FileResponse,
-         responses={200: {"content": {"application/octet-stream": {}}, "description": "The file (Range supported)"},
-                    206: {"description": "Partial content"}, 416: {"description": "Range not satisfiable"}})
-def download_artifact(job_id: str, name: str, s: SessionDep, tenant: TenantDep, store: StoreDep):
+ARTIFACT_HEADERS = {
+    "ETag": {"description": "The sha256 of the file, quoted (strong validator).", "schema": {"type": "string"}},
+    "Last-Modified": {"description": "When the artifact was recorded.", "schema": {"type": "string"}},
+    "X-Checksum-Sha256": {"description": "The sha256 of the whole file.", "schema": {"type": "string"}},
+    "Accept-Ranges": {"description": "bytes", "schema": {"type": "string"}}}
+# a .json artifact is any JSON document (report, genotype); the others are bytes
+ARTIFACT_CONTENT = {t: {"schema": {} if t == "application/json" else {"type": "string", "format": "binary"}}
+                    for t in DOWNLOAD_TYPES}
+ARTIFACT_RESPONSES = {
+    200: {"content": ARTIFACT_CONTENT, "headers": ARTIFACT_HEADERS,
+          "description": "The whole file; its content type by suffix: .json application/json, .txt text/plain, "
+                         ".md text/markdown, .csv text/csv, anything else (checkpoints, ONNX) application/octet-stream. "
+                         "A malformed Range, one of another unit or one of several ranges is ignored (RFC 9110 §14.2)."},
+    206: {"content": ARTIFACT_CONTENT, "description": "One byte range (Range: bytes=FIRST-[LAST] or bytes=-SUFFIX)",
+          "headers": {**ARTIFACT_HEADERS, "Content-Range": {"description": "bytes FIRST-LAST/SIZE", "required": True,
+                                                             "schema": {"type": "string"}}}},
+    304: {"description": "If-None-Match matched the ETag: the client's copy is current (no body)",
+          "headers": {"ETag": ARTIFACT_HEADERS["ETag"]}},
+    416: {"content": {PROBLEM: {}}, "description": "The range starts past the end of the file (problem+json; "
+                                                   "Content-Range: bytes */SIZE)"}}
+
+
+@api.get("/jobs/{job_id}/artifacts/{name}", tags=["artifacts"], response_class=Response, responses=ARTIFACT_RESPONSES,
+         summary="Download an artifact (HEAD, Range, If-Range and If-None-Match supported)")
+def download_artifact(job_id: str, name: str, request: Request, s: SessionDep, tenant: TenantDep, store: StoreDep):
     art = svc.get_artifact(s, tenant, job_id, name)
-    headers = {"ETag": f'"{art.sha256}"', "X-Checksum-Sha256": art.sha256}
     path = store.local_path(art.key)
     if path is not None:
         if not path.is_file():
             raise Problem(404, f"artifact {name!r} of job {job_id} is missing from the store")
-        return FileResponse(path, media_type=art.content_type, filename=art.name, headers=headers)
-    f = store.open(art.key)
-    return StreamingResponse(iter(lambda: f.read(1 << 20), b""), media_type=art.content_type, headers=headers)
+        size = path.stat().st_size
+    else:
+        size = art.size
+    return artifact_response(request, name=art.name, sha256=art.sha256, content_type=art.content_type,
+                             created_at=art.created_at, size=size, opener=lambda: store.open(art.key))
 
 
 # ------------------------------------------------------------------------------------ latency tables

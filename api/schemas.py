@@ -70,6 +70,13 @@ def _json_document(value: dict, *, max_bytes: int = GENOTYPE_MAX_BYTES) -> dict:
 
 
 GenotypeDoc = Annotated[dict[str, Any], AfterValidator(_json_document)]
+def exactly_one(a: str, b: str) -> ConfigDict:
+    """The model config of an either-or rule, stated in the JSON schema too (``oneOf``): exactly one
+    of the two fields is given and not null."""
+    return ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"oneOf": [
+        {"required": [name], "properties": {name: {"not": {"type": "null"}}}} for name in (a, b)]})
+
+
 ClassName = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
@@ -238,6 +245,9 @@ class DatasetList(BaseModel):
 
 # -------------------------------------------------------------------------------------------- jobs
 class BudgetIn(_In):
+    """Give exactly one of latency_ms or fps."""
+
+    model_config = exactly_one("latency_ms", "fps")
     latency_ms: float | None = Field(None, ge=0.1, le=60_000.0, description="Latency budget in ms at batch 1 (or give fps).")
     fps: float | None = Field(None, gt=0.0, le=10_000.0, description="Frames-per-second budget (converted to 1000/fps ms).")
     height: int = Field(360, ge=16, le=4096, description="Deployment input height.")
@@ -296,6 +306,9 @@ class RetrainSettingsIn(_In):
 
 
 class RetrainJobCreate(_In):
+    """Give exactly one of search_job_id or genotype."""
+
+    model_config = exactly_one("search_job_id", "genotype")
     dataset_id: str = Field(..., min_length=1, max_length=64)
     search_job_id: str | None = Field(None, description="A succeeded search job whose genotype is retrained.")
     genotype: GenotypeDoc | None = Field(None, description="An inline genotype document instead of search_job_id (finite numbers, at most 256 KiB).")
@@ -309,6 +322,9 @@ class RetrainJobCreate(_In):
 
 
 class BenchmarkJobCreate(_In):
+    """Give exactly one of job_id or genotype."""
+
+    model_config = exactly_one("job_id", "genotype")
     job_id: str | None = Field(None, description="A succeeded search/retrain job whose genotype is measured.")
     genotype: GenotypeDoc | None = Field(None, description="An inline genotype document instead of job_id (finite numbers, at most 256 KiB).")
     height: int = Field(360, ge=16, le=4096)

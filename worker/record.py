@@ -11,13 +11,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from storage.artifacts import ArtifactStore, artifact_key, safe_name, sha256_file
+from storage.artifacts import CONTENT_TYPES, ArtifactStore, artifact_key, safe_name, sha256_file
 from storage.models import Artifact, FpsReport, Genotype, Job, LatencyTable
 
 log = logging.getLogger("gas.worker")
-CONTENT_TYPES = {".json": "application/json", ".safetensors": "application/octet-stream",
-                 ".onnx": "application/octet-stream", ".pt": "application/octet-stream",
-                 ".txt": "text/plain", ".md": "text/markdown", ".csv": "text/csv"}
 
 
 def _num(d: dict, *names: str) -> float | None:

@@ -310,3 +310,47 @@ def ui_csrf(html: str) -> str:
     import re
 
     return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+
+
+def check_download_protocol(http: httpx.Client, url: str, whole: bytes, content_type: str) -> None:
+    """An artifact download behaves as RFC 9110 says (issue 10 §6): HEAD = GET's headers without a body;
+    ETag is the quoted sha256 and If-None-Match (weak comparison, lists, *) answers 304; one byte range
+    is 206 with Content-Range; If-Range with another tag, a malformed range, another unit and several
+    ranges are ignored (200, the whole file); a range past the end is 416 problem+json with
+    Content-Range: bytes */size; the content type is the documented one."""
+    import hashlib
+
+    size, sha = len(whole), hashlib.sha256(whole).hexdigest()
+    full = http.get(url)
+    assert full.status_code == 200 and full.content == whole, full.text[:300]
+    assert full.headers["content-type"].split(";")[0] == content_type, full.headers
+    assert full.headers["etag"] == f'"{sha}"' and full.headers["accept-ranges"] == "bytes"
+    head = http.head(url)
+    assert head.status_code == 200 and head.content == b"", head
+    for h in ("etag", "content-type", "content-length", "last-modified", "x-checksum-sha256"):
+        assert head.headers[h] == full.headers[h], (h, head.headers, full.headers)
+    assert int(head.headers["content-length"]) == size
+    for inm in (f'"{sha}"', f'W/"{sha}"', f'"nope", "{sha}"', "*"):
+        r = http.get(url, headers={"If-None-Match": inm})
+        assert r.status_code == 304 and r.content == b"" and r.headers["etag"] == f'"{sha}"', (inm, r.status_code)
+        assert http.head(url, headers={"If-None-Match": inm}).status_code == 304
+    assert http.get(url, headers={"If-None-Match": '"other"'}).status_code == 200
+    for rng, (a, b) in {"bytes=1-4": (1, 4), "bytes=3-": (3, size - 1), "bytes=-5": (size - 5, size - 1),
+                        f"bytes=2-{10 ** 30}": (2, size - 1), "BYTES = 0-0": (0, 0)}.items():
+        r = http.get(url, headers={"Range": rng})
+        assert r.status_code == 206 and r.content == whole[a:b + 1], (rng, r.status_code, r.headers)
+        assert r.headers["content-range"] == f"bytes {a}-{b}/{size}", (rng, r.headers)
+    r = http.get(url, headers={"Range": "bytes=1-4", "If-Range": f'"{sha}"'})
+    assert r.status_code == 206 and r.content == whole[1:5]
+    for headers in ({"Range": "bytes=1-4", "If-Range": '"stale"'}, {"Range": "bytes=1-4", "If-Range": f'W/"{sha}"'},
+                    {"Range": "bytes=abc"}, {"Range": "bytes=5-2"}, {"Range": "items=0-3"}, {"Range": "bytes=0-1,3-4"},
+                    {"Range": "bytes=-"}, {"Range": "bytes 0-3"}, {"Range": ""}):
+        r = http.get(url, headers=headers)
+        assert r.status_code == 200 and r.content == whole, (headers, r.status_code, r.text[:200])
+    for rng in (f"bytes={size}-", f"bytes={10 ** 40}-", "bytes=-0"):
+        r = http.get(url, headers={"Range": rng})
+        assert r.status_code == 416, (rng, r.status_code, r.text[:200])
+        assert r.headers["content-type"].startswith("application/problem+json"), r.headers
+        assert r.headers["content-range"] == f"bytes */{size}"
+        body = r.json()
+        assert body["status"] == 416 and str(size) in body["detail"] and body["size"] == size, body

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from client import GasClient
-from svc_helpers import PY, REPO, TINY_BUDGET, TINY_SEARCH, free_port, wait_until
+from svc_helpers import PY, REPO, TINY_BUDGET, TINY_SEARCH, check_download_protocol, free_port, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,9 @@ def test_embedded_whole_story(embedded, tmp_path):
         assert hashlib.sha256(path.read_bytes()).hexdigest() == ck["sha256"]
         part = c.http.get(f"/api/v1/jobs/{rt['id']}/artifacts/checkpoint.safetensors", headers={"Range": "bytes=0-99"})
         assert part.status_code == 206 and part.content == path.read_bytes()[:100]
+        # HEAD, ETag/If-None-Match, ranges and 416 on SQLite too (its timestamps come back naive)
+        check_download_protocol(c.http, f"/api/v1/jobs/{rt['id']}/artifacts/checkpoint.safetensors",
+                                path.read_bytes(), "application/octet-stream")
         report = c.http.get(f"/api/v1/jobs/{rt['id']}/artifacts/report.json").json()
         assert report["kind"] == "retrain"
         # issue 11: the measuring lock works without any server (a file lock in the LUT directory)

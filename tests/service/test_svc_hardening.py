@@ -298,6 +298,67 @@ def test_non_finite_numbers_are_422_on_postgresql(api, dataset_id):
     _assert_non_finite_refused(api, dataset_id)
 
 
+# every number field of every request body in the OpenAPI document (generated: a field added later is
+# covered without touching this test), each with NaN, Infinity or -Infinity in an otherwise valid body
+def _number_fields(doc: dict, s: dict, path: tuple = ()) -> list[tuple]:
+    if "$ref" in s:
+        return _number_fields(doc, doc["components"]["schemas"][s["$ref"].rsplit("/", 1)[-1]], path)
+    out = [path] if s.get("type") == "number" else []
+    for branch in s.get("anyOf", []):
+        out += [p for p in _number_fields(doc, branch, path) if p not in out]
+    for k, v in (s.get("properties") or {}).items():
+        out += _number_fields(doc, v, (*path, k))
+    if isinstance(s.get("items"), dict):
+        out += _number_fields(doc, s["items"], (*path, 0))
+    for i, item in enumerate(s.get("prefixItems") or []):
+        out += _number_fields(doc, item, (*path, i))
+    return out
+
+
+def _with(body: dict, path: tuple, marker: str) -> dict:
+    body = copy.deepcopy(body)
+    node = body
+    for here, nxt in zip(path, (*path[1:], None)):
+        leaf = nxt is None
+        if isinstance(here, int):  # a list: valid numbers around the probed position
+            node[:] = [0.5] * here + [marker if leaf else {}]
+            node = node[here]
+            continue
+        if leaf:
+            node[here] = marker
+        else:
+            node = node.setdefault(here, [] if isinstance(nxt, int) else {})
+            if not isinstance(node, (dict, list)):
+                return body
+    return body
+
+
+def _every_number_field_refuses_non_finite(http: httpx.Client, dataset_id: str) -> int:
+    doc = http.get("/openapi.json").json()
+    bases = {"/api/v1/jobs/search": _search(dataset_id, {}), "/api/v1/datasets": {"name": "n", "path": "camvid_tiny"},
+             "/api/v1/jobs/retrain": {"dataset_id": dataset_id, "genotype": GENOTYPE, "settings": {}},
+             "/api/v1/jobs/benchmark": {"genotype": GENOTYPE, "iters": 5}}
+    sent, literals = 0, ("NaN", "Infinity", "-Infinity")
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            body_schema = (op.get("requestBody") or {}).get("content", {}).get("application/json", {}).get("schema")
+            if body_schema is None:
+                continue
+            assert path in bases, f"{method} {path} takes JSON: give it a valid base body here"
+            for field in _number_fields(doc, body_schema):
+                raw = json.dumps(_with(bases[path], field, "@X@")).replace('"@X@"', literals[sent % 3])
+                r = http.request(method.upper(), path, content=raw, headers={"content-type": "application/json"})
+                name = ".".join(str(x) for x in field)
+                fields = _fields(_problem(r, 422))
+                assert any(f.startswith(name) for f in fields), (path, name, raw[:300], fields)
+                sent += 1
+    return sent
+
+
+def test_every_number_field_refuses_nan_and_infinity_on_postgresql(api, dataset_id):
+    assert _every_number_field_refuses_non_finite(api, dataset_id) >= 20
+
+
 # --------------------------------------------------------------------------- the embedded storage
 @pytest.fixture(scope="module")
 def lite(tmp_path_factory, datasets_root):
@@ -306,6 +367,12 @@ def lite(tmp_path_factory, datasets_root):
 
 def test_non_finite_numbers_are_422_on_sqlite(lite):
     _assert_non_finite_refused(lite.http, None)
+
+
+def test_every_number_field_refuses_nan_and_infinity_on_sqlite(lite):
+    ds = lite.http.post("/api/v1/datasets", json={"name": "nan", "path": "camvid_tiny"})
+    assert ds.status_code == 201, ds.text
+    assert _every_number_field_refuses_non_finite(lite.http, ds.json()["id"]) >= 20
 
 
 # ----------------------------------------------------------------------- 3. quotas under a race
