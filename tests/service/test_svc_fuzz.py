@@ -36,6 +36,7 @@ def fuzz_tenant(fake_stack):
         assert r.status_code == 202, r.text
         job = r.json()["id"]
         wait_until(lambda: c.get(f"/api/v1/jobs/{job}").json()["status"] == "succeeded", 90, "the fuzzing job")
+        assert c.get("/openapi.json", timeout=120).status_code == 200  # built once, before the CLI times it
     return fake_stack, key
 
 
@@ -43,7 +44,7 @@ def test_schemathesis_checks_all_pass(fuzz_tenant, tmp_path):
     stack, key = fuzz_tenant
     cmd = [PY, "-m", "schemathesis.cli", "--config-file", str(REPO / "schemathesis.toml"), "--no-color", "run",
            f"{stack.url}/openapi.json", "--checks", "all", "--max-examples", str(EXAMPLES), "--seed", str(SEED),
-           "--workers", "1", "--header", f"Authorization: Bearer {key}", "--output-truncate", "true",
+           "--workers", "1", "--request-timeout", "60", "--header", f"Authorization: Bearer {key}", "--output-truncate", "true",
            "--report", "junit", "--report-dir", str(tmp_path)]
     out = subprocess.run(cmd, cwd=str(REPO), capture_output=True, text=True, timeout=1800)
     text = out.stdout + out.stderr
