@@ -53,7 +53,7 @@ def _check_pair(args: tuple[str, Path, Path, int, int, object]) -> dict:
     out["sumsq"] = np.square(rgb).reshape(-1, 3).sum(0)
     out["pixels"] = rgb.shape[0] * rgb.shape[1]
     if not mask_path.is_file():
-        return {**out, "problem": ("missing_mask", "no mask for this image", str(mask_path))}
+        return {**out, "problem": ("missing_mask", f"no mask for image {img_path.name}: expected at this path", str(mask_path))}
     compiled = isinstance(label_map, CompiledLabelMap)
     try:
         # the raw values only (the map is applied below, so unlisted values are reported as mask_values)

@@ -323,7 +323,9 @@ def test_dataset_with_missing_masks_is_invalid_without_server_paths(api, fake_st
     assert r.status_code == 201 and r.json()["status"] == "validating", r.text
     ds = wait_dataset(api, r.json()["id"], want="invalid")
     assert ds["report"]["bad_counts"] == {"missing_mask": 1}
-    assert ds["report"]["bad_files"]["missing_mask"][0]["file"].startswith("train/images/")
+    bad = ds["report"]["bad_files"]["missing_mask"][0]
+    # the file named is where the mask was expected (relative to the dataset), so the user knows what to add
+    assert bad["file"].startswith("train/masks/") and bad["file"].endswith(".png"), bad
     assert root not in json.dumps(ds)
 
 
