@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from storage.db import get_sessionmaker
 from storage.models import Dataset
 
+from .. import costs
 from .. import services as svc
 from ..deps import SessionDep, SettingsDep, StoreDep
 from ..problems import Problem, validation_errors
@@ -413,9 +414,10 @@ def new_search(request: Request, user: SessionUser, s: SessionDep, settings: Set
             key = f"ui-{idem}" if idem else None
             job = svc.find_idempotent(s, user.tenant, key, "search", payload)
             if job is None:
-                spec, ds = svc.build_search_spec(s, user.tenant, model)
+                spec, ds, warnings = svc.build_search_spec(s, user.tenant, model)
+                costs.check_search(settings, spec, ds)  # the API's own cost caps (a Problem: shown on the form)
                 job, _ = svc.create_job(s, settings, user.tenant, kind="search", spec=spec, payload=payload,
-                                        idem_key=key, dataset_id=ds.id)
+                                        idem_key=key, dataset_id=ds.id, warnings=warnings)
             return RedirectResponse(f"{_base(request)}/jobs/{job.id}", status_code=303)
         except ValidationError as exc:
             for e in validation_errors(exc):

@@ -320,7 +320,8 @@ def test_storage_quota_refuses_an_upload_past_it_and_leaves_nothing(fake_stack, 
         assert r.status_code == 201, r.text
         r = up(b)  # would go past it
         assert r.status_code == 409 and r.json()["quota"] == "storage_bytes", r.text
-        assert r.json()["used"] == len(a) + len(b) and r.json()["limit"] == len(a)
+        # refused before a byte is streamed (issue 10): what is stored, and what the upload declares
+        assert r.json()["used"] == len(a) and r.json()["declared"] == len(b) and r.json()["limit"] == len(a)
         assert [d["size_bytes"] for d in c.get("/api/v1/datasets").json()["items"]] == [len(a)]
         ds_id = wait_dataset(c, c.get("/api/v1/datasets").json()["items"][0]["id"])["id"]
         r = c.post("/api/v1/jobs/search", json=fake_search_body(ds_id))  # and no job can be added either

@@ -337,7 +337,8 @@ def _every_number_field_refuses_non_finite(http: httpx.Client, dataset_id: str) 
     doc = http.get("/openapi.json").json()
     bases = {"/api/v1/jobs/search": _search(dataset_id, {}), "/api/v1/datasets": {"name": "n", "path": "camvid_tiny"},
              "/api/v1/jobs/retrain": {"dataset_id": dataset_id, "genotype": GENOTYPE, "settings": {}},
-             "/api/v1/jobs/benchmark": {"genotype": GENOTYPE, "iters": 5}}
+             "/api/v1/jobs/benchmark": {"genotype": GENOTYPE, "iters": 5},
+             "/api/v1/jobs/feasibility": {"num_classes": 3, "height": 64, "width": 96}}
     sent, literals = 0, ("NaN", "Infinity", "-Infinity")
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
