@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 
@@ -30,6 +31,10 @@ def sweep_once(settings: ServiceSettings) -> sm.SweepReport:
     return rep
 
 
+STOP_GRACE_S = 5.0
+"""Seconds the sweeper may take to finish its sweep after SIGTERM/SIGINT before it exits anyway (it holds no state)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m worker.sweeper")
     ap.add_argument("--once", action="store_true", help="run one sweep and exit")
@@ -40,8 +45,16 @@ def main(argv: list[str] | None = None) -> int:
         sweep_once(settings)
         return 0
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    def _stop(*_) -> None:
+        # Finish the sweep in progress, but never outlive a dead launcher by more than STOP_GRACE_S: a sweep
+        # blocked on a broker that went away with it would keep this process alive (seen under load).
+        stop.set()
+        timer = threading.Timer(STOP_GRACE_S, os._exit, args=(0,))
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     log.info("sweeper started (every %.1fs)", settings.sweep_interval_s)
     while not stop.is_set():
         try:
