@@ -74,7 +74,7 @@ def test_two_feasibility_jobs_at_once_measure_one_after_the_other_and_the_second
     other = 1 - measured[0]
     assert trust[other]["cached"] and not trust[other]["validated"]  # ...the other reused it, unmeasured
     assert not [e for e in events[other] if e.get("phase") in ("latency_table", "validate_lut")]
-    assert reports[other]["device_lock"]["waited_s"] > 0.5
+    assert reports[other]["device_lock"]["waited_s"] > 0  # how long depends on the machine: no timed bound
     assert any(e.get("phase") == "device_lock" and "waiting for the device" in e["message"] for e in events[other])
     assert reports[0]["feasibility"]["table"]["id"] == reports[1]["feasibility"]["table"]["id"]
 
