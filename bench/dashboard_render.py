@@ -145,7 +145,7 @@ def main() -> None:
                 "running page, ?live=poll progress fragment": timed(c, f"/ui/jobs/{running}/progress", a.repeats),
                 "jobs list": timed(c, "/ui/jobs", a.repeats)}
     res = {"epochs": a.epochs, "cells": CELLS, "edges": sum(2 + i for i in range(NODES)), "ops": len(OPS),
-           "report_bytes": report_bytes, "python": platform.python_version(), "machine": platform.machine(),
+           "device": f"CPU ({platform.machine()}, {os.cpu_count()} cpus), in-process rendering", "report_bytes": report_bytes, "python": platform.python_version(), "machine": platform.machine(),
            "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0], "rows": rows}
     md = [f"{a.epochs} epochs × {CELLS} cells × {res['edges']} edges × {len(OPS)} ops of α' "
           f"(report.json {report_bytes / 1e6:.1f} MB); in-process TestClient, SQLite; load average {res['load_avg_1m']:.1f} "
