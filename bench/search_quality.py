@@ -62,6 +62,7 @@ from core.timing import set_cudnn_benchmark  # noqa: E402
 BUDGET_SAMPLES = 200  # random genotypes whose median LUT latency is the default budget
 RANDOM_POOL = 400  # random genotypes sampled to find the ones closest to GAS's LUT latency
 LATENCY_ROUNDS = 5  # interleaved rounds of the final latency measurement of every arm
+REPEAT_SUFFIX = "_rseed1"  # an arm retrained once more with the next retrain seed (--repeat)
 
 
 @dataclass
@@ -143,8 +144,20 @@ def main() -> None:
     ap.add_argument("--budget-ms", type=float, default=None)
     ap.add_argument("--peer-script", type=Path, default=REPO.parent / "shared" / "bench" / "peer_camvid.py")
     ap.add_argument("--smoke", action="store_true", help="toy sizes: checks the script only")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="search seeds of the GAS arms (profile's default)")
+    ap.add_argument("--randoms", type=int, default=None, help="random genotypes (profile's default)")
+    ap.add_argument("--arms", nargs="*", default=None,
+                    help="ablation arms among no_ggm, shared, softmax (profile's default; none: no ablation)")
+    ap.add_argument("--repeat", nargs="*", default=[],
+                    help="arms retrained once more with retrain seed 1 (e.g. gas_s0 random_0): the retraining noise")
     a = ap.parse_args()
     prof = smoke(PROFILES[a.profile]) if a.smoke else PROFILES[a.profile]
+    if a.seeds is not None:
+        prof.seeds = tuple(a.seeds)
+    if a.randoms is not None:
+        prof.randoms = a.randoms
+    if a.arms is not None:
+        prof.arms = tuple(x for x in a.arms if x != "none")
     name = f"search_quality_{a.profile}" + ("_smoke" if a.smoke else "")
     work = a.work or Path(os.environ.get("TMPDIR", "/tmp")) / name
     a.out.mkdir(parents=True, exist_ok=True)
@@ -214,10 +227,11 @@ def main() -> None:
                                 [round(sum(e["op_entropy"]) / len(e["op_entropy"]), 4) for e in rep["history"]]}
         return load_genotype(work / arm / "search" / "artifacts" / "genotype.json")
 
-    def retrain(arm: str, g: Genotype) -> None:
+    def retrain(arm: str, g: Genotype, retrain_seed: int | None = None) -> None:
         t = time.perf_counter()
+        train = prof.retrain if retrain_seed is None else prof.retrain.model_copy(update={"seed": retrain_seed})
         spec = RetrainJobSpec(dataset=ref, genotype=g.model_dump(mode="json"), height=h, width=w,
-                              train=prof.retrain, fps_iters=prof.e2e_repeats)
+                              train=train, fps_iters=prof.e2e_repeats)
         summary = run_retrain(spec, work / arm / "retrain", data_cache_dir=work / "data_cache")
         rep = json.loads((work / arm / "retrain" / "artifacts" / "report.json").read_text())
         measured = rep["fps"]["measured_ms"]
@@ -267,6 +281,14 @@ def main() -> None:
             continue
         searched_g = search(arm, seed, ggm, **upd)
         retrain(arm, searched_g)
+    # The same genotypes retrained with another retrain seed: how much of an arm's mIoU is the retraining's luck.
+    for arm in a.repeat:
+        if arm not in res["arms"]:
+            res["skipped"].append(f"{arm}{REPEAT_SUFFIX}")
+            continue
+        g = load_genotype(work / arm / "retrain" / "artifacts" / "genotype.json")
+        res["arms"][arm + REPEAT_SUFFIX] = {"kind": f"retrain-seed repeat of {arm}", "repeat_of": arm}
+        retrain(arm + REPEAT_SUFFIX, g, retrain_seed=prof.retrain.seed + 1)
 
     # Every arm's latency once more, interleaved (round-robin) in one loop with its trained weights, so that
     # a slow moment of the machine hits all arms alike; this is the figure the budget is judged on.
@@ -329,14 +351,28 @@ def _stats(xs: list[float]) -> dict:
             "std": round(statistics.stdev(xs), 4) if len(xs) > 1 else 0.0, "n": len(xs)}
 
 
+def permutation_p(a: list[float], b: list[float]) -> float:
+    """Exact one-sided permutation p-value of mean(a) - mean(b) (every split of the pooled values)."""
+    from itertools import combinations
+
+    pooled, k = a + b, len(a)
+    observed = statistics.mean(a) - statistics.mean(b)
+    diffs = [statistics.mean([pooled[i] for i in idx]) - statistics.mean([pooled[i] for i in range(len(pooled)) if i not in idx])
+             for idx in map(set, combinations(range(len(pooled)), k))]
+    return round(sum(d >= observed - 1e-12 for d in diffs) / len(diffs), 4)
+
+
 def summarise(res: dict) -> dict:
-    arms = res["arms"]
+    arms = {k: v for k, v in res["arms"].items() if "repeat_of" not in v}
     gas = [v["test_miou"] for k, v in arms.items() if k.startswith("gas_")]
     rnd = [v["test_miou"] for k, v in arms.items() if k.startswith("random_")]
     out = {"gas_test_miou": _stats(gas), "random_test_miou": _stats(rnd),
            "gas_minus_random_mean_miou_points": round(100 * (statistics.mean(gas) - statistics.mean(rnd)), 2),
+           "gas_above_random_permutation_p": permutation_p(gas, rnd) if len(gas) > 1 and len(rnd) > 1 else None,
+           "retrain_seed_deltas_points": {v["repeat_of"]: round(100 * (v["test_miou"] - res["arms"][v["repeat_of"]]["test_miou"]), 2)
+                                          for v in res["arms"].values() if "repeat_of" in v},
            "goal": "GAS beats the random mean by >= 2 mIoU points, every arm within budget",
-           "all_within_budget": all(v["budget_met"] for v in arms.values()),
+           "all_within_budget": all(v["budget_met"] for v in res["arms"].values()),
            "latency_loop_noisy": any(v.get("measured_noisy") for v in arms.values())}
     out["goal_met"] = (out["gas_minus_random_mean_miou_points"] >= 2.0 and out["all_within_budget"]
                        and not out["latency_loop_noisy"])
@@ -373,8 +409,12 @@ def table_md(res: dict) -> str:
                   f"{100 * s['gas_test_miou']['min']:.1f}–{100 * s['gas_test_miou']['max']:.1f}) vs random "
                   f"{100 * s['random_test_miou']['mean']:.1f} (n={s['random_test_miou']['n']}, "
                   f"{100 * s['random_test_miou']['min']:.1f}–{100 * s['random_test_miou']['max']:.1f}): "
-                  f"{s['gas_minus_random_mean_miou_points']:+.2f} points; goal (≥ +2, all within budget) "
+                  f"{s['gas_minus_random_mean_miou_points']:+.2f} points (one-sided permutation p = "
+                  f"{s.get('gas_above_random_permutation_p')}); goal (≥ +2, all within budget) "
                   f"{'met' if s['goal_met'] else 'NOT met'}."]
+    if s.get("retrain_seed_deltas_points"):
+        lines.append("Retrain-seed repeats (same genotype, retrain seed 1 minus seed 0, points): " + ", ".join(
+            f"{k} {d:+.2f}" for k, d in s["retrain_seed_deltas_points"].items()) + ".")
     if "peers" in res:
         lines += ["", f"Peers (`peer_camvid.py`, same run, trained {res['peers'].get('budget_s', '?')} s each):", "",
                   "| peer | test mIoU | FPS 360x480 fp32 | params M |", "|---|---|---|---|"]
