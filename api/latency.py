@@ -69,8 +69,8 @@ def table_out(doc: dict, p: Path, detail: bool = False) -> dict[str, Any]:
         if not isinstance(v, dict):
             continue
         row = {"network": net, **{k: v.get(k) for k in ("passed", "accurate", "samples", "median_rel_error",
-                                                        "rank_correlation", "mean_signed_error", "reasons",
-                                                        "thresholds")}}
+                                                        "rank_correlation", "mean_signed_error", "calibration",
+                                                        "reasons", "thresholds")}}
         if detail:
             row["networks"] = v.get("networks")
         vals.append(row)

@@ -6,7 +6,9 @@ busy-loop processes started by this script), a job's table is obtained as a sear
 cache per condition) and ``--networks`` random networks of the space (the same ones in every
 condition) are measured end to end with the job's noise policy and threads. Per condition: median
 relative error and Spearman ρ of the LUT against the measurements of the same condition, and how
-many timings were flagged noisy. Under load, each network's LUT prediction and measurement are also
+many timings were flagged noisy. The predictions are the job's: the LUT sum times the calibration
+scale its table's validation fitted on 4 *other* random networks (core/lut_check.py), so the error is
+out of sample; the uncalibrated error (the raw sum) is reported beside it. Under load, each network's LUT prediction and measurement are also
 compared with the quiet measurement (the truth): an error above ``--silent-error`` (25 %) that
 nothing flagged (neither the table nor the timing) is a *silent* error.
 
@@ -34,7 +36,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from core.derive import random_genotype  # noqa: E402
-from core.fps import _cpu_name, measure_latency  # noqa: E402
+from core.fps import measure_latency  # noqa: E402
 from core.latency import LatencyModel  # noqa: E402
 from core.lut_check import rank_correlation  # noqa: E402
 from core.lut_trust import trusted_table  # noqa: E402
@@ -42,7 +44,7 @@ from core.network import DerivedNet, SuperNet  # noqa: E402
 from core.noise import NoisePolicy, cpu_hogs  # noqa: E402
 from core.specs import GGMConfig, LatencyConfig, NetworkConfig  # noqa: E402
 from core.threads import Threads, apply_inter_op  # noqa: E402
-from core.timing import set_cudnn_benchmark  # noqa: E402
+from core.timing import device_name, set_cudnn_benchmark  # noqa: E402
 
 NETWORK_SEED = 2024  # the random networks measured (the same in every condition)
 SMOKE_NET = NetworkConfig(num_cells=3, reduction_cells=[1], init_channels=8, stem_channels=8, nodes=2,
@@ -69,13 +71,16 @@ def condition(name: str, hogs: int, net: NetworkConfig, ops: list[str], lat: Lat
             m = measure_latency(DerivedNet(g), lat.height, lat.width, device, lat.precision, lat.warmup_runs,
                                 lat.e2e_repeats, noise=noise, threads=threads)
             rows.append({"genotype_hash": g.arch_hash(), "predicted_ms": model.genotype_ms(g),
+                         "raw_predicted_ms": model.genotype_ms(g) / model.scale,
                          "measured_ms": m["median_ms"], "min_ms": m["min_ms"], "p90_ms": m["p90_ms"],
                          "noise_ratio": m["noise_ratio"], "noisy": m["noisy"], "attempts": m["attempts"]})
     pred, meas = [r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows]
     return {"condition": name, "hogs": hogs, "wall_s": round(time.perf_counter() - t0, 1), "lut_id": table.id,
             "table": {k: v for k, v in trust.as_dict().items() if k != "validation"},
             "table_validation": {k: v for k, v in (trust.validation or {}).items() if k != "networks"},
-            "noisy_measurements": sum(r["noisy"] for r in rows), **_errors(pred, meas), "networks": rows}
+            "noisy_measurements": sum(r["noisy"] for r in rows), **_errors(pred, meas),
+            "calibration_scale": model.scale, "raw": _errors([r["raw_predicted_ms"] for r in rows], meas),
+            "networks": rows}
 
 
 def silent_errors(loaded: dict, quiet: dict, limit: float) -> dict:
@@ -97,9 +102,9 @@ def table_md(res: dict) -> str:
     lines = [("**Smoke run: toy sizes, the numbers mean nothing.**\n\n" if res["smoke"] else "")
              + f"Device: {res['device']}, torch {res['torch']}, runtime {res['runtime']}, timing threads "
                f"{res['threads']}, noise: {res['noise_policy']['metric']} > {res['noise_policy']['max_ratio']}.\n",
-             "| resolution | condition | table trusted | median error | max error | Spearman ρ | noisy timings "
-             "| silent errors > 25 % (LUT / measured) | wall s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| resolution | condition | table trusted | median error | max error | Spearman ρ | calibration scale "
+             "| median error uncalibrated | noisy timings | silent errors > 25 % (LUT / measured) | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     pct = lambda v: "—" if v is None else f"{100 * v:.1f} %"  # noqa: E731
     for r in res["runs"]:
         for c in r["conditions"]:
@@ -110,6 +115,7 @@ def table_md(res: dict) -> str:
             rho = "—" if c["spearman"] is None else f"{c['spearman']:.2f}"
             lines.append(f"| {r['resolution'][0]}x{r['resolution'][1]} | {c['condition']} ({c['hogs']} hogs) | "
                          f"{c['table']['trusted']} | {pct(c['median_rel_error'])} | {pct(c['max_rel_error'])} | {rho} | "
+                         f"{c.get('calibration_scale', 1.0):.3f} | {pct(c.get('raw', c)['median_rel_error'])} | "
                          f"{c['noisy_measurements']}/{len(c['networks'])} | {silent} | {c['wall_s']} |")
     return "\n".join(lines) + "\n"
 
@@ -138,7 +144,7 @@ def main() -> None:
     name = "latency_trust" + ("_smoke" if a.smoke else "")
     a.out.mkdir(parents=True, exist_ok=True)
     res = {"benchmark": "latency_trust", "smoke": a.smoke,
-           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+           "device": device_name(device),
            "torch": torch.__version__, "runtime": "torch-eager", "precision": lat.precision, "batch": 1,
            "threads": {"intra_op": lat.intra_op_threads, "inter_op": torch.get_num_interop_threads()},
            "noise_policy": NoisePolicy.from_config(lat).as_dict(), "network": net.model_dump(mode="json"),

@@ -105,7 +105,7 @@ def feasibility_pipeline(spec: FeasibilityJobSpec, workdir: Path, progress: Call
     with lock.hold("latency_table"):  # read the cache under the lock: a table another job just measured is reused
         table, trust = trusted_table(cfg, ops, lat, device, lut_dir, spec.seed, progress, should_cancel)
     _check(should_cancel, "while measuring the latency table")
-    model = LatencyModel(table, cfg, ops, lat.height, lat.width)
+    model = LatencyModel(table, cfg, ops, lat.height, lat.width, scale=None if lat.lut_calibrate else 1.0)
     typical, preds = typical_genotype(model, spec.typical_samples, spec.seed)
     nets = {"cheapest": extreme_genotype(model, dearest=False), "typical": typical,
             "dearest": extreme_genotype(model, dearest=True)}
@@ -150,7 +150,7 @@ def feasibility_pipeline(spec: FeasibilityJobSpec, workdir: Path, progress: Call
                   "validated_now": trust.validated,
                   "median_rel_error": validation.get("median_rel_error"),
                   "rank_correlation": validation.get("rank_correlation"),
-                  "mean_signed_error": validation.get("mean_signed_error")},
+                  "mean_signed_error": validation.get("mean_signed_error"), "calibration_scale": model.scale},
         "networks": rows, "typical_lut_range_ms": [round(_percentile(preds, 0.1), 4), round(_percentile(preds, 0.9), 4)],
         "typical_samples": len(preds), "basis": basis, "measurements_trusted": trusted, "warnings": warnings,
         "advice": advice,

@@ -335,16 +335,29 @@ def build_table(cfg: NetworkConfig, ops: list[str], height: int, width: int, dev
 
 
 # -- expected latency ------------------------------------------------------------------------
+def calibration_scale(table: LatencyTable, cfg: NetworkConfig, ops: Iterable[str]) -> float:
+    """The scale of the table's passing validation for this search space (core/lut_check.py), else 1.0."""
+    v = table.validations.get(network_key(cfg, ops)) or {}
+    cal = v.get("calibration") if v.get("passed") else None
+    return float(cal["scale"]) if cal and cal.get("scale") else 1.0
+
+
 class LatencyModel(nn.Module):
     """LAT(α') = const + Σ_k Σ_e w_e Σ_{o≠none} p_{k,e,o} · LAT_k(e, o)  (differentiable in α').
 
     [ours] Two corrections make the expectation comparable to a derived network, which keeps 2 of
     the 2+i inputs of node i and never keeps ``none``: w_e = 2/(2+i), and p is the softmax over the
     non-``none`` ops.
+
+    [ours] Every term is multiplied by ``scale``: by default the calibration of the table's passing
+    validation for this search space (:func:`calibration_scale`; 1.0 when it has none), so that the
+    prediction, the derivation's budget arithmetic and the repair speak of whole-network milliseconds.
     """
 
-    def __init__(self, table: LatencyTable, cfg: NetworkConfig, ops: list[str], height: int, width: int):
+    def __init__(self, table: LatencyTable, cfg: NetworkConfig, ops: list[str], height: int, width: int,
+                 scale: float | None = None):
         super().__init__()
+        self.scale = calibration_scale(table, cfg, ops) if scale is None else float(scale)
         self.cfg, self.ops, self.height, self.width = cfg, list(ops), height, width
         edges = cell_edges(cfg.nodes)
         grid = torch.zeros(cfg.num_cells, len(edges), len(ops), dtype=torch.float64)
@@ -356,6 +369,7 @@ class LatencyModel(nn.Module):
         const = table.ms(stem_key(cfg, height, width)) + table.ms(head_key(cfg, height, width))
         const += sum(table.ms(k0) + table.ms(k1) for k0, k1 in pre_keys(cfg, height, width))
         const += sum(table.ms(k) for k in glue_keys(cfg, height, width))
+        grid, const = grid * self.scale, const * self.scale
         self.register_buffer("grid", grid.float(), persistent=False)
         self.register_buffer("edge_weight", torch.tensor([2.0 / (2 + i) for _, i in edges]), persistent=False)
         self.register_buffer("nonzero", torch.tensor([not OPS[o].zero for o in ops]), persistent=False)

@@ -80,7 +80,8 @@ def trusted_table(cfg: NetworkConfig, ops: list[str], lat: LatencyConfig, device
         trust.trusted, trust.reasons = False, ["cancelled"]
         return table, trust
     recorded = table.validations.get(net)
-    if recorded and recorded.get("passed") and not missing and not table.noisy_keys(needed, noise):
+    same_fit = bool((recorded or {}).get("calibration")) == lat.lut_calibrate  # validated as this job would
+    if recorded and recorded.get("passed") and same_fit and not missing and not table.noisy_keys(needed, noise):
         trust.validation = recorded  # passed when it was cached, and nothing was added since
         return table, trust
     for attempt in range(lat.lut_remeasure + 1):
@@ -92,11 +93,12 @@ def trusted_table(cfg: NetworkConfig, ops: list[str], lat: LatencyConfig, device
         if lat.lut_check_networks:
             progress({"phase": "validate_lut", "message": f"checking the table against {lat.lut_check_networks} "
                                                            f"random networks measured end to end"})
-            model = LatencyModel(table, cfg, ops, lat.height, lat.width)
+            model = LatencyModel(table, cfg, ops, lat.height, lat.width, scale=1.0)  # the raw sums: the fit's input
             validation = validate_table(model, lat.lut_check_networks, device, lat.precision, lat.warmup_runs,
                                         lat.e2e_repeats, seed, should_cancel, noise=noise, threads=threads,
                                         max_error=lat.lut_max_error, min_rank_corr=lat.lut_min_rank_corr,
-                                        runtime=lat.runtime)
+                                        runtime=lat.runtime, calibrate=lat.lut_calibrate,
+                                        max_scale=lat.lut_max_scale)
             trust.validated, trust.validation = True, validation
         reasons = ([f"{len(noisy)} of {len(needed)} entries stayed noisy"] if noisy else [])
         reasons += [f"validation failed: {r}" for r in (validation or {}).get("reasons", [])]

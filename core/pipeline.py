@@ -154,7 +154,8 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
     _check(should_cancel, "while measuring the latency table")
     if not trust.trusted:
         warn.messages.append(f"latency table {table.id} not trusted (not cached): {'; '.join(trust.reasons)}")
-    latency = LatencyModel(table, net_cfg, model.ops, lat_cfg.height, lat_cfg.width)
+    latency = LatencyModel(table, net_cfg, model.ops, lat_cfg.height, lat_cfg.width,
+                           scale=None if lat_cfg.lut_calibrate else 1.0)
     search_cfg, memory = plan_memory(spec, net_cfg, data.height, data.width, device, progress)
     searcher = Searcher(model, latency, LatencyPenalty(lat_cfg), search_cfg, data, device, state, progress,
                         should_cancel)
@@ -232,7 +233,8 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
         "resolution": [lat_cfg.height, lat_cfg.width], "precision": lat_cfg.precision, "runtime": lat_cfg.runtime,
         "batch": 1,
         "device": table.context.device, "lut": {"id": table.id, "entries": len(table.entries),
-                                                 "context": table.context.__dict__, "trust": trust.as_dict()},
+                                                 "context": table.context.__dict__, "trust": trust.as_dict(),
+                                                 "calibration_scale": latency.scale},
         "expected_latency_ms": result.expected_latency_ms, "predicted_latency_ms": latency.genotype_ms(genotype),
         "measured_latency_ms": verdict["measured_latency_ms"], "budget_met": verdict["budget_met"],
         "measurements_trusted": trusted, "noise_warnings": warn.messages, "latency_verdict": verdict,

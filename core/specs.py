@@ -15,7 +15,7 @@ Adjacency = Literal["similarity", "topology"]
 LatencyForm = Literal["budget", "paper"]
 Derivation = Literal["argmax", "fill", "pt"]
 Layout = Literal["camvid", "folder", "cityscapes"]
-RuntimeName = Literal["torch-eager", "onnxruntime"]  # core/runtimes.py's registry
+RuntimeName = Literal["torch-eager", "onnxruntime", "torch-optimised"]  # core/runtimes.py's registry
 
 CAMVID_MEAN_RGB: tuple[float, float, float] = (0.39, 0.41, 0.43)
 """Per-channel RGB mean in [0, 1] of CamVid: the normalisation used where a dataset has no statistics."""
@@ -83,7 +83,7 @@ class LatencyConfig(_Strict):
     height: int = Field(360, ge=16, le=4096, description="Deployment input height for LUT and FPS.")
     width: int = Field(480, ge=16, le=4096, description="Deployment input width for LUT and FPS.")
     precision: Precision = Field("fp32", description="Deployment precision of the LUT and the budget (fp16/bf16 on CUDA only).")
-    runtime: RuntimeName = Field("torch-eager", description="Deployment runtime of the budget: the LUT entries, the end-to-end measurements (validation, repair) and the FPS report's reference timing run in it (onnxruntime: CPU execution provider, fp32).")
+    runtime: RuntimeName = Field("torch-eager", description="Deployment runtime of the budget: the LUT entries, the end-to-end measurements (validation, repair) and the FPS report's reference timing run in it (onnxruntime: CPU execution provider, fp32; torch-optimised: a CUDA graph on CUDA, a frozen jit trace on the CPU).")
     weight: float = Field(0.5, ge=0.0, le=100.0, description="λ, the weight of the latency term in the architecture loss.")
     form: LatencyForm = Field("budget", description="'budget': λ·f(LAT/T) pulling toward T; 'paper': λ·LAT/T (plain, minimising).")
     under_budget_slope: float = Field(0.1, ge=0.0, le=1.0, description="Slope of f below the budget (f(r)=slope·(1-r) for r<1, r-1 above).")
@@ -106,6 +106,8 @@ class LatencyConfig(_Strict):
     lut_check_networks: int = Field(4, ge=0, le=1000, description="Random networks measured end to end to validate a LUT before it is trusted and cached (0 = no check; the table is then cached unchecked).")
     lut_max_error: float = Field(0.5, gt=0.0, le=100.0, description="A LUT fails validation when its median relative error against the end-to-end measurements exceeds this (quiet CPU tables here under-predict by 25-31 %) [ours].")
     lut_min_rank_corr: float = Field(0.0, ge=-1.0, le=1.0, description="A LUT fails validation when the Spearman rank correlation of its predictions with the measurements is below this (with few networks ρ is coarse, so the default only rejects inverted rankings) [ours].")
+    lut_calibrate: bool = Field(True, description="Scale the LUT's predictions by the median measured/predicted ratio of its validation networks (ops timed one by one under-predict a whole network by 15-30 % on this CPU); the validation then judges the leave-one-out error of that scale [ours].")
+    lut_max_scale: float = Field(2.0, ge=1.0, le=100.0, description="A calibration scale outside [1/this, this] fails the table's validation: a table that far off is re-measured, not corrected [ours].")
     lut_remeasure: int = Field(1, ge=0, le=10, description="Times a table that fails validation (or holds noisy entries) is measured again before the job goes on with it flagged and uncached.")
 
 
