@@ -253,7 +253,7 @@ class BudgetIn(_In):
     height: int = Field(360, ge=16, le=4096, description="Deployment input height.")
     width: int = Field(480, ge=16, le=4096, description="Deployment input width.")
     precision: Precision = Field("fp32", description="Deployment precision.")
-    runtime: RuntimeName = Field("torch-eager", description="Deployment runtime: the latency table, the end-to-end measurements, the repair and the FPS verdict run in it (onnxruntime: CPU execution provider, fp32).")
+    runtime: RuntimeName = Field("torch-eager", description="Deployment runtime: the latency table, the end-to-end measurements, the repair and the FPS verdict run in it (onnxruntime: CPU execution provider, fp32; torch-optimised: a CUDA graph on CUDA, a frozen jit trace on the CPU).")
 
     @model_validator(mode="after")
     def _one(self) -> "BudgetIn":

@@ -61,7 +61,7 @@ def _settings(args, names: list[str]) -> dict:
 
 SEARCH_FIELDS = ["epochs", "warmup_epochs", "cells", "reduction_cells", "nodes", "init_channels", "gamma", "lam", "seed",
                  "batch_size", "crop_height", "crop_width", "dataset_limit", "ggm"]
-RUNTIMES = ["torch-eager", "onnxruntime"]
+RUNTIMES = ["torch-eager", "onnxruntime", "torch-optimised"]
 FEASIBILITY_FIELDS = ["cells", "nodes", "init_channels"]
 RETRAIN_FIELDS = ["epochs", "time_budget_s", "batch_size", "lr", "seed", "crop_height", "crop_width", "height", "width",
                   "dataset_limit"]

@@ -12,8 +12,14 @@ and its verdict given for, the runtime the model will be deployed in.
   provider, fp32, with the measurement's intra-/inter-op threads as session options (0 = onnxruntime's
   default). Other devices or precisions are refused with a message saying so.
 
-A runtime is a registry entry (name -> :class:`Runtime`): adding ``torch-optimised`` or onnxruntime's
-CUDA/TensorRT providers is one more entry.
+- ``torch-optimised``: the module captured as a CUDA graph on CUDA (static input, replayed), and on the
+  CPU a frozen ``torch.jit.trace`` (``torch.compile`` on the CPU needs a C++ toolchain and minutes per
+  module, too slow for a table of a few hundred entries). One method per device type
+  (:data:`OPTIMISED_METHOD`), never a silent fallback: a module the method cannot capture is a
+  ValueError naming the method, and the job fails with it instead of timing something else.
+
+A runtime is a registry entry (name -> :class:`Runtime`): onnxruntime's CUDA/TensorRT providers would be
+one more entry.
 """
 from __future__ import annotations
 
@@ -50,6 +56,34 @@ def _eager_build(module: nn.Module, inputs: list[torch.Tensor], device: torch.de
         with torch.no_grad():
             return mod(*xs)
     return run
+
+
+OPTIMISED_METHOD = {"cuda": "cuda_graphs", "cpu": "jit_trace_freeze"}
+"""The capture ``torch-optimised`` uses per device type (core/fps.py: OPTIMISERS)."""
+
+
+def _optimised_unsupported(device: torch.device, precision: str) -> str | None:
+    if device.type not in OPTIMISED_METHOD:
+        return f"torch-optimised has no capture method for {device.type} (known: {sorted(OPTIMISED_METHOD)})"
+    if device.type == "cpu" and precision != "fp32":
+        return f"torch-optimised is measured in fp32 only on the CPU, not {precision}"
+    return None
+
+
+def _optimised_build(module: nn.Module, inputs: list[torch.Tensor], device: torch.device, precision: str,
+                     threads: Threads | None) -> Callable[[], object]:
+    from .fps import OPTIMISERS
+
+    if reason := _optimised_unsupported(device, precision):
+        raise ValueError(reason)
+    method = OPTIMISED_METHOD[device.type]
+    mod, xs = prepare(copy.deepcopy(module), inputs, device, precision)
+    try:
+        with torch.no_grad():
+            return OPTIMISERS[method](mod, xs)
+    except Exception as exc:  # noqa: BLE001 - reported with the method's name, never replaced by another path
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ValueError(f"torch-optimised ({method}) cannot capture this module: {type(exc).__name__}: {first}") from exc
 
 
 def _ort_unsupported(device: torch.device, precision: str) -> str | None:
@@ -113,6 +147,7 @@ def _ort_version() -> str | None:
 RUNTIMES: dict[str, Runtime] = {
     "torch-eager": Runtime("torch-eager", lambda d, p: None, _eager_build, lambda: None),
     "onnxruntime": Runtime("onnxruntime", _ort_unsupported, _ort_build, _ort_version),
+    "torch-optimised": Runtime("torch-optimised", _optimised_unsupported, _optimised_build, lambda: None),
 }
 DEFAULT_RUNTIME = "torch-eager"
 

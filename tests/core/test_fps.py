@@ -66,7 +66,7 @@ def test_failing_optimiser_is_reported_not_hidden(monkeypatch: pytest.MonkeyPatc
     def broken(_m, _x):
         raise RuntimeError("no compiler here")
 
-    monkeypatch.setitem(fps._OPTIMISERS, "jit_trace_freeze", broken)
+    monkeypatch.setitem(fps.OPTIMISERS, "jit_trace_freeze", broken)
     r = measure_optimised(_net(), H, W, "cpu", warmup=WARMUP, iters=ITERS)
     assert r["method"] is None
     assert r["status"].startswith("unavailable: ") and "no compiler here" in r["status"]

@@ -107,3 +107,31 @@ def test_a_search_for_onnxruntime_yields_a_network_that_runs_within_its_budget_i
           f"budget_met {summary['budget_met']}; this test measures {measured:.3f} ms in onnxruntime")
     assert summary["budget_met"], summary
     assert measured <= budget, (measured, budget, summary)
+
+
+def test_torch_optimised_runs_a_captured_module_prices_its_own_table_and_never_falls_back(monkeypatch):
+    g = random_genotype(NET, op_names(), torch.Generator().manual_seed(1))
+    net = DerivedNet(g).eval()
+    x = torch.randn(1, 3, 32, 48)
+    fn = runtimes.callable_for("torch-optimised", net, [x], CPU, "fp32", Threads(1, 1))
+    with torch.no_grad():
+        assert torch.allclose(fn(), net(x), atol=1e-4)  # the frozen trace computes this network
+    assert runtimes.OPTIMISED_METHOD["cpu"] == "jit_trace_freeze"
+
+    built = []
+    real = runtimes.RUNTIMES["torch-optimised"]
+    monkeypatch.setitem(runtimes.RUNTIMES, "torch-optimised", runtimes.Runtime(
+        real.name, real.unsupported, lambda *a: built.append(1) or real.build(*a), real.version))
+    table = build_table(NET, op_names(), 32, 48, CPU, "fp32", 1, 3, burst=2, threads=Threads(1, 1),
+                        runtime="torch-optimised")
+    assert len(built) == len(table.entries) > 0 and table.context.runtime == "torch-optimised"
+
+    # a capture that fails is the job's error, naming the method: never eager timings under this name
+    import core.fps as fps
+
+    def broken(_m, _xs):
+        raise RuntimeError("cannot trace this")
+
+    monkeypatch.setitem(fps.OPTIMISERS, "jit_trace_freeze", broken)
+    with pytest.raises(ValueError, match=r"torch-optimised \(jit_trace_freeze\).*cannot trace this"):
+        runtimes.callable_for("torch-optimised", net, [x], CPU, "fp32", Threads(1, 1))
