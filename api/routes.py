@@ -12,7 +12,8 @@ from starlette.concurrency import run_in_threadpool
 from storage.db import get_sessionmaker
 from storage.settings import PAGE_SIZE_LIMIT
 
-from . import costs, quotas
+from . import quotas
+from . import submissions as sub
 from . import latency as lat
 from . import services as svc
 from .auth import Authenticated
@@ -132,42 +133,21 @@ def _accepted(job, created: bool) -> JSONResponse:
           summary="Submit a search job (202 + Location)")
 def submit_search(body: SearchJobCreate, s: SessionDep, settings: SettingsDep, tenant: TenantDep,
                   idempotency_key: IdemKey = None):
-    payload = body.model_dump(mode="json", by_alias=True, exclude_unset=True)
-    if (job := svc.find_idempotent(s, tenant, idempotency_key, "search", payload)) is not None:
-        return _accepted(job, False)
-    spec, ds, warnings = svc.build_search_spec(s, tenant, body)
-    costs.check_search(settings, spec, ds)  # 422 with the estimate past GAS_JOB_MAX_MEMORY_BYTES/_PIXEL_PASSES
-    job, created = svc.create_job(s, settings, tenant, kind="search", spec=spec, payload=payload,
-                                  idem_key=idempotency_key, dataset_id=ds.id, warnings=warnings)
-    return _accepted(job, created)
+    return _accepted(*sub.submit_search(s, settings, tenant, body, idempotency_key))
 
 
 @api.post("/jobs/retrain", status_code=202, response_model=JobOut, tags=["jobs"],
           summary="Submit a retrain job for a search job's genotype or an inline genotype")
 def submit_retrain(body: RetrainJobCreate, s: SessionDep, settings: SettingsDep, tenant: TenantDep,
                    idempotency_key: IdemKey = None):
-    payload = body.model_dump(mode="json", by_alias=True, exclude_unset=True)
-    if (job := svc.find_idempotent(s, tenant, idempotency_key, "retrain", payload)) is not None:
-        return _accepted(job, False)
-    spec, ds, parent = svc.build_retrain_spec(s, tenant, body)
-    costs.check_retrain(settings, spec, ds)
-    job, created = svc.create_job(s, settings, tenant, kind="retrain", spec=spec, payload=payload,
-                                  idem_key=idempotency_key, dataset_id=ds.id, parent_job_id=parent)
-    return _accepted(job, created)
+    return _accepted(*sub.submit_retrain(s, settings, tenant, body, idempotency_key))
 
 
 @api.post("/jobs/benchmark", status_code=202, response_model=JobOut, tags=["jobs"],
           summary="Measure a genotype's latency/FPS at a resolution")
 def submit_benchmark(body: BenchmarkJobCreate, s: SessionDep, settings: SettingsDep, tenant: TenantDep,
                      idempotency_key: IdemKey = None):
-    payload = body.model_dump(mode="json", by_alias=True, exclude_unset=True)
-    if (job := svc.find_idempotent(s, tenant, idempotency_key, "benchmark", payload)) is not None:
-        return _accepted(job, False)
-    spec, parent = svc.build_benchmark_spec(s, tenant, body)
-    costs.check_benchmark(settings, spec)
-    job, created = svc.create_job(s, settings, tenant, kind="benchmark", spec=spec, payload=payload,
-                                  idem_key=idempotency_key, parent_job_id=parent)
-    return _accepted(job, created)
+    return _accepted(*sub.submit_benchmark(s, settings, tenant, body, idempotency_key))
 
 
 @api.post("/jobs/feasibility", status_code=202, response_model=JobOut, tags=["jobs", "latency"],
@@ -175,13 +155,7 @@ def submit_benchmark(body: BenchmarkJobCreate, s: SessionDep, settings: Settings
                   "space at a resolution on the workers' device (from the cached validated table, or a short measuring job)")
 def submit_feasibility(body: FeasibilityCreate, s: SessionDep, settings: SettingsDep, tenant: TenantDep,
                        idempotency_key: IdemKey = None):
-    payload = body.model_dump(mode="json", by_alias=True, exclude_unset=True)
-    if (job := svc.find_idempotent(s, tenant, idempotency_key, "feasibility", payload)) is not None:
-        return _accepted(job, False)
-    spec, dataset_id = lat.build_feasibility_spec(s, tenant, body)
-    job, created = svc.create_job(s, settings, tenant, kind="feasibility", spec=spec, payload=payload,
-                                  idem_key=idempotency_key, dataset_id=dataset_id)
-    return _accepted(job, created)
+    return _accepted(*sub.submit_feasibility(s, settings, tenant, body, idempotency_key))
 
 
 @api.get("/jobs", response_model=JobList, tags=["jobs"])

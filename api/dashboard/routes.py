@@ -29,11 +29,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from storage.db import get_sessionmaker
 from storage.models import Dataset
 
-from .. import costs
 from .. import services as svc
 from ..deps import SessionDep, SettingsDep, StoreDep
 from ..problems import Problem, validation_errors
 from ..schemas import SearchJobCreate
+from ..submissions import submit_search
 from . import svg, views
 from .session import (COOKIE, LOGIN_CSRF_COOKIE, CsrfError, DashSession, NotSignedIn, Sessions, check_csrf,
                       clear_session_cookie, cookie_path, is_https, set_session_cookie, verify_api_key_hint)
@@ -410,14 +410,8 @@ def new_search(request: Request, user: SessionUser, s: SessionDep, settings: Set
     if not errors:
         try:
             model = SearchJobCreate.model_validate(body)
-            payload = model.model_dump(mode="json", by_alias=True, exclude_unset=True)
-            key = f"ui-{idem}" if idem else None
-            job = svc.find_idempotent(s, user.tenant, key, "search", payload)
-            if job is None:
-                spec, ds, warnings = svc.build_search_spec(s, user.tenant, model)
-                costs.check_search(settings, spec, ds)  # the API's own cost caps (a Problem: shown on the form)
-                job, _ = svc.create_job(s, settings, user.tenant, kind="search", spec=spec, payload=payload,
-                                        idem_key=key, dataset_id=ds.id, warnings=warnings)
+            # the API's own submission (its checks and cost caps; a Problem is shown on the form)
+            job, _ = submit_search(s, settings, user.tenant, model, f"ui-{idem}" if idem else None)
             return RedirectResponse(f"{_base(request)}/jobs/{job.id}", status_code=303)
         except ValidationError as exc:
             for e in validation_errors(exc):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from svc_helpers import copy_camvid_tiny, create_pg_db, drop_pg_db, register_tiny, running_stack
+from svc_helpers import copy_camvid_tiny, create_pg_db, drop_pg_db, fake_search_body, register_tiny, running_stack
 
 
 @pytest.fixture
@@ -53,3 +53,16 @@ def api(fake_stack):
 def dataset_id(api):
     """The tiny CamVid copy registered once per module."""
     return register_tiny(api)
+
+
+@pytest.fixture(scope="module")
+def owner(fake_stack):
+    """Tenant A (the stack's default tenant): a ready dataset and a finished search with its artifacts."""
+    http = fake_stack.http
+    ds = register_tiny(http)
+    r = http.post("/api/v1/jobs/search", json=fake_search_body(ds, epochs=1, steps=1))
+    assert r.status_code == 202, r.text
+    job = fake_stack.wait_status(r.json()["id"], "succeeded", 90)
+    arts = http.get(f"/api/v1/jobs/{job['id']}/artifacts").json()["items"]
+    assert {"genotype.json", "report.json"} <= {a["name"] for a in arts}
+    return {"dataset_id": ds, "job_id": job["id"], "name": "genotype.json"}

@@ -48,19 +48,6 @@ def app_routes(fake_stack) -> list[tuple[str, object]]:
 
 
 @pytest.fixture(scope="module")
-def owner(fake_stack):
-    """Tenant A (the stack's default tenant): a ready dataset and a finished job with artifacts."""
-    http = fake_stack.http
-    ds = register_tiny(http)
-    r = http.post("/api/v1/jobs/search", json=fake_search_body(ds, epochs=1, steps=1))
-    assert r.status_code == 202, r.text
-    job = fake_stack.wait_status(r.json()["id"], "succeeded", 90)
-    arts = http.get(f"/api/v1/jobs/{job['id']}/artifacts").json()["items"]
-    assert {"genotype.json", "report.json"} <= {a["name"] for a in arts}
-    return {"dataset_id": ds, "job_id": job["id"], "name": "genotype.json"}
-
-
-@pytest.fixture(scope="module")
 def other(fake_stack):
     """Tenant B: a key of its own, no objects."""
     tenant = f"b-{uuid.uuid4().hex[:6]}"

@@ -16,7 +16,7 @@ import pytest
 from fastapi.routing import APIRoute
 
 from api.dashboard import session as dash_session
-from svc_helpers import (PY, REPO, fake_search_body, register_tiny, settings_of, ui_client, ui_csrf, wait_until)
+from svc_helpers import (PY, REPO, fake_search_body, settings_of, ui_client, ui_csrf, wait_until)
 
 pytestmark = pytest.mark.services
 UI = "/ui"
@@ -33,16 +33,6 @@ def ui_routes(fake_stack) -> list[tuple[str, APIRoute]]:
         elif isinstance(r, APIRoute):
             out.append((r.path, r))
     return [(p, r) for p, r in out if p.startswith(UI) and isinstance(r, APIRoute)]
-
-
-@pytest.fixture(scope="module")
-def owner(fake_stack):
-    http = fake_stack.http
-    ds = register_tiny(http)
-    r = http.post("/api/v1/jobs/search", json=fake_search_body(ds, epochs=1, steps=1))
-    assert r.status_code == 202, r.text
-    job = fake_stack.wait_status(r.json()["id"], "succeeded", 90)
-    return {"dataset_id": ds, "job_id": job["id"], "name": "genotype.json"}
 
 
 @pytest.fixture(scope="module")
