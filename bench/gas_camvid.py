@@ -30,6 +30,7 @@ from core.latency import LatencyModel, LatencyTable  # noqa: E402
 from core.network import SuperNet  # noqa: E402
 from core.specs import (DatasetRef, GGMConfig, LatencyConfig, NetworkConfig, RetrainConfig, RetrainJobSpec,  # noqa: E402
                         SearchConfig, SearchJobSpec)
+from core.timing import device_name  # noqa: E402
 from core.train import autocast_for, segmentation_loss  # noqa: E402
 
 RANDOM_CANDIDATES = 200  # random genotypes sampled to find one at the searched net's LUT latency
@@ -78,7 +79,7 @@ def main() -> None:
     lat = LatencyConfig(budget_ms=a.budget_ms, height=h, width=w, precision="fp32",
                         repeats=5 if a.smoke else 30, e2e_repeats=5 if a.smoke else 50)
     t_all = time.perf_counter()
-    res: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+    res: dict = {"device": device_name(device),
                  "torch": torch.__version__, "resolution": [h, w], "precision_budget": "fp32", "batch_fps": 1,
                  "budget_ms": a.budget_ms, "train_budget_s": a.train_budget_s, "smoke": a.smoke}
     res["supernet_peak_gib_batch8"] = supernet_peak_memory(net, h, w, device)

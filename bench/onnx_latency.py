@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from core.derive import random_genotype  # noqa: E402
 from core.export import INPUT_NAME, OUTPUT_NAME, check_parity, export_onnx  # noqa: E402
-from core.fps import _cpu_name  # noqa: E402
+from core.timing import cpu_model_name  # noqa: E402
 from core.genotype import Cell, Edge, Genotype, Provenance, load_genotype  # noqa: E402
 from core.network import DerivedNet  # noqa: E402
 
@@ -83,7 +83,7 @@ def main() -> None:
     genotypes = {"searched": searched,
                  "random": random_genotype(searched.network, list(searched.ops), torch.Generator().manual_seed(0)),
                  "hand (sep_conv_3x3 on both cell inputs)": hand_designed(searched)}
-    res: dict = {"benchmark": "onnx_latency", "device": _cpu_name(), "torch": torch.__version__,
+    res: dict = {"benchmark": "onnx_latency", "device": cpu_model_name(), "torch": torch.__version__,
                  "threads": {"intra_op": a.threads, "inter_op": 1}, "precision": "fp32", "batch": 1,
                  "runtimes": ["torch eager (CPU)", "onnxruntime CPUExecutionProvider"],
                  "network": searched.network.model_dump(mode="json"), "rows": []}

@@ -57,7 +57,7 @@ from core.ops import OPS  # noqa: E402
 from core.specs import (DatasetRef, GGMConfig, LatencyConfig, NetworkConfig, RetrainConfig,  # noqa: E402
                         RetrainJobSpec, SearchConfig, SearchJobSpec)
 from core.threads import Threads, apply_inter_op  # noqa: E402
-from core.timing import set_cudnn_benchmark  # noqa: E402
+from core.timing import device_name, set_cudnn_benchmark  # noqa: E402
 
 BUDGET_SAMPLES = 200  # random genotypes whose median LUT latency is the default budget
 RANDOM_POOL = 400  # random genotypes sampled to find the ones closest to GAS's LUT latency
@@ -125,14 +125,6 @@ def smoke(p: Profile) -> Profile:
                    threads=p.threads, seeds=(0,), randoms=2, lambdas=p.lambdas[:1], peers="tiny" if p.peers else "",
                    peer_budget_s=5.0, lut_repeats=3, e2e_repeats=5, arms=("no_ggm",), derivation=p.derivation,
                    pt_images=4, notes=["smoke run"])
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    from core.fps import _cpu_name
-
-    return _cpu_name()
 
 
 def main() -> None:

@@ -99,12 +99,27 @@ def time_callable(fn: Callable[[], object], device: torch.device, warmup: int, r
                        samples[0])
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+def cpu_model_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     import platform
 
-    return f"cpu:{platform.processor() or platform.machine()}:{torch.get_num_threads()}threads"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def device_name(device: torch.device | str) -> str:
+    """The one device string of every report, table and summary: the GPU's name, or the CPU's model name
+    (thread counts are recorded beside it, never in it)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_model_name()
 
 
 def software_versions() -> dict[str, str | None]:

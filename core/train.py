@@ -30,7 +30,7 @@ from .data import Augment, DeviceLoader, SegData
 from .jobs import Cancelled
 from .metrics import ConfusionMeter
 from .specs import Normalization, RetrainConfig
-from .timing import set_cudnn_benchmark
+from .timing import device_name, set_cudnn_benchmark
 
 STATE_SUBDIR = "state"
 """Directory of ``workdir`` holding the resumable training state."""
@@ -283,6 +283,6 @@ def train(model: nn.Module, train_data: SegData, eval_data: SegData, cfg: Retrai
         "images_per_s": images / train_seconds if train_seconds > 0 else 0.0,
         "train_seconds": train_seconds, "stopped_by": stopped_by, "resumed_from_epoch": resumed_from,
         "train_images": len(train_data), "eval_images": len(eval_data),
-        "device": str(device), "precision": "bf16-autocast" if is_cuda and torch.cuda.is_bf16_supported() else "fp32",
+        "device": device_name(device), "precision": "bf16-autocast" if is_cuda and torch.cuda.is_bf16_supported() else "fp32",
         "checkpoints": {"best": str(workdir / BEST_WEIGHTS), "last": str(workdir / LAST_WEIGHTS)},
     }

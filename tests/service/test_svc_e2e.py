@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from client import GasClient
+from core.timing import cpu_model_name
 from storage.models import FpsReport, Genotype, LatencyTable
 from svc_helpers import PY, REPO, TINY_BUDGET, TINY_SEARCH, db_session, wait_until
 
@@ -48,7 +49,7 @@ def test_whole_story_register_search_retrain_download(real_stack, tmp_path):
         assert any((e.get("data") or {}).get("epoch") for e in c.iter_events(job["id"]) if e["type"] == "progress")
         r = done["result"]
         assert r["latency_ms"] > 0 and r["fps"] > 0 and r["budget_ms"] == TINY_BUDGET["latency_ms"]
-        assert isinstance(r["budget_met"], bool) and r["expected_latency_ms"] > 0 and r["device"].startswith("cpu")
+        assert isinstance(r["budget_met"], bool) and r["expected_latency_ms"] > 0 and r["device"] == cpu_model_name()
         kinds = [e["type"] for e in c.iter_events(job["id"])]
         assert kinds[0] == "queued" and kinds[-1] == "succeeded" and "progress" in kinds
         names = {a["name"] for a in c.artifacts(job["id"])}
@@ -57,6 +58,8 @@ def test_whole_story_register_search_retrain_download(real_stack, tmp_path):
         genotype = json.loads(gpath.read_text())
         report = json.loads(c.download(job["id"], "report.json", tmp_path).read_text())
         assert report["kind"] == "search" and report["budget_ms"] == TINY_BUDGET["latency_ms"]
+        # one device string: the summary, the report, its latency table and its FPS report name the same device
+        assert r["device"] == report["device"] == report["lut"]["context"]["device"] == report["fps"]["device"]
 
         # the prepared data (decoded, resized uint8) is cached once per dataset and resolution ...
         cache = stack.base / "data" / "cache"
@@ -91,6 +94,7 @@ def test_whole_story_register_search_retrain_download(real_stack, tmp_path):
             assert len(list(f.keys())) > 0
         rreport = json.loads(c.download(rt["id"], "report.json", tmp_path / "rreport.json").read_text())
         assert rreport["kind"] == "retrain" and rreport["genotype_hash"] == report["genotype_hash"]
+        assert rreport["train"]["device"] == rreport["fps"]["device"] == r["device"]
 
         # inline genotype retrain is accepted too; benchmark of the search job
         inline = c.submit_retrain(ds, genotype=genotype, settings=RETRAIN)
