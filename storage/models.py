@@ -143,6 +143,8 @@ class Genotype(TenantMixin, Base):
                                                index=True)
     document: Mapped[dict[str, Any]] = mapped_column()
     sha256: Mapped[str] = mapped_column(String(64), index=True)
+    # core Genotype.arch_hash (provenance excluded): one row, one id, per architecture and tenant
+    arch_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.genotype import Genotype as CoreGenotype
 from storage.artifacts import CONTENT_TYPES, ArtifactStore, artifact_key, safe_name, sha256_file
 from storage.models import Artifact, FpsReport, Genotype, Job, LatencyTable
 
@@ -95,13 +97,39 @@ def store_artifacts(s: Session, store: ArtifactStore, job: Job, art_dir: Path) -
     return rows
 
 
+def stamp_provenance(job: Job, art_dir: Path) -> None:
+    """A search's genotype.json names its search job (the core does not know job ids); done before the
+    artifacts are stored, so the file a tenant downloads, the stored document and a retrain's copy agree."""
+    p = art_dir / "genotype.json"
+    if job.kind != "search" or not p.is_file():
+        return
+    try:
+        g = CoreGenotype.model_validate_json(p.read_text())
+    except ValueError:
+        return  # recorded as it is; the retrain's checks refuse a broken document
+    if g.provenance.search_job is None:
+        g.provenance.search_job = job.id
+        tmp = p.with_name(f".{p.name}.tmp")
+        tmp.write_text(g.to_json())  # core's Genotype.save would import torch (core.checkpoint) in this parent
+        os.replace(tmp, p)
+
+
 def record_genotype(s: Session, job: Job, art_dir: Path) -> Genotype | None:
+    """The job's genotype row: one id per architecture and tenant (the architecture hash, provenance
+    excluded), so a search's genotype and its retrains, re-uploads and benchmarks share one id."""
     p = art_dir / "genotype.json"
     if not p.is_file():
         return None
     doc = json.loads(p.read_text())
+    try:
+        arch = CoreGenotype.model_validate(doc).arch_hash()
+    except ValueError:
+        arch = None
+    if arch and (known := s.scalar(select(Genotype).where(Genotype.tenant_id == job.tenant_id,
+                                                           Genotype.arch_hash == arch).order_by(Genotype.created_at))):
+        return known
     _, sha = sha256_file(p)
-    g = Genotype(job_id=job.id, document=doc, sha256=sha, tenant_id=job.tenant_id)
+    g = Genotype(job_id=job.id, document=doc, sha256=sha, arch_hash=arch, tenant_id=job.tenant_id)
     s.add(g)
     s.flush()
     return g

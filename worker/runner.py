@@ -343,6 +343,7 @@ def _succeed(s, settings: ServiceSettings, job_id: str, attempt: int, result: di
         except ValueError:
             report = None
     summary = record.summarize(job.kind, result, report, job.spec or {})
+    record.stamp_provenance(job, art_dir)
     record.store_artifacts(s, get_store(settings.artifacts_path), job, art_dir)
     genotype = record.record_genotype(s, job, art_dir)
     record.record_fps(s, job, summary, report, genotype)

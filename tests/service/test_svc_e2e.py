@@ -56,6 +56,7 @@ def test_whole_story_register_search_retrain_download(real_stack, tmp_path):
         assert {"genotype.json", "report.json"} <= names
         gpath = c.download(job["id"], "genotype.json", tmp_path)
         genotype = json.loads(gpath.read_text())
+        assert genotype["provenance"]["search_job"] == job["id"]  # the genotype names the search that found it
         report = json.loads(c.download(job["id"], "report.json", tmp_path).read_text())
         assert report["kind"] == "search" and report["budget_ms"] == TINY_BUDGET["latency_ms"]
         # one device string: the summary, the report, its latency table and its FPS report name the same device
@@ -71,6 +72,8 @@ def test_whole_story_register_search_retrain_download(real_stack, tmp_path):
         rdone = c.wait(rt["id"], timeout=240, poll=0.5)
         assert rdone["status"] == "succeeded", (rdone, stack.log_tail("worker"))
         assert 0.0 <= rdone["result"]["miou"] <= 1.0 and rdone["result"]["fps"] > 0
+        # the same architecture keeps one id: the search's genotype and its retrain's are one row
+        assert rdone["result"]["genotype_id"] == r["genotype_id"] is not None
         # ... and the retrain at the same resolution reused it instead of decoding the JPEGs again
         after = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.safetensors")}
         assert all(after[n] == m for n, m in prepared.items()), (prepared, after)
