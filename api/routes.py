@@ -214,7 +214,8 @@ ARTIFACT_CONTENT = {t: {"schema": {} if t == "application/json" else {"type": "s
 ARTIFACT_RESPONSES = {
     200: {"content": ARTIFACT_CONTENT, "headers": ARTIFACT_HEADERS,
           "description": "The whole file; its content type by suffix: .json application/json, .txt text/plain, "
-                         ".md text/markdown, .csv text/csv, anything else (checkpoints, ONNX) application/octet-stream. "
+                         ".md text/markdown, .csv text/csv, .png image/png (a retrain's samples), anything else (checkpoints, ONNX) "
+                         "application/octet-stream. "
                          "A malformed Range, one of another unit or one of several ranges is ignored (RFC 9110 §14.2)."},
     206: {"content": ARTIFACT_CONTENT, "description": "One byte range (Range: bytes=FIRST-[LAST] or bytes=-SUFFIX)",
           "headers": {**ARTIFACT_HEADERS, "Content-Range": {"description": "bytes FIRST-LAST/SIZE", "required": True,

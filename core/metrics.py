@@ -60,9 +60,14 @@ def trivial_baseline(conf: torch.Tensor, names: Sequence[str]) -> dict:
             "class_frequency": {name: (int(c) / total if total else 0.0) for name, c in zip(names, gt)}}
 
 
+CONFUSION_MAX_CLASSES = 64
+"""Up to this many classes an evaluation keeps its confusion matrix (rows: ground truth, columns: prediction,
+pixel counts) in the report; past it the matrix would outgrow the report."""
+
+
 def summarize(conf: torch.Tensor, class_names: Sequence[str] | None = None) -> dict:
-    """JSON-able ``{"miou", "pixel_acc", "per_class_iou": {name: iou | None}, "pixels", "trivial_baseline"}``
-    (:func:`trivial_baseline`)."""
+    """JSON-able ``{"miou", "pixel_acc", "per_class_iou": {name: iou | None}, "pixels", "trivial_baseline",
+    "confusion"}`` (:func:`trivial_baseline`; ``confusion`` only up to :data:`CONFUSION_MAX_CLASSES`)."""
     iou, present = iou_per_class(conf.cpu())
     n = conf.shape[0]
     names = list(class_names) if class_names else [f"class_{i}" for i in range(n)]
@@ -74,6 +79,7 @@ def summarize(conf: torch.Tensor, class_names: Sequence[str] | None = None) -> d
         "per_class_iou": {name: (float(v) if bool(p) else None) for name, v, p in zip(names, iou, present)},
         "pixels": int(conf.sum()),
         "trivial_baseline": trivial_baseline(conf.cpu(), names),
+        **({"confusion": conf.cpu().tolist()} if n <= CONFUSION_MAX_CLASSES else {}),
     }
 
 

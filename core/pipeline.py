@@ -31,6 +31,7 @@ from .lut_trust import trusted_table
 from .redact import job_roots, redact
 from .network import DerivedNet, SuperNet
 from .noise import NoisePolicy
+from .samples import save_samples
 from .perturb import perturbation_preference, scoring_batches
 from .preprocess import Preprocessing
 from .search import EVAL_BATCH, Searcher, SearchCancelled, search_crop
@@ -282,6 +283,7 @@ def retrain_pipeline(spec: RetrainJobSpec, workdir: Path, progress: Progress, sh
                  metadata={"checkpoint": "last", "epoch": str(last["epoch"]), "miou": repr(last["miou"]),
                            "miou_split": spec.train.eval_split,
                            **model_metadata(genotype, pre, class_names, palette)})
+    samples = save_samples(model, eval_data, norm, palette, art, spec.sample_images, device)
     _check(should_cancel, "before the ONNX export")
     progress({"phase": "export", "message": f"exporting {ONNX_NAME} and checking parity with PyTorch"})
     export = spec.export
@@ -309,7 +311,10 @@ def retrain_pipeline(spec: RetrainJobSpec, workdir: Path, progress: Progress, sh
     report = {"kind": "retrain", "genotype_hash": genotype.arch_hash(), **headline, "best_note": BEST_NOTE,
               "train": train_doc, "fps": fps, "device_lock": lock.as_dict(), "resolution": [spec.height, spec.width],
               "preprocessing": pre.model_dump(mode="json"), "class_names": class_names, "palette": palette,
-              "export": export_doc, "settings": spec.model_dump(mode="json", exclude={"genotype": True, **PRIVATE_SETTINGS})}
+              "export": export_doc, "samples": {"files": samples, "split": spec.train.eval_split,
+                                                "images": eval_data.stems[: len(samples)],
+                                                "panels": "prediction over the image (left), ground truth (right)"},
+              "settings": spec.model_dump(mode="json", exclude={"genotype": True, **PRIVATE_SETTINGS})}
     save_report(art, report, spec, workdir)
     par = export_doc["parity"]
     return {"genotype_hash": genotype.arch_hash(), **headline, "fps": fps.get("measured_fps"),

@@ -248,6 +248,7 @@ class RetrainJobSpec(_Strict):
     fps_iters: int = Field(50, ge=5, le=100_000, description="Timed iterations of the FPS report.")
     normalization: Normalization = Field(default_factory=Normalization, description="Input normalisation (the service fills it from the dataset's validation report).")
     export: ExportConfig = Field(default_factory=ExportConfig, description="ONNX export and parity check.")
+    sample_images: int = Field(4, ge=0, le=16, description="Images of the eval split saved as sample_<i>.png artifacts: the trained model's prediction overlaid on the image beside the ground truth, in the dataset's class colours (0 = none).")
 
 
 class BenchmarkJobSpec(_Strict):

@@ -202,6 +202,7 @@ def train(model: nn.Module, train_data: SegData, eval_data: SegData, cfg: Retrai
     last: dict | None = None
     stopped_by = "epochs"
     resumed_from: int | None = None
+    history: list[dict] = []  # one entry per epoch: mean train loss, lr, and mIoU/pixel accuracy when evaluated
     if state_path.is_file():
         # The fingerprint (settings, data, network) is checked before anything is restored.
         info = load_training_state(state_path, model, optimizer, None, loader, check_extra=lambda extra:
@@ -211,10 +212,11 @@ def train(model: nn.Module, train_data: SegData, eval_data: SegData, cfg: Retrai
         step, images, train_seconds = int(extra["step"]), int(extra["images"]), float(extra["train_seconds"])
         best, last = json.loads(extra["best"]), json.loads(extra["last"])
         stopped_by = str(extra["stopped_by"])
+        history = json.loads(extra.get("history") or "[]")
     else:
         torch.manual_seed(cfg.seed)
 
-    def record(eval_now: bool) -> None:
+    def record(eval_now: bool, entry: dict | None = None) -> None:
         nonlocal best, last
         if eval_now:
             summary = evaluate(model, eval_loader, device)
@@ -222,11 +224,15 @@ def train(model: nn.Module, train_data: SegData, eval_data: SegData, cfg: Retrai
             if best is None or summary["miou"] > best["miou"]:
                 best = {**summary, "epoch": epoch, "checkpoint": BEST_WEIGHTS}
                 save_weights(model, workdir / BEST_WEIGHTS, {"epoch": str(epoch), "miou": repr(summary["miou"])})
+        if entry is not None:
+            history.append(entry)
+        if eval_now and history and history[-1]["epoch"] == epoch:
+            history[-1].update(miou=last["miou"], pixel_acc=last["pixel_acc"])
         save_weights(model, workdir / LAST_WEIGHTS, {"epoch": str(epoch)})
         save_training_state(state_path, model, optimizer, None, epoch, loader, extra={
             "fingerprint": json.dumps(fingerprint), "step": step, "images": images,
             "train_seconds": train_seconds, "best": json.dumps(best), "last": json.dumps(last),
-            "stopped_by": stopped_by})
+            "stopped_by": stopped_by, "history": json.dumps(history)})
 
     lr = poly_lr(cfg.lr, step / max(total_steps, 1), cfg.poly_power)
     model.train()
@@ -266,8 +272,10 @@ def train(model: nn.Module, train_data: SegData, eval_data: SegData, cfg: Retrai
         train_seconds += time.perf_counter() - t0
         epoch += 1
         finished = epoch >= cfg.epochs or stopped_by == "time_budget"
-        record(eval_now=finished or epoch % cfg.eval_every == 0)
-        metrics: dict[str, float] = {"loss": float(loss_sum) / max(loss_count, 1), "lr": lr}
+        mean_loss = float(loss_sum) / max(loss_count, 1)
+        record(eval_now=finished or epoch % cfg.eval_every == 0,
+               entry={"epoch": epoch, "loss": mean_loss, "lr": lr, "train_seconds": round(train_seconds, 3)})
+        metrics: dict[str, float] = {"loss": mean_loss, "lr": lr}
         if last is not None and last["epoch"] == epoch:
             metrics["miou"] = last["miou"]
         progress({"phase": "train", "epoch": epoch, "epochs": cfg.epochs, "step": step, "steps": total_steps,
@@ -276,7 +284,7 @@ def train(model: nn.Module, train_data: SegData, eval_data: SegData, cfg: Retrai
         record(eval_now=True)
     assert best is not None and last is not None
     return {
-        "best": best, "last": last,
+        "best": best, "last": last, "history": history,
         "best_miou": best["miou"], "last_miou": last["miou"],
         "best_epoch": best["epoch"], "last_epoch": last["epoch"],
         "epochs_completed": epoch, "epochs": cfg.epochs, "steps": step, "steps_per_epoch": steps_per_epoch,

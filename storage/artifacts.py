@@ -15,7 +15,7 @@ from typing import BinaryIO, Protocol
 
 CONTENT_TYPES = {".json": "application/json", ".safetensors": "application/octet-stream",
                  ".onnx": "application/octet-stream", ".pt": "application/octet-stream",
-                 ".txt": "text/plain", ".md": "text/markdown", ".csv": "text/csv"}
+                 ".txt": "text/plain", ".md": "text/markdown", ".csv": "text/csv", ".png": "image/png"}
 """Content type of an artifact by its suffix (anything else: application/octet-stream); the API
 documents exactly these for downloads."""
 _PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")

@@ -203,10 +203,17 @@ def _job_page_ctx(request: Request, s, store, tenant: str, job_id: str, epoch: i
 def _retrain_context(report: dict | None) -> dict:
     if not report:
         return {"report": None}
-    last = (report.get("train") or {}).get("last") or {}
+    train = report.get("train") or {}
+    last = train.get("last") or {}
     per_class = last.get("per_class_iou") or {}
     iou_bars = svg.bars([(k, float(v)) for k, v in per_class.items() if v is not None], max_value=1.0) if per_class else None
-    return {"report": report, "per_class": per_class, "iou_bars": iou_bars, "fps": report.get("fps") or {}}
+    conf = last.get("confusion")
+    confusion = svg.confusion_heatmap(conf, list(per_class) or report.get("class_names") or []) if conf else None
+    history = train.get("history") or []
+    return {"report": report, "per_class": per_class, "iou_bars": iou_bars, "fps": report.get("fps") or {},
+            "confusion": confusion, "retrain_curves": views.retrain_curves(history) if history else None,
+            "samples": (report.get("samples") or {}).get("files") or [],
+            "sample_images": (report.get("samples") or {}).get("images") or []}
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)

@@ -301,3 +301,42 @@ def bars(items: Sequence[tuple[str, float]], *, max_value: float | None = None, 
                    f'{_e(label)} {float(v):.4g}{_e(unit)}</text></g>')
     out.append("</svg>")
     return "".join(out)
+
+
+# ---------------------------------------------------------------------------------- confusion matrix
+def confusion_heatmap(matrix: Sequence[Sequence[float]], names: Sequence[str], *, cell_size: int = 22) -> str:
+    """The confusion matrix row-normalised (each ground-truth class's pixels over the predicted classes):
+    ``rect.cm-cell`` with ``data-true``/``data-pred``/``data-p``, the diagonal outlined. A class absent
+    from the ground truth has an empty row."""
+    n = len(matrix)
+    if n == 0 or any(len(r) != n for r in matrix):
+        raise ValueError("the confusion matrix must be square and non-empty")
+    names = list(names) if len(names) == n else [f"class_{i}" for i in range(n)]
+    label_w = 14 + 7 * max(len(str(x)) for x in names)
+    head_h = label_w
+    width, height = label_w + n * cell_size + 10, head_h + n * cell_size + 40
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="confusion" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" {FONT} font-size="11" role="img" data-classes="{n}">',
+           "<title>confusion matrix: rows ground truth, columns prediction, share of each row's pixels</title>"]
+    for j, name in enumerate(names):
+        cx = label_w + j * cell_size + cell_size / 2 + 4
+        out.append(f'<text x="{_num(cx)}" y="{head_h - 4}" transform="rotate(-90 {_num(cx)} {head_h - 4})">{_e(name)}</text>')
+    for i, row in enumerate(matrix):
+        total = float(sum(row))
+        y = head_h + i * cell_size
+        out.append(f'<text x="{label_w - 6}" y="{y + cell_size - 6}" text-anchor="end">{_e(names[i])}</text>')
+        for j, v in enumerate(row):
+            p = float(v) / total if total > 0 else 0.0
+            x = label_w + j * cell_size
+            stroke = ' stroke="#111" stroke-width="1.5"' if i == j else ' stroke="#fff" stroke-width="0.5"'
+            out.append(f'<rect class="cm-cell" data-true="{_e(names[i])}" data-pred="{_e(names[j])}" data-p="{p:.4f}" '
+                       f'x="{x}" y="{y}" width="{cell_size}" height="{cell_size}" fill="{color(p)}"{stroke}>'
+                       f'<title>{_e(names[i])} predicted as {_e(names[j])}: {100 * p:.1f} % of its pixels'
+                       f'{"" if total > 0 else " (class absent)"}</title></rect>')
+    ly = height - 26
+    out.append(f'<g class="legend" transform="translate(0,{ly})">')
+    for k in range(11):
+        out.append(f'<rect x="{k * 16}" y="0" width="16" height="10" fill="{color(k / 10)}"/>')
+    out.append('<text x="0" y="20">0</text><text x="172" y="20" text-anchor="end">1</text><text x="182" y="9">'
+               "share of the row's ground-truth pixels (outlined: correct)</text></g></svg>")
+    return "".join(out)

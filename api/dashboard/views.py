@@ -212,6 +212,12 @@ def curves(history: list[dict], budget_ms: float | None) -> dict:
             "budget_ms": [budget_ms] * len(xs) if budget_ms else None}
 
 
+def retrain_curves(history: list[dict]) -> dict:
+    """uPlot-ready series of a retrain per epoch: mean train loss, and the eval split's mIoU where evaluated."""
+    return {"epoch": [h["epoch"] for h in history], "loss": [h.get("loss") for h in history],
+            "miou": [h.get("miou") for h in history]}
+
+
 def genotype_of(s: Session, store: ArtifactStore, job_id: str) -> dict | None:
     art = s.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == "genotype.json"))
     if art is None:

@@ -80,6 +80,12 @@ def test_resume_after_kill_equals_straight_run(tmp_path: Path, camvid_train: Seg
     for key in ("best_miou", "last_miou", "best_epoch", "steps", "epochs_completed"):
         assert straight[key] == resumed[key], key
     assert straight["last"]["per_class_iou"] == resumed["last"]["per_class_iou"]
+    # the per-epoch history survives the kill: epochs 1-2 from the saved state, 3-4 from the resumed run
+    clock = "train_seconds"
+    assert [{k: v for k, v in h.items() if k != clock} for h in resumed["history"]] == \
+        [{k: v for k, v in h.items() if k != clock} for h in straight["history"]]
+    assert [h["epoch"] for h in straight["history"]] == [1, 2, 3, 4]
+    assert straight["last"]["confusion"] == resumed["last"]["confusion"]
     # A finished run called again trains nothing and reports the same.
     again = train(_model(seed=5), camvid_train, camvid_val, cfg, tmp_path / "b", "cpu")
     assert again["steps"] == straight["steps"] and again["last_miou"] == straight["last_miou"]
@@ -155,6 +161,19 @@ def test_retrain_reports_and_ships_the_last_epoch_not_the_best(tmp_path: Path, c
     report = json.loads((tmp_path / "artifacts" / "report.json").read_text())
     assert report["miou"] == 0.4 and report["miou_split"] == "val" and report["miou_selection"] == "last epoch"
     assert report["best_miou"] == 0.6 and report["best_epoch"] == 2 and "best_note" in report
+    # the page's curves and confusion matrix: one history entry per epoch, mIoU where evaluated
+    hist = report["train"]["history"]
+    assert [h["epoch"] for h in hist] == [1, 2, 3] and [h["miou"] for h in hist] == [0.2, 0.6, 0.4]
+    assert all(h["loss"] > 0 for h in hist)
+    conf = report["train"]["last"]["confusion"]
+    assert len(conf) == camvid_ref.num_classes and sum(map(sum, conf)) == report["train"]["last"]["pixels"]
+    # sample predictions: prediction over the image beside the ground truth, one PNG per eval image
+    from PIL import Image
+
+    samples = report["samples"]
+    assert samples["files"] == [f"sample_{i}.png" for i in range(4)] and samples["split"] == "val"
+    with Image.open(tmp_path / "artifacts" / "sample_0.png") as im:
+        assert im.size == (2 * 64 + 4, 48) and im.mode == "RGB"
     shipped = _weights(tmp_path / "artifacts" / "checkpoint.safetensors")
     last, best = _weights(tmp_path / LAST_WEIGHTS), _weights(tmp_path / BEST_WEIGHTS)
     assert shipped.keys() == last.keys()

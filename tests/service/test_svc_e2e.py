@@ -8,6 +8,7 @@ import copy
 import hashlib
 import io
 import json
+import re
 import signal
 import subprocess
 
@@ -17,7 +18,7 @@ from sqlalchemy import select
 from client import GasClient
 from core.timing import cpu_model_name
 from storage.models import FpsReport, Genotype, LatencyTable
-from svc_helpers import PY, REPO, TINY_BUDGET, TINY_SEARCH, db_session, wait_until
+from svc_helpers import PY, REPO, TINY_BUDGET, TINY_SEARCH, db_session, ui_client, wait_until
 
 pytestmark = pytest.mark.services
 RETRAIN = {"epochs": 1, "batch_size": 2, "dataset_limit": 8, "advanced": {"fps_iters": 5}}
@@ -74,6 +75,18 @@ def test_whole_story_register_search_retrain_download(real_stack, tmp_path):
         assert 0.0 <= rdone["result"]["miou"] <= 1.0 and rdone["result"]["fps"] > 0
         # the same architecture keeps one id: the search's genotype and its retrain's are one row
         assert rdone["result"]["genotype_id"] == r["genotype_id"] is not None
+        # the retrain's dashboard page: curves per epoch, the confusion matrix and the sample predictions,
+        # each sample an image/png artifact the page can show
+        with ui_client(stack) as ui:
+            page = ui.get(f"/ui/jobs/{rt['id']}")
+            assert page.status_code == 200
+            assert 'class="curves" data-curves=' in page.text and '"miou"' in page.text
+            assert page.text.count('class="cm-cell"') == 11 * 11
+            srcs = re.findall(r'<img class="sample" src="([^"]+)"', page.text)
+            assert srcs and all(src.startswith(f"/ui/jobs/{rt['id']}/artifacts/sample_") for src in srcs)
+            img = ui.get(srcs[0])
+            assert img.status_code == 200 and img.headers["content-type"] == "image/png"
+            assert img.content[:8] == b"\x89PNG\r\n\x1a\n"
         # ... and the retrain at the same resolution reused it instead of decoding the JPEGs again
         after = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.safetensors")}
         assert all(after[n] == m for n, m in prepared.items()), (prepared, after)

@@ -6,7 +6,9 @@
     { title: "Loss", series: [["w_loss", "train loss (weights)", "#2563eb"], ["a_ce", "CE on Dα (arch step)", "#9333ea"]] },
     { title: "Supernet mIoU (Dα)", series: [["supernet_miou", "supernet mIoU", "#15803d"]] },
     { title: "Expected latency LAT(α′), ms", series: [["expected_latency_ms", "LAT(α′)", "#0891b2"], ["budget_ms", "budget", "#c2410c", true]] },
-    { title: "Latency penalty", series: [["latency_penalty", "λ·f(LAT/T)", "#b45309"]] }
+    { title: "Latency penalty", series: [["latency_penalty", "λ·f(LAT/T)", "#b45309"]] },
+    { title: "Retrain loss", series: [["loss", "train loss (epoch mean)", "#2563eb"]] },
+    { title: "mIoU (eval split)", series: [["miou", "mIoU", "#15803d"]] }
   ];
 
   function draw(el) {
