@@ -17,6 +17,9 @@ end-to-end measurements, the FPS report, a feasibility job's timings) runs insid
 - Holding is re-entrant within a process (a phase inside a phase does not deadlock on its own lock).
 - Every hold is recorded (phase, seconds waited, wall-clock start and end), and the job's report
   carries the list (``device_lock``), so overlapping timings are visible after the fact.
+- On CUDA each hold also checks that the GPU is otherwise idle (:mod:`core.gpu_idle`: every process on
+  it, ours or not): other processes are recorded in the hold (``gpu``), listed in
+  ``gpu_shared_phases`` and reported as a ``noise`` progress event.
 
 Torch is imported only to name a CUDA device.
 """
@@ -85,11 +88,18 @@ class DeviceLock:
     progress: Callable[[dict], None] = lambda e: None
     should_cancel: Callable[[], bool] = lambda: False
     holds: list[dict] = field(default_factory=list)
+    idle: Callable[[], dict] | None = None  # CUDA: who else is on the GPU (core/gpu_idle.py), checked per hold
 
     @classmethod
     def for_device(cls, device, lock_dir: str | Path, progress: Callable[[dict], None] = lambda e: None,
                    should_cancel: Callable[[], bool] = lambda: False) -> "DeviceLock":
-        return cls(Path(lock_dir), device_key(device), progress, should_cancel)
+        idle = None
+        if getattr(device, "type", str(device)) == "cuda":
+            from .gpu_idle import gpu_uuid, idle_check
+
+            uuid = gpu_uuid(device)
+            idle = lambda: idle_check(uuid)  # noqa: E731
+        return cls(Path(lock_dir), device_key(device), progress, should_cancel, idle=idle)
 
     @property
     def path(self) -> Path:
@@ -129,6 +139,13 @@ class DeviceLock:
             raise
         waited = time.monotonic() - t0
         record = {"phase": phase, "waited_s": round(waited, 3), "acquired_at": time.time(), "released_at": None}
+        if self.idle is not None:
+            record["gpu"] = check = self.idle()
+            if check["others"]:
+                pids = ", ".join(str(p["pid"]) for p in check["processes"])
+                self.progress({"phase": "noise", "noisy": True,
+                               "message": f"{check['others']} other process(es) on the GPU while {phase} measures "
+                                          f"(pids {pids}): its timings may be slowed"})
         _held[path] = (fd, 1)
         try:
             yield
@@ -141,5 +158,7 @@ class DeviceLock:
 
     def as_dict(self) -> dict:
         """What the report carries: the device key (no path) and every hold."""
+        shared = [h["phase"] for h in self.holds if (h.get("gpu") or {}).get("others")]
         return {"device_key": self.key, "holds": list(self.holds),
-                "waited_s": round(sum(h["waited_s"] for h in self.holds), 3)}
+                "waited_s": round(sum(h["waited_s"] for h in self.holds), 3),
+                **({"gpu_shared_phases": shared} if self.idle is not None else {})}

@@ -227,7 +227,10 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
         warn(f"latency verdict: {verdict['reason']}")
     fps["budget_met_eager"], fps["budget_met"] = fps["budget_met"], verdict["budget_met"]
     fps["verdict_source"] = verdict["source"]
-    trusted = trust.trusted and verdict["trusted"] and repair_doc.get("trusted", True)
+    shared = lock.as_dict().get("gpu_shared_phases")
+    if shared:
+        warn.messages.append(f"other processes were on the GPU while these phases measured: {', '.join(shared)}")
+    trusted = trust.trusted and verdict["trusted"] and repair_doc.get("trusted", True) and not shared
     genotype.save(art / "genotype.json")
     report = {
         "kind": "search", "genotype_hash": genotype.arch_hash(), "budget_ms": lat_cfg.budget_ms,
