@@ -94,7 +94,8 @@ def run_validate(spec: ValidateJobSpec | dict, workdir: str | Path, *, progress:
     """Validate every file of a dataset (core.validate); the full report is ``artifacts/report.json``."""
     from .checkpoint import save_json
     from .redact import job_roots, redact
-    from .validate import validate_dataset
+    from .layouts import palette_for
+    from .validate import save_dataset_samples, validate_dataset
 
     spec = ValidateJobSpec.model_validate(spec)
     if should_cancel():
@@ -103,6 +104,14 @@ def run_validate(spec: ValidateJobSpec | dict, workdir: str | Path, *, progress:
     progress({"phase": "validate", "message": f"checking every image and mask of {ref.layout} dataset"})
     report = validate_dataset(ref.root, ref.layout, ref.num_classes, ref.ignore_index, spec.splits,
                               ref.class_names, spec.max_bad_per_kind, label_map=ref.label_map)
-    save_json(Path(workdir) / "artifacts" / "report.json", redact({"kind": "validate", **report}, job_roots(spec, workdir)))
+    splits = [k for k, v in report["splits"].items() if v.get("valid")]
+    split = "train" if "train" in splits else (splits[0] if splits else "train")
+    progress({"phase": "samples", "message": f"drawing {spec.sample_images} sample masks of split {split}"})
+    art = Path(workdir) / "artifacts"
+    art.mkdir(parents=True, exist_ok=True)
+    report["samples"] = save_dataset_samples(ref.root, ref.layout, ref.num_classes, ref.ignore_index,
+                                             palette_for(ref.layout, ref.num_classes), art, spec.sample_images,
+                                             split, label_map=ref.label_map)
+    save_json(art / "report.json", redact({"kind": "validate", **report}, job_roots(spec, workdir)))
     return {"ok": report["ok"], "bad_counts": report["bad_counts"], "warnings": len(report["warnings"]),
             "images": {k: v["images"] for k, v in report["splits"].items()}}

@@ -263,6 +263,7 @@ class ValidateJobSpec(_Strict):
     dataset: DatasetRef
     splits: list[SplitName] | None = Field(None, max_length=64, description="Splits that must be present; None = every split the layout finds.")
     max_bad_per_kind: int = Field(20, ge=1, le=10_000, description="Bad files listed per kind of problem (all are counted).")
+    sample_images: int = Field(4, ge=0, le=16, description="Valid image/mask pairs of the training split (else the first split) saved as sample_<i>.png artifacts of the validation job: the image beside its mask's class colours over it (0 = none).")
 
 
 class FeasibilityJobSpec(_Strict):

@@ -38,6 +38,25 @@ GREY_RAMP_MIN_VALUES = 32
 """Distinct raw mask values from which masks look like grey images (``grey_ramp`` warning; also 2*classes+2)."""
 
 
+def _raw_mask(mask_path: Path, label_map: object) -> np.ndarray:
+    """The mask's raw values (colours as the label map's keys when it maps colours)."""
+    if isinstance(label_map, CompiledLabelMap):
+        return mask_values(mask_path, CompiledLabelMap(label_map.kind, label_map.keys, label_map.targets, True,
+                                                       label_map.ignore_index))[0]
+    return mask_values(mask_path, None)[0]
+
+
+def _map_mask(raw: np.ndarray, label_map: object) -> np.ndarray:
+    """Raw mask values -> class ids: the dataset's compiled label map, a layout's lookup array, or as they are."""
+    if isinstance(label_map, CompiledLabelMap):
+        return label_map.apply(raw)
+    if label_map is not None:
+        if raw.min() < 0 or raw.max() >= len(label_map):
+            raise ValueError(f"holds label ids outside 0..{len(label_map) - 1}")
+        return label_map[raw].astype(np.int64)
+    return raw
+
+
 def _check_pair(args: tuple[str, Path, Path, int, int, object]) -> dict:
     stem, img_path, mask_path, num_classes, ignore, label_map = args
     out: dict = {"stem": stem, "image": str(img_path), "mask": str(mask_path)}
@@ -54,11 +73,9 @@ def _check_pair(args: tuple[str, Path, Path, int, int, object]) -> dict:
     out["pixels"] = rgb.shape[0] * rgb.shape[1]
     if not mask_path.is_file():
         return {**out, "problem": ("missing_mask", f"no mask for image {img_path.name}: expected at this path", str(mask_path))}
-    compiled = isinstance(label_map, CompiledLabelMap)
     try:
         # the raw values only (the map is applied below, so unlisted values are reported as mask_values)
-        raw, _ = mask_values(mask_path, CompiledLabelMap(label_map.kind, label_map.keys, label_map.targets, True,
-                                                         label_map.ignore_index) if compiled else None)
+        raw = _raw_mask(mask_path, label_map)
     except MaskChannelsError as exc:
         return {**out, "problem": ("mask_channels", str(exc).replace(str(mask_path), "mask"), str(mask_path))}
     except (UnidentifiedImageError, OSError, ValueError) as exc:
@@ -70,14 +87,7 @@ def _check_pair(args: tuple[str, Path, Path, int, int, object]) -> dict:
         return {**out, "problem": ("size_mismatch", f"image is {out['size'][0]}x{out['size'][1]} but mask is "
                                    f"{raw.shape[1]}x{raw.shape[0]}", str(mask_path))}
     try:
-        if compiled:
-            mapped = label_map.apply(raw)
-        elif label_map is not None:
-            if raw.min() < 0 or raw.max() >= len(label_map):
-                raise ValueError(f"holds label ids outside 0..{len(label_map) - 1}")
-            mapped = label_map[raw].astype(np.int64)
-        else:
-            mapped = raw
+        mapped = _map_mask(raw, label_map)
     except ValueError as exc:
         return {**out, "problem": ("mask_values", f"mask {exc}", str(mask_path))}
     values = mapped.ravel()
@@ -237,3 +247,53 @@ def validate_dataset(root: str | Path, layout: str | Layout, num_classes: int, i
         "grayscale": "grayscale images are accepted and used as 3 identical channels",
         "bad_counts": dict(bad_counts), "bad_files": dict(bad),
     }
+
+
+DATASET_SAMPLE_WIDTH = 320
+"""Width (pixels) a dataset sample's image is scaled down to, at most (the mask with nearest neighbours)."""
+DATASET_SAMPLE_NAME = "sample_{i}.png"
+"""Artifact name of the validation job's i-th sample (0-based)."""
+
+
+def save_dataset_samples(root: str | Path, layout: str | Layout, num_classes: int, ignore_index: int,
+                         palette: list[list[int]], out_dir: Path, n: int, split: str = "train",
+                         label_map: LabelMap | dict | None = None) -> dict:
+    """The first ``n`` valid pairs of ``split`` as PNGs (the image beside the image with its mask's class
+    colours over it, at most :data:`DATASET_SAMPLE_WIDTH` wide): what a user looks at to see that the
+    masks mean what the classes say. Returns ``{"files", "images", "split"}``."""
+    from .overlay import overlay, side_by_side
+
+    root = Path(root)
+    lay = layout if isinstance(layout, Layout) else get_layout(layout)
+    compiled = compile_label_map(label_map, num_classes, ignore_index) if label_map is not None else None
+    lookup = compiled if compiled is not None else lay.label_map
+    files: list[str] = []
+    stems: list[str] = []
+    if n <= 0 or not lay.has_split(root, split):
+        return {"files": files, "images": stems, "split": split}
+    try:
+        pairs = lay.list_split(root, split, False)
+    except ValueError:
+        return {"files": files, "images": stems, "split": split}
+    for stem, ip, mp in pairs:
+        if len(files) >= n:
+            break
+        try:
+            with Image.open(ip) as im:
+                img = im.convert("RGB")
+            mask = _map_mask(_raw_mask(mp, lookup), lookup)
+        except (UnidentifiedImageError, OSError, ValueError):
+            continue  # a bad pair is the report's business; samples show good ones
+        if (mask.shape[1], mask.shape[0]) != img.size or (((mask >= num_classes) | (mask < 0)) & (mask != ignore_index)).any():
+            continue
+        w, h = img.size
+        if w > DATASET_SAMPLE_WIDTH:
+            size = (DATASET_SAMPLE_WIDTH, max(1, round(h * DATASET_SAMPLE_WIDTH / w)))
+            img = img.resize(size, Image.BILINEAR)
+            mask = np.asarray(Image.fromarray(mask.astype(np.int32)).resize(size, Image.NEAREST))
+        arr = np.asarray(img, dtype=np.uint8)
+        name = DATASET_SAMPLE_NAME.format(i=len(files))
+        Image.fromarray(side_by_side(arr, overlay(arr, mask, palette, ignore_index))).save(out_dir / name, optimize=True)
+        files.append(name)
+        stems.append(stem)
+    return {"files": files, "images": stems, "split": split}

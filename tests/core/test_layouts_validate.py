@@ -148,3 +148,34 @@ def test_links_out_of_the_dataset_are_refused_before_reading(camvid_root, tmp_pa
     report = validate_dataset(root, layout, ref.num_classes, ref.ignore_index, ["train", "val"])
     assert report["bad_counts"] == {"outside_root": 2}, report["bad_counts"]
     assert str(tmp_path) not in str(report)
+
+
+def test_dataset_samples_show_each_image_beside_its_mapped_mask(tmp_path):
+    """The validation job's sample_<i>.png: the image (left) beside it with the mask's class colours over
+    it (right), after the layout's label map (Cityscapes label ids 7 -> road = class 0; 0 and 4 ignored)."""
+    from core.layouts import palette_for
+    from core.overlay import OVERLAY_ALPHA, PANEL_GAP
+    from core.validate import save_dataset_samples
+
+    root = make_cityscapes(tmp_path / "cs", n=3, size=(64, 32))
+    out = tmp_path / "art"
+    out.mkdir()
+    palette = palette_for("cityscapes", 19)
+    got = save_dataset_samples(root, "cityscapes", 19, 255, palette, out, n=2, split="train")
+    assert got["files"] == ["sample_0.png", "sample_1.png"] and got["split"] == "train" and len(got["images"]) == 2
+    from core.layouts import get_layout
+
+    stem, img_path, mask_path = get_layout("cityscapes").list_split(root, "train", False)[0]
+    assert got["images"][0] == stem
+    raw = np.asarray(Image.open(img_path).convert("RGB"), dtype=np.float64)
+    ids = np.asarray(Image.open(mask_path))
+    panels = np.asarray(Image.open(out / "sample_0.png").convert("RGB"), dtype=np.float64)
+    assert panels.shape == (32, 2 * 64 + PANEL_GAP, 3)
+    left, right = panels[:, :64], panels[:, 64 + PANEL_GAP:]
+    assert np.array_equal(left, raw)  # the image as it is
+    road, ignored = ids == 7, (ids == 0) | (ids == 4)
+    assert road.any() and ignored.any()
+    expected = (1 - OVERLAY_ALPHA) * raw[road] + OVERLAY_ALPHA * np.asarray(palette[0], dtype=np.float64)
+    assert np.abs(right[road] - expected).max() <= 1.0  # road pixels in road's colour
+    assert np.array_equal(right[ignored], raw[ignored])  # ignored pixels are not coloured
+    assert save_dataset_samples(root, "cityscapes", 19, 255, palette, out, n=0)["files"] == []
