@@ -397,7 +397,7 @@ def _genotype_of_job(s: Session, tenant: str, job_id: str, field: str) -> tuple[
         raise invalid(field, f"no job {job_id}", "not_found")
     if src.status != sm.SUCCEEDED:
         raise Problem(409, f"job {job_id} is {src.status}; it has no genotype yet", type_="/problems/not-ready")
-    g = s.scalar(select(Genotype).where(Genotype.job_id == src.id).order_by(Genotype.created_at.desc()))
+    g = s.scalar(select(Genotype).where(Genotype.job_id == src.id).order_by(Genotype.created_at.desc()))  # its own row
     if g is None and src.kind == "retrain":
         return (src.spec or {}).get("genotype") or {}, src
     if g is None:

@@ -98,7 +98,12 @@ class DeviceLock:
             from .gpu_idle import gpu_uuid, idle_check
 
             uuid = gpu_uuid(device)
-            idle = lambda: idle_check(uuid)  # noqa: E731
+
+            def idle() -> dict:
+                import torch
+
+                torch.empty(1, device=device)  # this process holds its context before it is counted
+                return idle_check(uuid)
         return cls(Path(lock_dir), device_key(device), progress, should_cancel, idle=idle)
 
     @property
@@ -159,6 +164,7 @@ class DeviceLock:
     def as_dict(self) -> dict:
         """What the report carries: the device key (no path) and every hold."""
         shared = [h["phase"] for h in self.holds if (h.get("gpu") or {}).get("others")]
+        unchecked = [h["phase"] for h in self.holds if "gpu" in h and not h["gpu"]["checked"]]
         return {"device_key": self.key, "holds": list(self.holds),
                 "waited_s": round(sum(h["waited_s"] for h in self.holds), 3),
-                **({"gpu_shared_phases": shared} if self.idle is not None else {})}
+                **({"gpu_shared_phases": shared, "gpu_unchecked_phases": unchecked} if self.idle is not None else {})}

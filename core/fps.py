@@ -228,7 +228,8 @@ def fps_report(model: nn.Module, height: int, width: int, device: torch.device |
         if optimise:
             entry["optimised"] = measure_optimised(model, height, width, device, p, warmup, iters,  # type: ignore[arg-type]
                                                    noise=noise, threads=threads)
-        # torch-optimised is the "optimised" entry's capture already (when optimise): timed once more only as the budget's
+        # with optimise, the "optimised" entry times an optimised path already (on CUDA a CUDA graph, or torch.compile
+        # where the graph fails): torch-optimised, which never falls back, is timed on its own only as the budget's
         others = [r for r in available(device, p) if r != "torch-eager" and not (optimise and r == "torch-optimised")
                   ] if all_runtimes else []
         if p == ref_precision and runtime != "torch-eager" and runtime not in others:

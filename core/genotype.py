@@ -88,8 +88,7 @@ class Genotype(BaseModel):
 
     def arch_hash(self) -> str:
         """Hash of what determines the architecture (not the provenance)."""
-        doc = self.model_dump(mode="json", exclude={"provenance"})
-        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+        return arch_hash_of(self.model_dump(mode="json"))
 
     def save(self, path: str | Path) -> None:
         from .checkpoint import atomic_write_bytes
@@ -128,3 +127,11 @@ def parse_genotype(doc: Any) -> Genotype:
 
 def load_genotype(path: str | Path) -> Genotype:
     return parse_genotype(Path(path).read_text())
+
+
+def arch_hash_of(doc: dict) -> str:
+    """:meth:`Genotype.arch_hash` of a genotype document as the core writes it (every field present),
+    without validating it: torch-free, for the worker's parent process (validation imports core.ops)."""
+    arch = {k: v for k, v in doc.items() if k != "provenance"}
+    return hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:16]
+

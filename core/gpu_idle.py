@@ -11,6 +11,7 @@ Torch is imported only to find the GPU's UUID.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from typing import Callable
@@ -34,11 +35,16 @@ def _pynvml(uuid: str) -> list[dict] | None:
         return None
     try:
         pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - any NVML failure means "unknown", never "idle"
+        return None
+    try:
         handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
         procs = list(pynvml.nvmlDeviceGetComputeRunningProcesses(handle))
         return [{"pid": int(p.pid), "used_memory_mib": (p.usedGpuMemory or 0) // 2**20} for p in procs]
-    except Exception:  # noqa: BLE001 - any NVML failure means "unknown", never "idle"
+    except Exception:  # noqa: BLE001
         return None
+    finally:
+        pynvml.nvmlShutdown()
 
 
 def parse_nvidia_smi(text: str) -> list[dict]:
@@ -75,5 +81,9 @@ def idle_check(uuid: str, query: Query = query_gpu_processes) -> dict:
     if procs is None:
         return {"checked": False, "processes": None, "others": None, "idle": None,
                 "note": "neither pynvml nor nvidia-smi could list the GPU's processes"}
-    others = max(0, len(procs) - 1)
+    me = os.getpid()
+    if any(p["pid"] == me for p in procs):
+        others = sum(p["pid"] != me for p in procs)
+    else:  # in a container NVML lists host pids: this process is one of them (it holds a context)
+        others = max(0, len(procs) - 1)
     return {"checked": True, "processes": procs, "others": others, "idle": others == 0}

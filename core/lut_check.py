@@ -91,7 +91,7 @@ def validate_table(latency: LatencyModel, samples: int, device: torch.device, pr
     rho = None if math.isnan(rho) else rho
     raw_med = statistics.median(errors) if errors else None
     med, calibration, scale_reasons = raw_med, None, []
-    if calibrate and rows:
+    if calibrate and len(rows) >= 2:  # one network leaves nothing to check a scale against: judged raw
         scale, loo = fit_scale(pred, meas)
         med = statistics.median(loo)
         calibration = {"scale": scale, "fitted_on": len(rows), "method": "median of measured/predicted",

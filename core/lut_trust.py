@@ -76,13 +76,15 @@ def trusted_table(cfg: NetworkConfig, ops: list[str], lat: LatencyConfig, device
 
     missing = [k for k in needed if k not in table.entries]
     measure(missing)
+    recorded = table.validations.get(net)
+    if (recorded and not missing and not should_cancel() and passes_for(recorded, lat)
+            and not table.noisy_keys(needed, noise)):
+        trust.validation = recorded  # passed when it was cached (and by this job's limits), nothing added since
+        return table, trust
+    # what is validated below replaces the record: an old calibration never meets new or re-measured entries
+    table.validations.pop(net, None)
     if should_cancel():
         trust.trusted, trust.reasons = False, ["cancelled"]
-        return table, trust
-    recorded = table.validations.get(net)
-    same_fit = bool((recorded or {}).get("calibration")) == lat.lut_calibrate  # validated as this job would
-    if recorded and recorded.get("passed") and same_fit and not missing and not table.noisy_keys(needed, noise):
-        trust.validation = recorded  # passed when it was cached, and nothing was added since
         return table, trust
     for attempt in range(lat.lut_remeasure + 1):
         if should_cancel():
@@ -126,6 +128,19 @@ def trusted_table(cfg: NetworkConfig, ops: list[str], lat: LatencyConfig, device
         progress({"phase": "noise", "noisy": True,
                   "message": f"latency table {table.id} not trusted and not cached: {'; '.join(trust.reasons)}"})
     return table, trust
+
+
+def passes_for(recorded: dict, lat: LatencyConfig) -> bool:
+    """A recorded validation is reused only if it passed and passes *this* job's limits too, validated the
+    way this job would (with or without calibration): the table cache is shared by every tenant, and one
+    job's laxer limits must not decide for another's."""
+    if not recorded.get("passed") or bool(recorded.get("calibration")) != lat.lut_calibrate:
+        return False
+    err, rho = recorded.get("median_rel_error"), recorded.get("rank_correlation")
+    if err is None or err > lat.lut_max_error or (rho is not None and rho < lat.lut_min_rank_corr):
+        return False
+    scale = (recorded.get("calibration") or {}).get("scale")
+    return scale is None or 1.0 / lat.lut_max_scale <= scale <= lat.lut_max_scale
 
 
 class _Stop(Exception):

@@ -208,8 +208,9 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
     if spec.validate_lut_samples:
         progress({"phase": "validate_lut", "message": f"measuring {spec.validate_lut_samples} random networks"})
         with lock.hold("validate_lut"):
+            # other networks than the table's own check (seed + 1): the calibrated prediction out of sample
             validation = validate_table(latency, spec.validate_lut_samples, device, lat_cfg.precision,
-                                        lat_cfg.warmup_runs, lat_cfg.e2e_repeats, spec.search.seed, should_cancel,
+                                        lat_cfg.warmup_runs, lat_cfg.e2e_repeats, spec.search.seed + 1, should_cancel,
                                         noise=noise, threads=threads, max_error=lat_cfg.lut_max_error,
                                         min_rank_corr=lat_cfg.lut_min_rank_corr, runtime=lat_cfg.runtime)
     _check(should_cancel, "before the FPS report")
@@ -227,9 +228,13 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
         warn(f"latency verdict: {verdict['reason']}")
     fps["budget_met_eager"], fps["budget_met"] = fps["budget_met"], verdict["budget_met"]
     fps["verdict_source"] = verdict["source"]
-    shared = lock.as_dict().get("gpu_shared_phases")
+    lock_doc = lock.as_dict()
+    shared = lock_doc.get("gpu_shared_phases")
     if shared:
         warn.messages.append(f"other processes were on the GPU while these phases measured: {', '.join(shared)}")
+    if lock_doc.get("gpu_unchecked_phases"):
+        warn.messages.append("the GPU's other processes could not be listed (no pynvml, no nvidia-smi): "
+                             "whether it was idle while measuring is unknown")
     trusted = trust.trusted and verdict["trusted"] and repair_doc.get("trusted", True) and not shared
     genotype.save(art / "genotype.json")
     report = {

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.genotype import Genotype as CoreGenotype
+from core.genotype import arch_hash_of
 from storage.artifacts import CONTENT_TYPES, ArtifactStore, artifact_key, safe_name, sha256_file
 from storage.models import Artifact, FpsReport, Genotype, Job, LatencyTable
 
@@ -99,48 +99,47 @@ def store_artifacts(s: Session, store: ArtifactStore, job: Job, art_dir: Path) -
 
 def stamp_provenance(job: Job, art_dir: Path) -> None:
     """A search's genotype.json names its search job (the core does not know job ids); done before the
-    artifacts are stored, so the file a tenant downloads, the stored document and a retrain's copy agree."""
+    artifacts are stored, so the file a tenant downloads, the stored document and a retrain's copy agree.
+    Plain JSON: validating the genotype would import torch (core.ops) in this parent process."""
     p = art_dir / "genotype.json"
     if job.kind != "search" or not p.is_file():
         return
     try:
-        g = CoreGenotype.model_validate_json(p.read_text())
+        doc = json.loads(p.read_text())
     except ValueError:
-        return  # recorded as it is; the retrain's checks refuse a broken document
-    if g.provenance.search_job is None:
-        g.provenance.search_job = job.id
+        return  # recorded as it is; a retrain's checks refuse a broken document
+    prov = doc.get("provenance") if isinstance(doc, dict) else None
+    if isinstance(prov, dict) and prov.get("search_job") is None:
+        prov["search_job"] = job.id
         tmp = p.with_name(f".{p.name}.tmp")
-        tmp.write_text(g.to_json())  # core's Genotype.save would import torch (core.checkpoint) in this parent
+        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
         os.replace(tmp, p)
 
 
-def record_genotype(s: Session, job: Job, art_dir: Path) -> Genotype | None:
-    """The job's genotype row: one id per architecture and tenant (the architecture hash, provenance
-    excluded), so a search's genotype and its retrains, re-uploads and benchmarks share one id."""
+def record_genotype(s: Session, job: Job, art_dir: Path) -> tuple[Genotype, str] | None:
+    """The job's genotype row (its own document and provenance) and the genotype's id: the id of the
+    tenant's first row of the same architecture (core Genotype.arch_hash, provenance excluded), so a
+    search's genotype and its retrains, re-uploads and benchmarks share one id."""
     p = art_dir / "genotype.json"
     if not p.is_file():
         return None
     doc = json.loads(p.read_text())
-    try:
-        arch = CoreGenotype.model_validate(doc).arch_hash()
-    except ValueError:
-        arch = None
-    if arch and (known := s.scalar(select(Genotype).where(Genotype.tenant_id == job.tenant_id,
-                                                           Genotype.arch_hash == arch).order_by(Genotype.created_at))):
-        return known
+    arch = arch_hash_of(doc) if isinstance(doc, dict) else None
     _, sha = sha256_file(p)
     g = Genotype(job_id=job.id, document=doc, sha256=sha, arch_hash=arch, tenant_id=job.tenant_id)
     s.add(g)
     s.flush()
-    return g
+    first = s.scalar(select(Genotype.id).where(Genotype.tenant_id == job.tenant_id, Genotype.arch_hash == arch)
+                     .order_by(Genotype.created_at, Genotype.id)) if arch else None
+    return g, first or g.id
 
 
-def record_fps(s: Session, job: Job, summary: dict, report: dict | None, genotype: Genotype | None) -> None:
+def record_fps(s: Session, job: Job, summary: dict, report: dict | None, genotype_id: str | None) -> None:
     if "latency_ms" not in summary and "fps" not in summary and "miou" not in summary:
         return
     spec = job.spec or {}
     lat = spec.get("latency") or {}
-    s.add(FpsReport(job_id=job.id, tenant_id=job.tenant_id, genotype_id=genotype.id if genotype else None,
+    s.add(FpsReport(job_id=job.id, tenant_id=job.tenant_id, genotype_id=genotype_id,
                     device=summary.get("device"), height=lat.get("height") or spec.get("height"),
                     width=lat.get("width") or spec.get("width"), precision=lat.get("precision"),
                     latency_ms=summary.get("latency_ms"), fps=summary.get("fps"),

@@ -345,16 +345,17 @@ def _succeed(s, settings: ServiceSettings, job_id: str, attempt: int, result: di
     summary = record.summarize(job.kind, result, report, job.spec or {})
     record.stamp_provenance(job, art_dir)
     record.store_artifacts(s, get_store(settings.artifacts_path), job, art_dir)
-    genotype = record.record_genotype(s, job, art_dir)
-    record.record_fps(s, job, summary, report, genotype)
+    recorded = record.record_genotype(s, job, art_dir)
+    genotype_id = recorded[1] if recorded else None
+    record.record_fps(s, job, summary, report, genotype_id)
     if job.kind in ("search", "feasibility"):
         record.record_luts(s, job, settings.lut_path)
     if job.kind == VALIDATE_KIND:
         apply_validation(s, job, report)
     s.commit()
     final = {"summary": summary, "core": result}
-    if genotype is not None:
-        final["genotype_id"] = genotype.id
+    if genotype_id is not None:
+        final["genotype_id"] = genotype_id
     ok = sm.finish(s, job_id, attempt, sm.SUCCEEDED, result=json.loads(json.dumps(final, default=str)),
                    progress=(progress or {}) | {"phase": "done", "message": "succeeded"}, message="succeeded")
     return "succeeded" if ok else "lost-lease"

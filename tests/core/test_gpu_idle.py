@@ -6,6 +6,8 @@ counting and what a hold records and reports are real.
 """
 from __future__ import annotations
 
+import os
+
 from core.device_lock import DeviceLock
 from core.gpu_idle import idle_check, parse_nvidia_smi
 
@@ -17,6 +19,9 @@ def test_nvidia_smi_rows_are_parsed_and_the_caller_is_not_counted():
     assert idle_check("GPU-x", lambda u: rows[:1]) == {"checked": True, "processes": rows[:1], "others": 0, "idle": True}
     busy = idle_check("GPU-x", lambda u: rows)
     assert busy["others"] == 1 and busy["idle"] is False
+    me = os.getpid()  # when this process is listed by its own pid, exactly the others are counted
+    assert idle_check("GPU-x", lambda u: [{"pid": me, "used_memory_mib": 5}])["idle"] is True
+    assert idle_check("GPU-x", lambda u: [{"pid": me, "used_memory_mib": 5}] + rows)["others"] == 2
     unknown = idle_check("GPU-x", lambda u: None)
     assert unknown["checked"] is False and unknown["idle"] is None  # unknown is never "idle"
 
@@ -40,3 +45,7 @@ def test_a_hold_on_a_shared_gpu_is_recorded_and_reported(tmp_path):
     with cpu.hold("fps"):
         pass
     assert "gpu" not in cpu.as_dict()["holds"][0] and "gpu_shared_phases" not in cpu.as_dict()
+    blind = DeviceLock(tmp_path, "cuda-GPU-blind", events.append, idle=lambda: idle_check("GPU-blind", lambda u: None))
+    with blind.hold("fps"):
+        pass
+    assert blind.as_dict()["gpu_unchecked_phases"] == ["fps"] and blind.as_dict()["gpu_shared_phases"] == []

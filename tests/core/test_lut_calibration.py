@@ -99,3 +99,25 @@ def test_a_job_predicts_with_the_scale_of_its_tables_passing_validation(tmp_path
     t2, trust2 = trusted_table(CFG, OPS_, off, CPU, tmp_path, seed=0)
     assert trust2.validated, "a table validated with calibration is validated again for a job without it"
     assert trust2.validation["calibration"] is None and calibration_scale(t2, CFG, OPS_) == 1.0
+
+
+def test_one_network_cannot_calibrate_a_table(table):
+    v = validate_table(
+        LatencyModel(table, CFG, OPS_, H, W, scale=1.0), 1, CPU, "fp32", 1, 7, 0, threads=Threads(1, 0),
+        max_error=100.0, min_rank_corr=-1.0, calibrate=True)
+    assert v["samples"] == 1 and v["calibration"] is None  # a leave-one-out error needs two networks
+
+
+def test_a_cached_validation_is_reused_only_within_this_jobs_limits_and_a_stale_scale_is_dropped(tmp_path):
+    lax = LatencyConfig(**FAST, lut_check_networks=3, lut_max_error=100.0, lut_max_scale=100.0)
+    t, trust = trusted_table(CFG, OPS_, lax, CPU, tmp_path, seed=0)
+    assert trust.trusted and calibration_scale(t, CFG, OPS_) != 1.0
+    again, trust2 = trusted_table(CFG, OPS_, lax, CPU, tmp_path, seed=0)
+    assert not trust2.validated  # same limits: the record is reused
+    # another tenant's job allows no calibration at all (scale exactly 1): the shared record does not pass its
+    # limits, so it validates again; that fails, and the old scale is not left behind for its LatencyModel
+    strict = lax.model_copy(update={"lut_max_scale": 1.0, "lut_remeasure": 0})
+    t3, trust3 = trusted_table(CFG, OPS_, strict, CPU, tmp_path, seed=0)
+    assert trust3.validated and not trust3.trusted
+    assert any("calibration scale" in r for r in trust3.reasons)
+    assert calibration_scale(t3, CFG, OPS_) == 1.0 and LatencyModel(t3, CFG, OPS_, H, W).scale == 1.0

@@ -63,6 +63,16 @@ def test_api_and_worker_parents_never_import_torch():
     code = ("import sys, api.app, api.embedded, worker.tasks, worker.sweeper, client.cli;"
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+    # what the worker's parent does with a finished job's genotype (stamp it, hash it) stays torch-free too
+    code = ("import sys, json, tempfile, pathlib; from worker import record; from storage.models import Job;"
+            "d = pathlib.Path(tempfile.mkdtemp());"
+            "(d / 'genotype.json').write_text(json.dumps({'format': 'gas-genotype', 'provenance': {'search_job': None}}));"
+            "record.stamp_provenance(Job(id='j1', kind='search'), d);"
+            "doc = json.loads((d / 'genotype.json').read_text());"
+            "assert doc['provenance']['search_job'] == 'j1', doc;"
+            "record.arch_hash_of(doc);"
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
     # api never imports worker and worker never imports api
     for pkg, other in (("api", "worker"), ("worker", "api")):
         out = subprocess.run(["grep", "-rnE", rf"^\s*(from|import) {other}(\.|\s|$)", pkg], cwd=REPO,
