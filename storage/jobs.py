@@ -149,13 +149,16 @@ def _fenced(job_id: str, attempt: int):
     return and_(Job.id == job_id, Job.attempts == attempt, Job.status.in_(ACTIVE))
 
 
-def heartbeat(s: Session, job_id: str, attempt: int, progress: dict | None = None) -> str | None:
-    """Stamp the heartbeat (and progress); returns the current status, or None when this attempt
-    no longer holds the job (reclaimed or finished elsewhere)."""
+def heartbeat(s: Session, job_id: str, attempt: int, progress: dict | None = None,
+              run_seconds: float | None = None) -> str | None:
+    """Stamp the heartbeat (and progress, and the job's run time over all its attempts); returns the
+    current status, or None when this attempt no longer holds the job (reclaimed or finished elsewhere)."""
     now = utcnow()
     values: dict[str, Any] = dict(heartbeat_at=now, updated_at=now)
     if progress is not None:
         values["progress"] = redact(progress)
+    if run_seconds is not None:
+        values["run_seconds"] = run_seconds
     row = s.execute(update(Job).where(_fenced(job_id, attempt)).values(**values).returning(Job.status)).first()
     s.commit()
     return None if row is None else str(row[0])

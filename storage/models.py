@@ -102,6 +102,8 @@ class Job(TenantMixin, Base):
     cancel_requested_at: Mapped[datetime | None] = mapped_column(nullable=True)
     dispatched_at: Mapped[datetime | None] = mapped_column(nullable=True)
     dispatch_count: Mapped[int] = mapped_column(Integer, default=0)
+    # wall-clock seconds the job's processes ran, summed over its attempts (GAS_JOB_MAX_WALL_S bounds it)
+    run_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
     result: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -232,6 +232,13 @@ def _supervise(Session, settings: ServiceSettings, job_id: str, attempt: int, ch
     outcome: dict | None = None
     dirty = False
     started = time.monotonic()
+    with Session() as s:  # what the job's earlier attempts ran: the wall limit is the job's, not one attempt's
+        job = s.get(Job, job_id)
+        before = float(job.run_seconds or 0.0) if job is not None else 0.0
+
+    def ran(t: float) -> float:
+        return before + (t - started)
+
     while True:
         try:
             item = child.lines.get(timeout=0.2)
@@ -254,7 +261,7 @@ def _supervise(Session, settings: ServiceSettings, job_id: str, attempt: int, ch
                 if milestone:
                     try:
                         with Session() as s:
-                            if sm.heartbeat(s, job_id, attempt, progress) is None:
+                            if sm.heartbeat(s, job_id, attempt, progress, run_seconds=ran(now)) is None:
                                 child.kill()
                                 return "lost-lease"
                             sm.add_event(s, job_id, "progress", ev.get("message") or
@@ -272,7 +279,7 @@ def _supervise(Session, settings: ServiceSettings, job_id: str, attempt: int, ch
         if (dirty and now - last_written >= settings.progress_min_interval_s) or now - last_beat >= settings.heartbeat_interval_s:
             try:
                 with Session() as s:
-                    status = sm.heartbeat(s, job_id, attempt, progress if dirty else None)
+                    status = sm.heartbeat(s, job_id, attempt, progress if dirty else None, run_seconds=ran(now))
             except OperationalError as exc:  # database briefly unreachable: the job keeps running
                 log.warning("job %s: heartbeat failed (%s); retrying", job_id, str(exc).splitlines()[0])
                 last_beat = now
@@ -290,10 +297,11 @@ def _supervise(Session, settings: ServiceSettings, job_id: str, attempt: int, ch
         if outcome is None and STOP.is_set():  # graceful stop of the worker: the job goes back, uncharged
             child.kill()
             return _hand_back(Session, settings, job_id, attempt, "the worker was stopped (graceful shutdown)")
-        if outcome is None and now - started > settings.job_max_wall_s:
+        if outcome is None and ran(now) > settings.job_max_wall_s:
             child.kill()
-            reason = (f"stopped after {now - started:.0f} s: the attempt ran longer than the wall-clock limit "
-                      f"of {settings.job_max_wall_s:g} s (GAS_JOB_MAX_WALL_S)")
+            over = f"{attempt} attempts" if attempt > 1 else "1 attempt"
+            reason = (f"stopped after {ran(now):.0f} s over {over} (this one {now - started:.0f} s): the job ran "
+                      f"longer than the wall-clock limit of {settings.job_max_wall_s:g} s (GAS_JOB_MAX_WALL_S)")
             with Session() as s:
                 sm.finish(s, job_id, attempt, sm.FAILED, error=reason, progress=progress or None, message=reason)
             return "wall-limit"
@@ -309,6 +317,7 @@ def _supervise(Session, settings: ServiceSettings, job_id: str, attempt: int, ch
     if outcome is None:
         reason = f"job process exited with code {rc} without a result"
         with Session() as s:
+            sm.heartbeat(s, job_id, attempt, None, run_seconds=ran(time.monotonic()))  # the next attempt counts on
             new = sm.release_for_retry(s, job_id, attempt, reason)
         if new == sm.QUEUED:
             _dispatch(settings, job_id)

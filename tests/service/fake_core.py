@@ -7,7 +7,8 @@ atomically into workdir/artifacts, Cancelled raised on cancel.
 Behaviour switches ride on the search seed (spec['search']['seed']):
   0..999  normal; 1001 never polls should_cancel; 1002 the process SIGKILLs itself in epoch 1;
   1003 raises ValueError; 1004 SIGKILLs its worker (the parent process) and itself in epoch 1;
-  1005 allocates 3 GiB in epoch 1 (past a job memory limit).
+  1005 allocates 3 GiB in epoch 1 (past a job memory limit); 1006 SIGKILLs itself once, at the start of
+  epoch epochs//2 + 1 (the next attempt resumes and runs the other half).
   The result records when the attempt ran (``ran``: [start, end], time.time()) and its pid.
   Step time = 0.05 s x batch_size; steps per epoch = steps_per_epoch or 4.
 """
@@ -48,6 +49,9 @@ def fake_search(spec, workdir, *, progress, should_cancel, lut_dir=None, data_ca
             if mode != 1001 and should_cancel():
                 raise Cancelled()
             if mode == 1002:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if mode == 1006 and epoch == epochs // 2 + 1 and not (wd / "state" / "killed_once").exists():
+                (wd / "state" / "killed_once").write_text("1")
                 os.kill(os.getpid(), signal.SIGKILL)
             if mode == 1004:  # take the whole worker down: its Celery process (our parent), then us
                 os.kill(os.getppid(), signal.SIGKILL)

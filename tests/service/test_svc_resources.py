@@ -113,6 +113,16 @@ def test_wall_clock_limit_ends_a_long_job(limited):
     assert ev and "wall-clock limit" in ev[0]["message"]
 
 
+def test_the_wall_clock_limit_is_the_jobs_over_its_attempts(limited):
+    # 60 epochs x 4 steps x 0.1 s: about 12 s before the crash, 12 s after; each attempt is under the 20 s
+    # limit, the two together are over it: the second attempt is stopped, the job is not run twice as long
+    stack, ds = limited
+    jid = stack.http.post("/api/v1/jobs/search", json=fake_search_body(ds, epochs=60, batch=2, seed=1006)).json()["id"]
+    job = stack.wait_status(jid, ("failed", "succeeded"), 90)
+    assert job["status"] == "failed" and job["attempts"] == 2, job
+    assert "over 2 attempts" in job["error"] and "GAS_JOB_MAX_WALL_S" in job["error"], job["error"]
+
+
 def test_memory_limit_fails_the_job_not_the_worker(limited):
     stack, ds = limited
     pids = {k: stack.procs[k].pid for k in ("worker", "worker2")}
