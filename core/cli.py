@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from .specs import (BenchmarkJobSpec, DatasetRef, ExportConfig, FeasibilityJobSpec, GGMConfig, LabelMap, LatencyConfig, NetworkConfig,
-                    Normalization, RetrainConfig, RetrainJobSpec, SearchConfig, SearchJobSpec)
+                    Normalization, RetrainConfig, RetrainJobSpec, SearchConfig, SearchJobSpec, ValidateJobSpec)
 
 
 def _set(doc: dict, dotted: str) -> None:
@@ -68,13 +68,19 @@ def _spec(args: argparse.Namespace, base: dict) -> dict:
     return base
 
 
+JOB_SPECS = (SearchJobSpec, RetrainJobSpec, BenchmarkJobSpec, ValidateJobSpec, FeasibilityJobSpec)
+"""Job specs whose own (non-nested) fields are settings too (fps_iters, sample_images, ...)."""
+
+
 def _settings_table() -> str:
     rows = []
     for model in (NetworkConfig, GGMConfig, LatencyConfig, SearchConfig, RetrainConfig, Normalization, ExportConfig,
-                  DatasetRef, LabelMap, FeasibilityJobSpec):
+                  DatasetRef, LabelMap, *JOB_SPECS):
         for name, f in model.model_fields.items():
-            if model is FeasibilityJobSpec and name in ("network", "latency"):  # listed above
-                continue
+            if model in JOB_SPECS and isinstance(f.get_default(call_default_factory=True), BaseModel):
+                continue  # a nested config, listed above by its own name
+            if model in JOB_SPECS and name in ("dataset", "genotype"):
+                continue  # the job's data, not a setting
             value = None if f.is_required() else f.get_default(call_default_factory=True)
             default = "required" if f.is_required() else json.dumps(value if not isinstance(value, BaseModel) else None)
             rows.append(f"| {model.__name__}.{name} | {default} | {f.description or ''} |")

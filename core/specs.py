@@ -273,7 +273,7 @@ class FeasibilityJobSpec(_Strict):
     network: NetworkConfig = NetworkConfig()
     ops: list[Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,64}$")]] | None = Field(None, max_length=64, description="The search space's op subset (None = all 8), as SearchConfig.ops.")
     latency: LatencyConfig = LatencyConfig()
-    measure: bool = Field(True, description="Also time the three networks end to end (the LUT sum under-predicts whole networks by 15-25 % on CPU here); off = the table's figures only.")
+    measure: bool = Field(True, description="Also time the three networks end to end (the table's figures are its calibrated sums, off by the validation's error); off = the table's figures only.")
     repeats: int = Field(20, ge=3, le=10_000, description="Timed runs of each end-to-end measurement of a feasibility job.")
     typical_samples: int = Field(64, ge=1, le=10_000, description="Random networks of the space whose median LUT latency is the typical one (the one nearest the median is measured).")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the random networks (the table's validation and the typical network).")
