@@ -136,3 +136,21 @@ def test_bars_scale_to_the_max_and_draw_markers():
     w = [float(b.get("width")) for b in bars]
     assert w[0] == pytest.approx(2 * w[1]) and w[2] == 0
     assert len(with_class(root, "marker")) == 1
+
+
+def test_confusion_heatmap_is_row_normalised_with_the_diagonal_outlined():
+    names = ["road", "car", "sky <&>"]
+    matrix = [[90, 10, 0], [30, 60, 10], [0, 0, 0]]  # the third class never occurs in the ground truth
+    root = parse(svg.confusion_heatmap(matrix, names))
+    cells = with_class(root, "cm-cell")
+    assert len(cells) == 9 and root.get("data-classes") == "3"
+    p = {(c.get("data-true"), c.get("data-pred")): float(c.get("data-p")) for c in cells}
+    assert p[("road", "road")] == pytest.approx(0.9) and p[("car", "road")] == pytest.approx(0.3)
+    for t in names[:2]:  # each present row sums to 1
+        assert sum(v for (tt, _), v in p.items() if tt == t) == pytest.approx(1.0)
+    assert all(v == 0 for (t, _), v in p.items() if t == names[2])  # an absent class: an empty row
+    diag = [c for c in cells if c.get("data-true") == c.get("data-pred")]
+    assert all(c.get("stroke") == "#111" for c in diag) and all(c.get("stroke") == "#fff" for c in cells if c not in diag)
+    assert p[("road", "road")] > p[("car", "car")] and cells[0].get("fill") == svg.color(0.9)
+    with pytest.raises(ValueError):
+        svg.confusion_heatmap([[1, 2]], ["a"])
