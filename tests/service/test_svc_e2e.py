@@ -123,7 +123,7 @@ def test_whole_story_register_search_retrain_download(real_stack, tmp_path):
 
     with db_session(stack) as s:
         luts = s.scalars(select(LatencyTable)).all()
-        assert luts and luts[0].device.startswith("cpu") and (luts[0].height, luts[0].width) == (64, 96)
+        assert luts and luts[0].device == cpu_model_name() and (luts[0].height, luts[0].width) == (64, 96)
         assert luts[0].entries and luts[0].entries > 0
         assert s.scalar(select(Genotype).where(Genotype.job_id == job["id"])).document == genotype
         rep = s.scalar(select(FpsReport).where(FpsReport.job_id == job["id"]))
