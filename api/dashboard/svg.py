@@ -51,6 +51,13 @@ def color(p: float) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
+def _legend(y: float, label: str) -> str:
+    """The 0..1 colour scale of :func:`color`, with ``label`` beside it."""
+    rects = "".join(f'<rect x="{i * 16}" y="0" width="16" height="10" fill="{color(i / 10)}"/>' for i in range(11))
+    return (f'<g class="legend" transform="translate(0,{y})">{rects}<text x="0" y="20">0</text>'
+            f'<text x="172" y="20" text-anchor="end">1</text><text x="182" y="9">{_e(label)}</text></g>')
+
+
 # ------------------------------------------------------------------------------------------ heatmap
 def alpha_heatmap(alphas: Sequence[Sequence[Sequence[float]]], ops: Sequence[str],
                   reduction_cells: Iterable[int] = (), *, epoch: int | None = None, cell_size: int = 14) -> str:
@@ -108,13 +115,7 @@ def alpha_heatmap(alphas: Sequence[Sequence[Sequence[float]]], ops: Sequence[str
                            f'fill="{color(p)}"{stroke}><title>cell {k}, {_e(source_label(j))}→n{i}, '
                            f'{_e(ops[o])}: {float(p):.3f}</title></rect>')
         out.append("</g>")
-    # legend
-    ly = height - 26
-    out.append(f'<g class="legend" transform="translate(0,{ly})">')
-    for i in range(11):
-        out.append(f'<rect x="{i * 16}" y="0" width="16" height="10" fill="{color(i / 10)}"/>')
-    out.append('<text x="0" y="20">0</text><text x="172" y="20" text-anchor="end">1</text><text x="182" y="9">'
-               'probability of the op on the edge (outlined: the edge\'s strongest op)</text></g>')
+    out.append(_legend(height - 26, "probability of the op on the edge (outlined: the edge's strongest op)"))
     out.append("</svg>")
     return "".join(out)
 
@@ -333,10 +334,5 @@ def confusion_heatmap(matrix: Sequence[Sequence[float]], names: Sequence[str], *
                        f'x="{x}" y="{y}" width="{cell_size}" height="{cell_size}" fill="{color(p)}"{stroke}>'
                        f'<title>{_e(names[i])} predicted as {_e(names[j])}: {100 * p:.1f} % of its pixels'
                        f'{"" if total > 0 else " (class absent)"}</title></rect>')
-    ly = height - 26
-    out.append(f'<g class="legend" transform="translate(0,{ly})">')
-    for k in range(11):
-        out.append(f'<rect x="{k * 16}" y="0" width="16" height="10" fill="{color(k / 10)}"/>')
-    out.append('<text x="0" y="20">0</text><text x="172" y="20" text-anchor="end">1</text><text x="182" y="9">'
-               "share of the row's ground-truth pixels (outlined: correct)</text></g></svg>")
+    out.append(_legend(height - 26, "share of the row's ground-truth pixels (outlined: correct)") + "</svg>")
     return "".join(out)
