@@ -150,7 +150,8 @@ class DeviceLock:
                 pids = ", ".join(str(p["pid"]) for p in check["processes"])
                 self.progress({"phase": "noise", "noisy": True,
                                "message": f"{check['others']} other process(es) on the GPU while {phase} measures "
-                                          f"(pids {pids}): its timings may be slowed"})
+                                          f"(pids {pids}): its timings may be slowed; give this worker a GPU of its "
+                                          f"own (CUDA_VISIBLE_DEVICES) or stop the other processes"})
         _held[path] = (fd, 1)
         try:
             yield

@@ -101,7 +101,8 @@ def validate_table(latency: LatencyModel, samples: int, device: torch.device, pr
             r["loo_rel_error"] = e
         if not 1.0 / max_scale <= scale <= max_scale:
             scale_reasons = [f"calibration scale {scale:.2f} outside [{1 / max_scale:.2f}, {max_scale:.2f}]: "
-                             f"the table is off by more than a calibration may correct"]
+                             f"the table is off by more than a calibration may correct; it is measured again (run the worker alone: a "
+                             f"table timed under load or on another device is this far off)"]
     noisy = sum(r["noisy"] for r in rows)
     reasons = verdict(med, rho, noisy, max_error, min_rank_corr) + scale_reasons
     accurate = not (verdict(med, rho, 0, max_error, min_rank_corr) + scale_reasons)

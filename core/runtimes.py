@@ -83,7 +83,8 @@ def _optimised_build(module: nn.Module, inputs: list[torch.Tensor], device: torc
             return OPTIMISERS[method](mod, xs)
     except Exception as exc:  # noqa: BLE001 - reported with the method's name, never replaced by another path
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ValueError(f"torch-optimised ({method}) cannot capture this module: {type(exc).__name__}: {first}") from exc
+        raise ValueError(f"torch-optimised ({method}) cannot capture this module: {type(exc).__name__}: {first}; "
+                         f"choose the runtime torch-eager or onnxruntime for this budget") from exc
 
 
 def _ort_unsupported(device: torch.device, precision: str) -> str | None:
