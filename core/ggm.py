@@ -13,6 +13,12 @@ The message is shaped so that it guides α instead of replacing it [ours, issue 
   same vector to every edge of every cell;
 - ``center_message``: the message's mean over the edges of a cell is subtracted, so the GGM
   cannot impose one global op preference on every edge (that is what α_k's own rows are for);
+- ``input_norm="standardize"``: the GCN reads each row of α_{k-1} less its mean, divided by the
+  cell's standard deviation, i.e. which ops each edge prefers, not how far α has moved from its 1e-3
+  initialisation. On raw α the message and Φ's gradient scale with α: the similarity softmax sees
+  logits near 0 and is uniform, every edge gets the same message, the centring removes it, and the
+  GGM stays at α' = α for a whole search (measured: ``ggm_shift`` 0.0 in every cell of six CamVid
+  searches, docs/SEARCH_QUALITY.md attempt 7);
 - ``message_bound``: the message is b·tanh(m/b), bounded by b logits before γ (applied after the centring,
   so a bounded message's mean over edges is near zero, not exactly zero).
 """
@@ -44,7 +50,7 @@ class GCNGuidedModule(nn.Module):
     def __init__(self, n_ops: int, nodes: int, cfg: GGMConfig):
         super().__init__()
         self.adjacency = cfg.adjacency
-        self.center, self.bound = cfg.center_message, cfg.message_bound
+        self.center, self.bound, self.input_norm = cfg.center_message, cfg.message_bound, cfg.input_norm
         width = cfg.hidden if cfg.embed else n_ops
         self.embed = nn.Linear(n_ops, cfg.hidden, bias=cfg.bias) if cfg.embed else nn.Identity()
         if cfg.adjacency == "similarity":
@@ -59,6 +65,13 @@ class GCNGuidedModule(nn.Module):
         if self.phi.bias is not None:
             nn.init.zeros_(self.phi.bias)
 
+    def normalize(self, alpha: torch.Tensor) -> torch.Tensor:
+        """The GCN's input: α's rows centred (softmax ignores a row's offset) and scaled to unit std per cell."""
+        if self.input_norm == "raw":
+            return alpha
+        x = alpha - alpha.mean(dim=-1, keepdim=True)
+        return x / (x.pow(2).mean().sqrt() + 1e-12)
+
     def adjacency_matrix(self, x: torch.Tensor) -> torch.Tensor:
         if self.adjacency == "similarity":
             return F.softmax(self.theta(x) @ self.phi_sim(x).t(), dim=-1)
@@ -66,7 +79,7 @@ class GCNGuidedModule(nn.Module):
 
     def forward(self, alpha_prev: torch.Tensor) -> torch.Tensor:
         """The message Φ(GCN(α_{k-1})), shape E x |O| (before γ)."""
-        x = self.embed(alpha_prev)
+        x = self.embed(self.normalize(alpha_prev))
         a = self.adjacency_matrix(x)
         z = a @ self.w2(F.relu(a @ self.w1(x)))
         m = self.phi(z)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 Precision = Literal["fp32", "fp16", "bf16"]
 Adjacency = Literal["similarity", "topology"]
+GGMInput = Literal["standardize", "raw"]
 LatencyForm = Literal["budget", "paper"]
 Derivation = Literal["argmax", "fill", "pt"]
 Layout = Literal["camvid", "folder", "cityscapes"]
@@ -69,6 +70,7 @@ class GGMConfig(_Strict):
     gamma: float = Field(0.5, ge=0.0, le=10.0, description="Weight γ of the GCN term in α'_k = α_k + γ·Φ(GCN(α_{k-1})).")
     hidden: int = Field(32, ge=4, le=512, description="Hidden width of the two graph-convolution layers.")
     embed: bool = Field(True, description="Embed the α rows with a linear layer before the GCN.")
+    input_norm: GGMInput = Field("standardize", description="GCN input: 'standardize' (each α row less its mean, divided by the cell's std, so the GGM sees which ops an edge prefers at any α scale) or 'raw' α (with α near its 1e-3 initialisation the similarity graph is uniform, the centred message is exactly zero and Φ gets no gradient: the GGM never moves) [ours].")
     bias: bool = Field(False, description="Biases in the embedding and in Φ (off: no shared path that adds one vector to every edge) [ours].")
     center_message: bool = Field(True, description="Subtract the message's mean over a cell's edges, so the GGM cannot impose one global op preference [ours].")
     message_bound: float = Field(1.0, ge=0.0, le=100.0, description="Message is b·tanh(m/b), at most b logits before γ; 0 = unbounded [ours].")
