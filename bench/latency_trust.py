@@ -60,7 +60,7 @@ def _errors(pred: list[float], meas: list[float]) -> dict:
 
 
 def condition(name: str, hogs: int, net: NetworkConfig, ops: list[str], lat: LatencyConfig, device: torch.device,
-              genotypes: list, work: Path) -> dict:
+              genotypes: list, work: Path, retest: bool = False) -> dict:
     noise, threads = NoisePolicy.from_config(lat), Threads(lat.intra_op_threads, lat.inter_op_threads)
     t0 = time.perf_counter()
     with cpu_hogs(hogs):
@@ -74,13 +74,29 @@ def condition(name: str, hogs: int, net: NetworkConfig, ops: list[str], lat: Lat
                          "raw_predicted_ms": model.genotype_ms(g) / model.scale,
                          "measured_ms": m["median_ms"], "min_ms": m["min_ms"], "p90_ms": m["p90_ms"],
                          "noise_ratio": m["noise_ratio"], "noisy": m["noisy"], "attempts": m["attempts"]})
+        if retest:  # every network once more, in reverse order: how well the clock agrees with itself
+            for g, r in reversed(list(zip(genotypes, rows))):
+                m = measure_latency(DerivedNet(g), lat.height, lat.width, device, lat.precision, lat.warmup_runs,
+                                    lat.e2e_repeats, noise=noise, threads=threads)
+                r["retest_ms"] = m["median_ms"]
     pred, meas = [r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows]
+    extra = {}
+    if retest:
+        again = [r["retest_ms"] for r in rows]
+        both = [(a + b) / 2 for a, b in zip(meas, again)]
+        rho = rank_correlation(meas, again)
+        # ρ of the clock against itself bounds any predictor's ρ on this host; the LUT against the mean of
+        # both readings says how much of the LUT's ρ is the table and how much the clock
+        extra = {"retest": {"spearman_measured_vs_retest": None if rho != rho else rho,
+                            "median_rel_diff": statistics.median(abs(a - b) / b for a, b in zip(meas, again)),
+                            "lut_vs_mean_of_both": _errors(pred, both),
+                            "spread_max_over_min": max(both) / min(both)}}
     return {"condition": name, "hogs": hogs, "wall_s": round(time.perf_counter() - t0, 1), "lut_id": table.id,
             "table": {k: v for k, v in trust.as_dict().items() if k != "validation"},
             "table_validation": {k: v for k, v in (trust.validation or {}).items() if k != "networks"},
             "noisy_measurements": sum(r["noisy"] for r in rows), **_errors(pred, meas),
             "calibration_scale": model.scale, "raw": _errors([r["raw_predicted_ms"] for r in rows], meas),
-            "networks": rows}
+            **extra, "networks": rows}
 
 
 def silent_errors(loaded: dict, quiet: dict, limit: float) -> dict:
@@ -117,6 +133,18 @@ def table_md(res: dict) -> str:
                          f"{c['table']['trusted']} | {pct(c['median_rel_error'])} | {pct(c['max_rel_error'])} | {rho} | "
                          f"{c.get('calibration_scale', 1.0):.3f} | {pct(c.get('raw', c)['median_rel_error'])} | "
                          f"{c['noisy_measurements']}/{len(c['networks'])} | {silent} | {c['wall_s']} |")
+    retests = [(r, c["retest"]) for r in res["runs"] for c in r["conditions"] if c.get("retest")]
+    if retests:
+        lines += ["", "Quiet retest (every network measured twice, the second time in reverse order): the clock's ρ "
+                      "against itself bounds any predictor's ρ on this host.", "",
+                  "| resolution | ρ measured vs retest | median difference | LUT ρ vs mean of both | LUT median error vs "
+                  "mean of both | spread of the networks (max/min) |", "|---|---|---|---|---|---|"]
+        for r, t in retests:
+            rr = "—" if t["spearman_measured_vs_retest"] is None else f"{t['spearman_measured_vs_retest']:.2f}"
+            lb = t["lut_vs_mean_of_both"]
+            lr = "—" if lb["spearman"] is None else f"{lb['spearman']:.2f}"
+            lines.append(f"| {r['resolution'][0]}x{r['resolution'][1]} | {rr} | {pct(t['median_rel_diff'])} | {lr} | "
+                         f"{pct(lb['median_rel_error'])} | {t['spread_max_over_min']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -127,6 +155,7 @@ def main() -> None:
     ap.add_argument("--resolutions", default="180x240,360x480")
     ap.add_argument("--hogs", type=int, default=2)
     ap.add_argument("--silent-error", type=float, default=0.25)
+    ap.add_argument("--no-hogs", action="store_true", help="the quiet condition only (with its retest)")
     ap.add_argument("--smoke", action="store_true", help="toy sizes (3 networks, 32x48 and 48x64): checks the script only")
     a = ap.parse_args()
     net, lat = NetworkConfig(), LatencyConfig()
@@ -141,7 +170,7 @@ def main() -> None:
     ops = SuperNet(net, GGMConfig(enabled=False)).ops
     gen = torch.Generator().manual_seed(NETWORK_SEED)
     genotypes = [random_genotype(net, ops, gen) for _ in range(a.networks)]
-    name = "latency_trust" + ("_smoke" if a.smoke else "")
+    name = "latency_trust" + ("_quiet" if a.no_hogs else "") + ("_smoke" if a.smoke else "")
     a.out.mkdir(parents=True, exist_ok=True)
     res = {"benchmark": "latency_trust", "smoke": a.smoke,
            "device": device_name(device),
@@ -152,10 +181,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="latency_trust_") as tmp:
         for h, w in resolutions:
             rl = lat.model_copy(update={"height": h, "width": w})
-            quiet = condition("quiet", 0, net, ops, rl, device, genotypes, Path(tmp))
-            loaded = condition("hogs", a.hogs, net, ops, rl, device, genotypes, Path(tmp))
-            res["runs"].append({"resolution": [h, w], "conditions": [quiet, loaded],
-                                "silent": silent_errors(loaded, quiet, a.silent_error)})
+            quiet = condition("quiet", 0, net, ops, rl, device, genotypes, Path(tmp), retest=True)
+            if a.no_hogs:
+                res["runs"].append({"resolution": [h, w], "conditions": [quiet]})
+            else:
+                loaded = condition("hogs", a.hogs, net, ops, rl, device, genotypes, Path(tmp))
+                res["runs"].append({"resolution": [h, w], "conditions": [quiet, loaded],
+                                    "silent": silent_errors(loaded, quiet, a.silent_error)})
             (a.out / f"{name}.json").write_text(json.dumps(res, indent=1))  # partial results survive a crash
     (a.out / f"{name}.md").write_text(table_md(res))
     print(table_md(res))

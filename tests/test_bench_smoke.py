@@ -54,4 +54,7 @@ def test_latency_trust_smoke_writes_both_conditions(tmp_path):
         assert {"lut_vs_quiet", "measured_vs_quiet", "flagged"} <= set(run["silent"])
         for c in run["conditions"]:
             assert len(c["networks"]) == 3 and "median_rel_error" in c and "trusted" in c["table"]
-    assert (tmp_path / "latency_trust_smoke.md").read_text().startswith("**Smoke run")
+        quiet = run["conditions"][0]
+        assert all(r["retest_ms"] > 0 for r in quiet["networks"]) and quiet["retest"]["spread_max_over_min"] >= 1.0
+    md = (tmp_path / "latency_trust_smoke.md").read_text()
+    assert md.startswith("**Smoke run") and "ρ measured vs retest" in md

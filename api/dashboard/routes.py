@@ -152,11 +152,50 @@ def job_rows(request: Request, user: SessionUser, s: SessionDep, kind: KindQ = "
     return render(request, "_job_rows.html", page=page, kind=kind, status=status, offset=offset)
 
 
+@router.get("/jobs/rows/live")
+async def job_rows_live(request: Request, user: SessionUser, kind: KindQ = "", status: StatusQ = "",
+                        offset: OffsetQ = 0):
+    """Server-Sent Events for the jobs list: ``rows`` (the table's rows) when they change, ``done`` when no
+    job on the page is active any more, then the stream ends. Each check opens and closes its own
+    database session, as the job page's stream does."""
+    settings = request.app.state.settings
+    maker = get_sessionmaker(settings.db_url, settings.db_pool_size)
+    rows = templates.get_template("_job_rows_body.html")
+
+    def snapshot() -> tuple[str, bool]:
+        with maker() as s:
+            page = views.jobs_page(s, user.tenant, kind or None, status or None, PAGE, offset)
+        html = rows.render(request=request, base=_base(request), page=page, kind=kind, status=status)
+        return html, page["any_active"]
+
+    first = await run_in_threadpool(snapshot)
+
+    async def stream():
+        html, active = first
+        last = html
+        yield _sse("rows", html)
+        loop = asyncio.get_running_loop()
+        t_end = loop.time() + SSE_MAX_S
+        while active and loop.time() < t_end:
+            await asyncio.sleep(settings.dashboard_refresh_s)
+            if await request.is_disconnected():
+                return
+            html, active = await run_in_threadpool(snapshot)
+            if html != last:
+                yield _sse("rows", html)
+                last = html
+        if not active:
+            yield _sse("done", "")
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
 # ----------------------------------------------------------------------------------- one job
 def _search_context(request: Request, s, store, job, epoch: int | None = None) -> dict:
     cache: views.ReportCache = request.app.state.dashboard_reports
     report = cache.get(s, store, job.id) if job.status == "succeeded" else None
-    history, ops = views.search_history(s, job.id, report)
+    history, ops = views.search_history(s, job.id, report, request.app.state.dashboard_epochs)
     genotype = views.genotype_of(s, store, job.id) if job.status == "succeeded" else None
     if genotype:
         ops = genotype.get("ops") or ops
@@ -465,6 +504,7 @@ def install(app: FastAPI) -> None:
     settings = app.state.settings
     app.state.dashboard_sessions = Sessions(settings)
     app.state.dashboard_reports = views.ReportCache()
+    app.state.dashboard_epochs = views.EpochEventCache()
     app.mount(f"{PREFIX}/static", StaticFiles(directory=str(HERE / "static")), name="dashboard-static")
     app.include_router(router)
     handlers = app.exception_handlers

@@ -172,24 +172,51 @@ def _entry_from_event(d: dict) -> dict:
             "a_ce": m.get("a_ce"), "latency_penalty": m.get("latency_penalty"), "alphas": d.get("alphas")}
 
 
-def epoch_events(s: Session, job_id: str) -> list[dict]:
-    """The epoch-end progress events of a job (the ones carrying ``supernet_miou``), latest attempt wins."""
-    rows = s.scalars(select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.type == "progress")
-                     .order_by(JobEvent.id))
-    by_epoch: dict[int, dict] = {}
-    for d in rows:
-        if isinstance(d, dict) and d.get("epoch") and "supernet_miou" in (d.get("metrics") or {}):
-            by_epoch[int(d["epoch"])] = d
-    return [by_epoch[k] for k in sorted(by_epoch)]
+def _is_epoch_end(d: Any) -> bool:
+    return isinstance(d, dict) and bool(d.get("epoch")) and "supernet_miou" in (d.get("metrics") or {})
 
 
-def search_history(s: Session, job_id: str, report: dict | None) -> tuple[list[dict], list[str] | None]:
+class EpochEventCache:
+    """A running search's epoch-end events (metrics + α'), read incrementally: each view decodes only the
+    events written since the last one, instead of every event of the job (a 200-epoch default search is
+    200 events of 1,120 α' values each). Latest attempt wins per epoch, as in the events' order."""
+
+    def __init__(self, size: int = 16):
+        self._d: OrderedDict[str, tuple[int, dict[int, dict]]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.size = size
+
+    def events(self, s: Session, job_id: str) -> list[dict]:
+        with self._lock:
+            last_id, by_epoch = self._d.get(job_id, (0, {}))
+        by_epoch = dict(by_epoch)
+        rows = s.execute(select(JobEvent.id, JobEvent.data)
+                         .where(JobEvent.job_id == job_id, JobEvent.type == "progress", JobEvent.id > last_id)
+                         .order_by(JobEvent.id))
+        for event_id, d in rows:
+            last_id = max(last_id, int(event_id))
+            if _is_epoch_end(d):
+                by_epoch[int(d["epoch"])] = d
+        with self._lock:
+            self._d[job_id] = (last_id, by_epoch)
+            self._d.move_to_end(job_id)
+            while len(self._d) > self.size:
+                self._d.popitem(last=False)
+        return [by_epoch[k] for k in sorted(by_epoch)]
+
+    def forget(self, job_id: str) -> None:
+        with self._lock:
+            self._d.pop(job_id, None)
+
+
+def search_history(s: Session, job_id: str, report: dict | None,
+                   events: EpochEventCache) -> tuple[list[dict], list[str] | None]:
     """Per-epoch entries (metrics + α') and the op names: from report.json when the job finished, else
     from its epoch-end events (written live by the worker)."""
     if report and report.get("history"):
-        ops = None
-        return [_entry_from_history(h) for h in report["history"]], ops
-    evs = epoch_events(s, job_id)
+        events.forget(job_id)
+        return [_entry_from_history(h) for h in report["history"]], None
+    evs = events.events(s, job_id)
     ops = next((e.get("ops") for e in reversed(evs) if e.get("ops")), None)
     return [_entry_from_event(e) for e in evs], ops
 

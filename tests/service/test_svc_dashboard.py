@@ -229,9 +229,35 @@ def test_sse_stream_follows_a_job_to_its_end_and_polling_does_the_same(fake_stac
     fake_stack.wait_status(running, "running", 30)
     page = ui.get(f"/ui/jobs/{running}", params={"live": "poll"})
     assert f'hx-get="/ui/jobs/{running}/progress?live=poll" hx-trigger="every' in page.text
-    assert ui.get("/ui/jobs").text.count('hx-trigger="every') == 1  # the jobs table polls while a job is active
-    fake_stack.http.post(f"/api/v1/jobs/{running}/cancel")
+    # the jobs table polls while a job is active (?live=poll), or follows an SSE stream of its rows
+    assert ui.get("/ui/jobs", params={"live": "poll"}).text.count('hx-trigger="every') == 1
+    page = ui.get("/ui/jobs", params={"live": "sse"}).text
+    assert 'sse-connect="/ui/jobs/rows/live?kind=&amp;status=&amp;offset=0"' in page and 'sse-swap="rows"' in page
+    assert 'hx-trigger="every' not in page
+    seen: list[str] = []
+    cancel_sent = False
+    with ui.stream("GET", "/ui/jobs/rows/live", timeout=90) as st:
+        assert st.headers["content-type"].startswith("text/event-stream")
+        name = None
+        for line in st.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: ") and name == "rows":
+                seen.append(line)
+            elif line == "" and name == "rows":
+                rows = "\n".join(seen)
+                if not cancel_sent and f'class="job status-running" data-job="{running}"' in rows:
+                    fake_stack.http.post(f"/api/v1/jobs/{running}/cancel")  # the stream must show it end
+                    cancel_sent = True
+                if re.search(rf'class="job status-cancelled" data-job="{running}"', rows):
+                    break
+                seen, name = [], None
+        else:
+            pytest.fail("the jobs stream ended without showing the cancelled job")
     fake_stack.wait_status(running, "cancelled", 60)
+    with ui.stream("GET", "/ui/jobs/rows/live", params={"status": "cancelled"}, timeout=30) as st:
+        events = _events(st)
+    assert [n for n, _ in events] == ["rows", "done"] and f'data-job="{running}"' in events[0][1]
 
 
 def test_pages_work_under_a_path_prefix(fake_stack, owner):
