@@ -129,7 +129,7 @@ class RepairReport:
 
 REPAIR_STOPS = {
     "within budget": "the measured latency is within the budget",
-    "noisy": "a measurement stayed noisy after its retries: the repair does not act on it",
+    "noisy": "a measurement stayed noisy (spread within the reading, or the host's speed drifted from the table's) after its retries: the repair does not act on it",
     "disagree": "the measured change after a round disagrees with the LUT's prediction beyond repair_max_disagreement",
     "edge limit": "the next step would change more than repair_max_fraction of the network's edges",
     "nothing cheaper": "every kept edge already has the cheapest op",

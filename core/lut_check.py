@@ -73,13 +73,14 @@ def validate_table(latency: LatencyModel, samples: int, device: torch.device, pr
     """Measure ``samples`` random networks of the search space end to end against the LUT sum
     (``calibrate``: against the LUT sum times a fitted scale, judged by its leave-one-out error)."""
     gen = torch.Generator().manual_seed(seed)
-    rows = []
+    rows, genotypes = [], {}
     for _ in range(samples):
         if should_cancel():
             break
         g = random_genotype(latency.cfg, latency.ops, gen)
         m = measure_latency(DerivedNet(g), latency.height, latency.width, device, precision, warmup, repeats,
                             noise=noise, threads=threads, runtime=runtime)
+        genotypes[g.arch_hash()] = g
         rows.append({"genotype_hash": g.arch_hash(), "predicted_ms": latency.genotype_ms(g),
                      "measured_ms": float(m["median_ms"]), "min_ms": m["min_ms"], "p90_ms": m["p90_ms"],
                      "noisy": m["noisy"], "attempts": m["attempts"]})
@@ -109,7 +110,11 @@ def validate_table(latency: LatencyModel, samples: int, device: torch.device, pr
     signed = [(p - m) / m for p, m in zip(pred, meas)]
     if calibration:
         signed = [(calibration["scale"] * p - m) / m for p, m in zip(pred, meas)]
-    return {"samples": len(rows), "median_rel_error": med, "rank_correlation": rho, "accurate": accurate,
+    # the host-speed reference of later end-to-end readings (core/drift.py): the first quiet network
+    quiet = [r for r in rows if not r["noisy"]]
+    reference = ({"genotype": genotypes[quiet[0]["genotype_hash"]].model_dump(mode="json"),
+                  "measured_ms": quiet[0]["measured_ms"]} if quiet else None)
+    return {"samples": len(rows), "median_rel_error": med, "reference": reference, "rank_correlation": rho, "accurate": accurate,
             "mean_signed_error": statistics.fmean(signed) if signed else None,
             "calibration": calibration, "noisy_networks": noisy, "passed": not reasons, "reasons": reasons,
             "thresholds": {"max_error": max_error, "min_rank_corr": min_rank_corr,

@@ -108,6 +108,8 @@ class Measurement:
     min_ms: float | None = None
     p90_ms: float | None = None
     attempts: int = 1
+    drift: float | None = None  # the host's speed now / when the table was made (core/drift.py); None: unchecked
+    drifted: bool = False  # drift beyond latency.drift_max: then noisy too (nothing acts on it)
 
     @classmethod
     def of(cls, value: "float | Measurement | dict") -> "Measurement":
@@ -117,12 +119,13 @@ class Measurement:
             return value
         if isinstance(value, dict):
             return cls(float(value["median_ms"]), bool(value.get("noisy", False)), value.get("min_ms"),
-                       value.get("p90_ms"), int(value.get("attempts", 1)))
+                       value.get("p90_ms"), int(value.get("attempts", 1)), value.get("drift"),
+                       bool(value.get("drifted", False)))
         return cls(float(value))
 
     def as_dict(self) -> dict:
         return {"ms": self.ms, "noisy": self.noisy, "min_ms": self.min_ms, "p90_ms": self.p90_ms,
-                "attempts": self.attempts}
+                "attempts": self.attempts, "drift": self.drift, "drifted": self.drifted}
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from .checkpoint import load_weights, save_json, save_weights
 from .data import load_split, normalize
 from .derive import Preference, derive, preference_source, repair_to_budget
 from .device_lock import DeviceLock, default_lock_dir
+from .drift import Reference, drift_note, read_with_reference
 from .estimate import estimate_search, fit_batch
 from .fps import fps_report, measure_latency, reference_measurement, runtime_key
 from .export import export_checked, model_metadata
@@ -181,12 +182,20 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
         derivation["perturbation"] = scoring
     progress({"phase": "measure", "message": "measuring the derived network end to end"})
 
+    reference = Reference.of(trust.validation)
+    ref_net = parse_genotype(reference.genotype) if reference else None
+
     def measure(g: Genotype) -> dict:
         _check(should_cancel, "while measuring")
         with lock.hold("end_to_end"):
-            m = end_to_end(g, lat_cfg, device, noise, threads)
-        if m["noisy"]:
-            warn(_noisy_note(f"end-to-end measurement of {g.arch_hash()[:12]}", m, noise))
+            m = read_with_reference(lambda: end_to_end(g, lat_cfg, device, noise, threads),
+                                    (lambda: end_to_end(ref_net, lat_cfg, device, noise, threads)) if ref_net else None,
+                                    reference.measured_ms if reference else None, lat_cfg.drift_max, noise)
+        what = f"end-to-end measurement of {g.arch_hash()[:12]}"
+        if m["drifted"]:
+            warn(drift_note(what, m, lat_cfg.drift_max))
+        elif m["noisy"]:
+            warn(_noisy_note(what, m, noise))
         return m
 
     if lat_cfg.repair:
@@ -202,7 +211,8 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
         repair_doc = {"repaired": False, "measured_before_ms": m["median_ms"], "measured_after_ms": m["median_ms"],
                       "budget_met": m["median_ms"] <= lat_cfg.budget_ms, "budget_ms": lat_cfg.budget_ms,
                       "trusted": not m["noisy"], "measurements": [{"round": 0, "ms": m["median_ms"], "noisy": m["noisy"],
-                                                                  "min_ms": m["min_ms"], "p90_ms": m["p90_ms"]}]}
+                                                                  "min_ms": m["min_ms"], "p90_ms": m["p90_ms"],
+                                                                  "drift": m["drift"], "drifted": m["drifted"]}]}
     validation = None
     _check(should_cancel, "after the end-to-end measurement")
     if spec.validate_lut_samples:

@@ -104,6 +104,7 @@ class LatencyConfig(_Strict):
     inter_op_threads: int = Field(1, ge=0, le=1024, description="torch inter-op threads, set at the job's start when the process still allows it; the value in force is recorded (0 = torch's default) [ours].")
     noise_max_ratio: float = Field(2.0, gt=1.0, le=1e9, description="A timing is noisy when its p90/min exceeds this (quiet CPU timings here stay <= 1.75; with two CPU hogs 2.7-58) [ours].")
     noise_retries: int = Field(2, ge=0, le=100, description="Re-measurements of a noisy timing before it is kept and flagged as noisy.")
+    drift_max: float = Field(0.25, ge=0.0, le=100.0, description="An end-to-end reading is drifted, re-taken and, if it stays so, not acted on when the table's reference network, read just before it, runs more than this fraction slower or faster than when the table was validated (the host's speed changed; core/drift.py); 0 = no check [ours].")
     noise_retry_pause_s: float = Field(0.2, ge=0.0, le=60.0, description="Pause before re-measuring a noisy timing.")
     lut_check_networks: int = Field(4, ge=0, le=1000, description="Random networks measured end to end to validate a LUT before it is trusted and cached (0 = no check; the table is then cached unchecked).")
     lut_max_error: float = Field(0.5, gt=0.0, le=100.0, description="A LUT fails validation when its median relative error against the end-to-end measurements exceeds this (quiet CPU tables here under-predict by 25-31 %) [ours].")

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from core.derive import random_genotype
+from core.genotype import parse_genotype
 from core.latency import LatencyModel, LatencyTable, build_table, calibration_scale, network_key
 from core.lut_check import fit_scale, validate_table
 from core.lut_trust import trusted_table
@@ -68,6 +69,11 @@ def test_a_calibrated_validation_reports_the_scale_and_is_judged_on_its_leave_on
     ratios = [r["measured_ms"] / r["predicted_ms"] for r in rows]
     assert cal["scale"] == pytest.approx(statistics.median(ratios)) and cal["fitted_on"] == 4
     assert v["median_rel_error"] == pytest.approx(statistics.median(r["loo_rel_error"] for r in rows))
+    # the host-speed reference of later readings (core/drift.py): the first quiet network, as measured
+    ref = v["reference"]
+    first = next(r for r in rows if not r["noisy"])
+    assert ref["measured_ms"] == first["measured_ms"]
+    assert parse_genotype(ref["genotype"]).arch_hash() == first["genotype_hash"]
     assert cal["raw_median_rel_error"] == pytest.approx(
         statistics.median(abs(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"] for r in rows))
     assert _validate(table)["calibration"] is None  # calibrate off: the raw sum is judged, as before

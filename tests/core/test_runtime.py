@@ -82,11 +82,14 @@ def test_a_search_for_onnxruntime_yields_a_network_that_runs_within_its_budget_i
     lut_dir = tmp_path / "luts"
     lat = LatencyConfig(**LENIENT, runtime="onnxruntime")
     # choose the budget as a user would: from what is feasible in onnxruntime on this CPU
-    feas = run_feasibility({"network": NET.model_dump(), "latency": lat.model_dump(), "repeats": 15,
-                            "typical_samples": 16}, tmp_path / "feasibility", lut_dir=lut_dir)["feasibility"]
-    assert feas["runtime"] == "onnxruntime"
-    cheap = feas["networks"]["cheapest"]["measured"]["median"]
-    dear = feas["networks"]["dearest"]["measured"]["median"]
+    for attempt in range(2):  # one reading of a 2 ms network on a shared host can miss by 40 %: read again once
+        feas = run_feasibility({"network": NET.model_dump(), "latency": lat.model_dump(), "repeats": 15,
+                                "typical_samples": 16}, tmp_path / f"feasibility{attempt}", lut_dir=lut_dir)["feasibility"]
+        assert feas["runtime"] == "onnxruntime"
+        cheap = feas["networks"]["cheapest"]["measured"]["median"]
+        dear = feas["networks"]["dearest"]["measured"]["median"]
+        if dear > 1.2 * cheap:
+            break
     assert dear > 1.2 * cheap, feas["networks"]  # premise: the space spans budgets, so the search must choose
     budget = round(cheap + 0.5 * (dear - cheap), 3)  # a budget the dearest networks of the space miss
     spec = SearchJobSpec(dataset=DatasetRef(root=str(camvid_root), layout="camvid"), network=NET,
