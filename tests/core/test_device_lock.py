@@ -74,8 +74,11 @@ def test_two_feasibility_jobs_at_once_measure_one_after_the_other_and_the_second
     other = 1 - measured[0]
     assert trust[other]["cached"] and not trust[other]["validated"]  # ...the other reused it, unmeasured
     assert not [e for e in events[other] if e.get("phase") in ("latency_table", "validate_lut")]
-    assert reports[other]["device_lock"]["waited_s"] > 0  # how long depends on the machine: no timed bound
-    assert any(e.get("phase") == "device_lock" and "waiting for the device" in e["message"] for e in events[other])
+    table_hold = next(h for h in holds[measured[0]] if h["phase"] == "latency_table")
+    if reports[other]["device_lock"]["waited_s"] > 0:  # how long depends on the machine: no timed bound
+        assert any(e.get("phase") == "device_lock" and "waiting for the device" in e["message"] for e in events[other])
+    else:  # on a busy host the other job can reach the device only after the table is done: nothing to wait for
+        assert min(h["acquired_at"] for h in holds[other]) >= table_hold["released_at"], (holds, table_hold)
     assert reports[0]["feasibility"]["table"]["id"] == reports[1]["feasibility"]["table"]["id"]
 
 
