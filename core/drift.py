@@ -74,7 +74,8 @@ def read_with_reference(read: Reading, read_reference: Reading | None, reference
 
     # read() re-takes a noisy reading itself (core/fps.timed_stats); here only a drifted one is taken again
     m, attempts, _ = measure_until_quiet(once, lambda d: d["drifted"], policy)
-    return {**m, "noisy": m["drifted"] or m["spread_noisy"], "attempts": attempts}
+    spread_noisy = m.pop("spread_noisy")
+    return {**m, "noisy": m["drifted"] or spread_noisy, "attempts": attempts}
 
 
 def drift_note(what: str, m: dict, max_drift: float) -> str:
