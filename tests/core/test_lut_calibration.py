@@ -80,9 +80,11 @@ def test_a_calibrated_validation_reports_the_scale_and_is_judged_on_its_leave_on
 
 
 def test_a_table_off_by_more_than_a_calibration_may_correct_fails(table):
-    # every entry a quarter of what was measured (a table measured on another, faster machine, or corrupt):
-    # the fitted scale is about 4x the true one, outside [1/2, 2], and the table fails instead of being "fixed"
-    v = _validate(_scaled(table, 0.25), calibrate=True, max_scale=2.0)
+    # every entry a twentieth of what was measured (a table measured on another, much faster machine, or
+    # corrupt): the fitted scale is about 20x the true one, outside [1/2, 2], and the table fails instead of
+    # being "fixed". The true scale of these tiny networks moves with the host (0.4 on a CI runner, where a
+    # quarter-size table fitted only 1.67), so the corruption is made large enough to be unmistakable anywhere
+    v = _validate(_scaled(table, 0.05), calibrate=True, max_scale=2.0)
     assert v["calibration"]["scale"] > 2.0 and not v["passed"] and not v["accurate"]
     assert any("calibration scale" in r for r in v["reasons"])
 
