@@ -140,6 +140,8 @@ def main() -> None:
     ap.add_argument("--randoms", type=int, default=None, help="random genotypes (profile's default)")
     ap.add_argument("--arms", nargs="*", default=None,
                     help="ablation arms among no_ggm, shared, softmax (profile's default; none: no ablation)")
+    ap.add_argument("--a-lr", type=float, default=None,
+                    help="the architecture (α and GGM) learning rate of every search (profile's default)")
     ap.add_argument("--repeat", nargs="*", default=[],
                     help="arms retrained once more with retrain seed 1 (e.g. gas_s0 random_0): the retraining noise")
     a = ap.parse_args()
@@ -150,6 +152,8 @@ def main() -> None:
         prof.randoms = a.randoms
     if a.arms is not None:
         prof.arms = tuple(x for x in a.arms if x != "none")
+    if a.a_lr is not None:
+        prof.search = prof.search.model_copy(update={"a_lr": a.a_lr})
     name = f"search_quality_{a.profile}" + ("_smoke" if a.smoke else "")
     work = a.work or Path(os.environ.get("TMPDIR", "/tmp")) / name
     a.out.mkdir(parents=True, exist_ok=True)
@@ -238,7 +242,9 @@ def main() -> None:
             "per_class_iou": rep["train"]["last"].get("per_class_iou"), "retrain_steps": rep["train"]["steps"],
             "retrain_wall_s": round(time.perf_counter() - t, 1), "lut_ms": round(predicted, 4),
             "measured_ms": round(measured, 4), "lut_error": round((predicted - measured) / measured, 4),
-            "budget_met": measured <= budget, "genotype_hash": g.arch_hash(), "ops": ops_used})
+            "budget_met": measured <= budget, "genotype_hash": g.arch_hash(), "ops": ops_used,
+            # the architecture itself, as data: an arm can be retrained again later without its work directory
+            "genotype": g.model_dump(mode="json")})
         (a.out / f"{name}.json").write_text(json.dumps(res, indent=1))  # partial results survive a crash
 
     deadline = t_all + 60 * prof.minutes if prof.minutes else None
