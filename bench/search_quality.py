@@ -142,6 +142,8 @@ def main() -> None:
                     help="ablation arms among no_ggm, shared, softmax (profile's default; none: no ablation)")
     ap.add_argument("--a-lr", type=float, default=None,
                     help="the architecture (α and GGM) learning rate of every search (profile's default)")
+    ap.add_argument("--a-weight-decay", type=float, default=None,
+                    help="the coupled L2 weight decay of α in every search (profile's default)")
     ap.add_argument("--repeat", nargs="*", default=[],
                     help="arms retrained once more with retrain seed 1 (e.g. gas_s0 random_0): the retraining noise")
     a = ap.parse_args()
@@ -154,6 +156,8 @@ def main() -> None:
         prof.arms = tuple(x for x in a.arms if x != "none")
     if a.a_lr is not None:
         prof.search = prof.search.model_copy(update={"a_lr": a.a_lr})
+    if a.a_weight_decay is not None:
+        prof.search = prof.search.model_copy(update={"a_weight_decay": a.a_weight_decay})
     name = f"search_quality_{a.profile}" + ("_smoke" if a.smoke else "")
     work = a.work or Path(os.environ.get("TMPDIR", "/tmp")) / name
     a.out.mkdir(parents=True, exist_ok=True)

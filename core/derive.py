@@ -83,16 +83,28 @@ def derive_genotype(alphas: "list[torch.Tensor] | Preference", ops: list[str], c
     return Genotype(ops=list(ops), network=cfg, cells=cells, provenance=provenance or Provenance())
 
 
-def random_genotype(cfg: NetworkConfig, ops: list[str], generator: torch.Generator) -> Genotype:
-    """A uniformly random architecture of the search space (for LUT validation and baselines)."""
+def random_genotype(cfg: NetworkConfig, ops: list[str], generator: torch.Generator,
+                    parametric_p: float | None = None) -> Genotype:
+    """A uniformly random architecture of the search space (for LUT validation and baselines).
+
+    ``parametric_p`` skews the op draws instead: each kept edge takes a parametric op with that probability
+    (uniform among them), else a weight-free one; a sweep of it from 0 to 1 gives networks that span the space
+    from its cheapest to its dearest (bench/latency_trust.py ``--sampling spread``)."""
     kept_ops = [o for o in ops if not OPS[o].zero]
+    pools = ([o for o in kept_ops if OPS[o].parametric], [o for o in kept_ops if not OPS[o].parametric])
     cells = []
     for k in range(cfg.num_cells):
         nodes = []
         for i in range(cfg.nodes):
             sources = torch.randperm(2 + i, generator=generator)[:EDGES_PER_NODE].sort().values.tolist()
-            picks = torch.randint(len(kept_ops), (EDGES_PER_NODE,), generator=generator).tolist()
-            nodes.append(tuple(Edge(input=s, op=kept_ops[o]) for s, o in zip(sources, picks)))
+            if parametric_p is None or not all(pools):
+                picks = [kept_ops[o] for o in torch.randint(len(kept_ops), (EDGES_PER_NODE,), generator=generator).tolist()]
+            else:
+                picks = []
+                for u in torch.rand(EDGES_PER_NODE, generator=generator).tolist():
+                    pool = pools[0] if u < parametric_p else pools[1]
+                    picks.append(pool[int(torch.randint(len(pool), (1,), generator=generator))])
+            nodes.append(tuple(Edge(input=s, op=o) for s, o in zip(sources, picks)))
         cells.append(Cell(reduction=k in cfg.reduction_cells, nodes=nodes))
     return Genotype(ops=list(ops), network=cfg, cells=cells, provenance=Provenance(source="random"))
 
@@ -129,7 +141,7 @@ class RepairReport:
 
 REPAIR_STOPS = {
     "within budget": "the measured latency is within the budget",
-    "noisy": "a measurement stayed noisy (spread within the reading, or the host's speed drifted from the table's) after its retries: the repair does not act on it",
+    "noisy": "a measurement stayed noisy (spread within the reading, or the host's speed drifted from the table's) after its retries: the repair does not act on it; run the job on a device with no other work on it (a dedicated worker, `GAS_WORKER_CONCURRENCY=1`), and if the host is now quiet but the table was made under load, delete the table (`gas luts delete ID`) so that it is measured again",
     "disagree": "the measured change after a round disagrees with the LUT's prediction beyond repair_max_disagreement",
     "edge limit": "the next step would change more than repair_max_fraction of the network's edges",
     "nothing cheaper": "every kept edge already has the cheapest op",

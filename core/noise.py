@@ -110,6 +110,7 @@ class Measurement:
     attempts: int = 1
     drift: float | None = None  # the host's speed now / when the table was made (core/drift.py); None: unchecked
     drifted: bool = False  # drift beyond latency.drift_max: then noisy too (nothing acts on it)
+    raw_ms: float | None = None  # the reading before its drift correction (core/drift.py); None: not corrected
 
     @classmethod
     def of(cls, value: "float | Measurement | dict") -> "Measurement":
@@ -120,12 +121,12 @@ class Measurement:
         if isinstance(value, dict):
             return cls(float(value["median_ms"]), bool(value.get("noisy", False)), value.get("min_ms"),
                        value.get("p90_ms"), int(value.get("attempts", 1)), value.get("drift"),
-                       bool(value.get("drifted", False)))
+                       bool(value.get("drifted", False)), value.get("raw_median_ms"))
         return cls(float(value))
 
     def as_dict(self) -> dict:
         return {"ms": self.ms, "noisy": self.noisy, "min_ms": self.min_ms, "p90_ms": self.p90_ms,
-                "attempts": self.attempts, "drift": self.drift, "drifted": self.drifted}
+                "attempts": self.attempts, "drift": self.drift, "drifted": self.drifted, "raw_ms": self.raw_ms}
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from .checkpoint import load_weights, save_json, save_weights
 from .data import load_split, normalize
 from .derive import Preference, derive, preference_source, repair_to_budget
 from .device_lock import DeviceLock, default_lock_dir
-from .drift import Reference, drift_note, read_with_reference
+from .drift import Reference, corrected, drift_note, read_with_reference, reference_drift
 from .estimate import estimate_search, fit_batch
 from .fps import fps_report, measure_latency, reference_measurement, runtime_key
 from .export import export_checked, model_metadata
@@ -190,7 +190,8 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
         with lock.hold("end_to_end"):
             m = read_with_reference(lambda: end_to_end(g, lat_cfg, device, noise, threads),
                                     (lambda: end_to_end(ref_net, lat_cfg, device, noise, threads)) if ref_net else None,
-                                    reference.measured_ms if reference else None, lat_cfg.drift_max, noise)
+                                    reference.measured_ms if reference else None, lat_cfg.drift_max, noise,
+                                    correct=lat_cfg.drift_correct)
         what = f"end-to-end measurement of {g.arch_hash()[:12]}"
         if m["drifted"]:
             warn(drift_note(what, m, lat_cfg.drift_max))
@@ -212,7 +213,8 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
                       "budget_met": m["median_ms"] <= lat_cfg.budget_ms, "budget_ms": lat_cfg.budget_ms,
                       "trusted": not m["noisy"], "measurements": [{"round": 0, "ms": m["median_ms"], "noisy": m["noisy"],
                                                                   "min_ms": m["min_ms"], "p90_ms": m["p90_ms"],
-                                                                  "drift": m["drift"], "drifted": m["drifted"]}]}
+                                                                  "drift": m["drift"], "drifted": m["drifted"],
+                                                                  "raw_ms": m.get("raw_median_ms")}]}
     validation = None
     _check(should_cancel, "after the end-to-end measurement")
     if spec.validate_lut_samples:
@@ -229,9 +231,19 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
         fps = fps_report(DerivedNet(genotype), lat_cfg.height, lat_cfg.width, device, spec.fps_iters,
                          lut_prediction_ms=latency.genotype_ms(genotype), budget_ms=lat_cfg.budget_ms,
                          precision=lat_cfg.precision, noise=noise, threads=threads, runtime=lat_cfg.runtime)
-    ref = reference_measurement(fps)
-    if ref["noisy"]:
+        ref = reference_measurement(fps)
+        if ref_net is not None and lat_cfg.drift_max > 0:  # the host's drift just after it, as for every reading
+            ref = {**ref, **reference_drift(lambda: end_to_end(ref_net, lat_cfg, device, noise, threads),
+                                            reference.measured_ms, lat_cfg.drift_max)}
+    if ref.get("drifted"):
+        ref["noisy"] = True
+        warn(drift_note("FPS measurement", ref, lat_cfg.drift_max))
+    elif ref["noisy"]:
         warn(_noisy_note("FPS measurement", ref, noise))
+    elif lat_cfg.drift_correct:
+        ref = corrected(ref)
+    fps["verdict_reading"] = {k: ref.get(k) for k in ("median_ms", "min_ms", "p90_ms", "noisy", "drift", "drifted",
+                                                      "drift_corrected", "raw_median_ms", "reference_ms")}
     verdict = latency_verdict([Timed.of("end_to_end", repair_doc["measurements"][-1]), Timed.of(f"fps_{runtime_key(lat_cfg.runtime)}", ref)],
                               lat_cfg.budget_ms)
     if not verdict["agree"] or not verdict["trusted"]:

@@ -13,6 +13,8 @@ import json
 import secrets
 import uuid
 from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
@@ -162,33 +164,13 @@ async def job_rows_live(request: Request, user: SessionUser, kind: KindQ = "", s
     maker = get_sessionmaker(settings.db_url, settings.db_pool_size)
     rows = templates.get_template("_job_rows_body.html")
 
-    def snapshot() -> tuple[str, bool]:
+    def check(_cursor: object = None) -> _Tick:
         with maker() as s:
             page = views.jobs_page(s, user.tenant, kind or None, status or None, PAGE, offset)
         html = rows.render(request=request, base=_base(request), page=page, kind=kind, status=status)
-        return html, page["any_active"]
+        return _Tick({"rows": html}, ended=not page["any_active"])
 
-    first = await run_in_threadpool(snapshot)
-
-    async def stream():
-        html, active = first
-        last = html
-        yield _sse("rows", html)
-        loop = asyncio.get_running_loop()
-        t_end = loop.time() + SSE_MAX_S
-        while active and loop.time() < t_end:
-            await asyncio.sleep(settings.dashboard_refresh_s)
-            if await request.is_disconnected():
-                return
-            html, active = await run_in_threadpool(snapshot)
-            if html != last:
-                yield _sse("rows", html)
-                last = html
-        if not active:
-            yield _sse("done", "")
-
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return _sse_response(request, await run_in_threadpool(check), check)
 
 
 # ----------------------------------------------------------------------------------- one job
@@ -286,6 +268,50 @@ def _sse(event: str, html: str) -> str:
     return f"event: {event}\n" + "".join(f"data: {line}\n" for line in html.splitlines() or [""]) + "\n"
 
 
+@dataclass
+class _Tick:
+    """One check of a live page: the fragments to send by event name (None: nothing new), whether nothing
+    will change any more (then ``done`` is sent with ``done`` as its payload and the stream ends), and a
+    cursor handed to the next check."""
+    events: dict[str, str | None]
+    ended: bool
+    done: str = ""
+    cursor: object = None
+
+
+def _sse_response(request: Request, first: _Tick, check: Callable[[object], _Tick]) -> StreamingResponse:
+    """The dashboard's one SSE loop: send each event whose fragment changed since it was last sent, check again
+    every ``dashboard_refresh_s`` (in the thread pool: a check opens and closes its own database session, so
+    an open stream holds no connection), stop at ``ended``, on a disconnect, a Problem (the job is gone) or
+    after SSE_MAX_S (the browser reconnects)."""
+    refresh = request.app.state.settings.dashboard_refresh_s
+
+    async def stream():
+        tick, sent = first, {}
+        loop = asyncio.get_running_loop()
+        t_end = loop.time() + SSE_MAX_S
+        while True:
+            for name, html in tick.events.items():
+                if html is not None and html != sent.get(name):
+                    yield _sse(name, html)
+                    sent[name] = html
+            if tick.ended:
+                yield _sse("done", tick.done)
+                return
+            if loop.time() >= t_end:
+                return
+            await asyncio.sleep(refresh)
+            if await request.is_disconnected():
+                return
+            try:
+                tick = await run_in_threadpool(check, tick.cursor)
+            except Problem:
+                return
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
 @router.get("/jobs/{job_id}/live")
 async def job_live(request: Request, job_id: str, user: SessionUser):
     """Server-Sent Events: ``progress`` (the progress block) when it changes, ``history`` (curves and
@@ -295,7 +321,7 @@ async def job_live(request: Request, job_id: str, user: SessionUser):
     maker = get_sessionmaker(settings.db_url, settings.db_pool_size)
     store = request.app.state.store
 
-    def snapshot(rev_seen: int) -> tuple[str, str | None, int, bool]:
+    def check(rev_seen: object = -1) -> _Tick:
         with maker() as s:
             job = svc.get_job(s, user.tenant, job_id)
             p = views.progress_view(job)
@@ -307,34 +333,9 @@ async def job_live(request: Request, job_id: str, user: SessionUser):
                 history = templates.get_template("_history.html").render(
                     request=request, base=_base(request), job=job, live="sse",
                     **_search_context(request, s, store, job))
-            return progress, history, rev, p["terminal"]
+            return _Tick({"progress": progress, "history": history}, ended=p["terminal"], done=progress, cursor=rev)
 
-    snapshot_first = await run_in_threadpool(snapshot, -1)  # 404 before the stream starts
-
-    async def stream():
-        progress, history, rev, terminal = snapshot_first
-        last_progress = progress
-        yield _sse("progress", progress)
-        loop = asyncio.get_running_loop()
-        t_end = loop.time() + SSE_MAX_S
-        while not terminal and loop.time() < t_end:
-            await asyncio.sleep(settings.dashboard_refresh_s)
-            if await request.is_disconnected():
-                return
-            try:
-                progress, history, rev, terminal = await run_in_threadpool(snapshot, rev)
-            except Problem:
-                return
-            if progress != last_progress:
-                yield _sse("progress", progress)
-                last_progress = progress
-            if history is not None:
-                yield _sse("history", history)
-        if terminal:
-            yield _sse("done", progress)
-
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return _sse_response(request, await run_in_threadpool(check), check)  # a 404 before the stream starts
 
 
 @router.post("/jobs/{job_id}/cancel")

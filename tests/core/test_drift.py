@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.drift import Reference, is_drifted, read_with_reference
+from core.drift import Reference, corrected, is_drifted, read_with_reference
 from core.noise import Measurement, NoisePolicy
 
 POLICY = NoisePolicy(max_ratio=2.0, retries=2, pause_s=0.0)
@@ -65,3 +65,62 @@ def test_without_a_reference_the_reading_is_unchecked():
     assert Reference.of({"median_rel_error": 0.1}) is None
     ref = Reference.of({"reference": {"genotype": {"x": 1}, "measured_ms": 9.5}})
     assert ref is not None and ref.measured_ms == 9.5
+
+
+def test_a_reading_within_the_drift_limit_is_expressed_in_the_tables_conditions():
+    # attempt 8: the derived network read 4.37 ms right after its search, its reference 1.24x its validated
+    # time; the same network measured 3.54 ms in a quiet loop afterwards. 4.37 / 1.24 = 3.53.
+    net, _ = _scripted([4.373])
+    ref, _ = _scripted([1.24 * 8.0])
+    m = read_with_reference(net, ref, 8.0, 0.25, POLICY, correct=True)
+    assert not m["drifted"] and not m["noisy"] and m["drift_corrected"]
+    assert m["median_ms"] == pytest.approx(4.373 / 1.24) and m["raw_median_ms"] == 4.373
+    assert m["min_ms"] == pytest.approx(4.373 * 0.95 / 1.24) and m["raw_p90_ms"] == pytest.approx(4.373 * 1.05)
+    seen = Measurement.of(m)  # what the repair acts on: the corrected time, the raw one kept beside it
+    assert seen.ms == pytest.approx(3.527, abs=1e-3) and seen.raw_ms == 4.373 and seen.drift == pytest.approx(1.24)
+    # off: the raw reading, as before
+    net, _ = _scripted([4.373])
+    ref, _ = _scripted([1.24 * 8.0])
+    raw = read_with_reference(net, ref, 8.0, 0.25, POLICY)
+    assert raw["median_ms"] == 4.373 and not raw["drift_corrected"] and Measurement.of(raw).raw_ms is None
+
+
+def test_a_drifted_or_unchecked_reading_is_never_corrected():
+    net, _ = _scripted([13.4])
+    ref, _ = _scripted([14.0])
+    m = read_with_reference(net, ref, 10.0, 0.25, POLICY, correct=True)
+    assert m["drifted"] and m["noisy"] and not m["drift_corrected"] and m["median_ms"] == 13.4
+    net, _ = _scripted([13.4])
+    m = read_with_reference(net, None, None, 0.25, POLICY, correct=True)
+    assert m["drift"] is None and not m["drift_corrected"] and m["median_ms"] == 13.4
+    assert corrected({**_reading(5.0), "drift": None})["median_ms"] == 5.0
+
+
+def test_the_repair_does_not_cut_a_network_that_only_the_hosts_slow_moment_put_over_budget():
+    import torch
+
+    from core.derive import derive_genotype, repair_to_budget
+    from core.latency import LatencyModel, build_table
+    from core.ops import op_names
+    from core.specs import NetworkConfig
+
+    cfg = NetworkConfig(num_cells=3, reduction_cells=[1], init_channels=8, stem_channels=8, head_channels=16,
+                        low_level_channels=8, nodes=2)
+    ops = op_names()
+    lat = LatencyModel(build_table(cfg, ops, 32, 48, torch.device("cpu"), "fp32", 1, 3), cfg, ops, 32, 48)
+    g = derive_genotype([torch.zeros(5, len(ops)) for _ in range(cfg.num_cells)], ops, cfg)
+    truth = lat.genotype_ms(g)  # the "clock" is the LUT's own sum, read on a host running 1.2x slow
+    budget = truth * 1.1
+
+    def slow_host(correct: bool):
+        def measure(genotype):
+            ms = lat.genotype_ms(genotype)
+            return read_with_reference(lambda: _reading(1.2 * ms), lambda: _reading(1.2 * 10.0), 10.0, 0.25,
+                                       POLICY, correct=correct)
+        return measure
+
+    same, rep = repair_to_budget(g, [torch.zeros(5, len(ops))] * 3, lat, slow_host(True), budget, 5, 100)
+    assert not rep.repaired and rep.budget_met and rep.measured_before_ms == pytest.approx(truth)
+    assert rep.measurements[0]["raw_ms"] == pytest.approx(1.2 * truth) and same.arch_hash() == g.arch_hash()
+    cut, rep = repair_to_budget(g, [torch.zeros(5, len(ops))] * 3, lat, slow_host(False), budget, 5, 100)
+    assert rep.repaired  # without the correction the slow moment costs the network edges
