@@ -96,6 +96,16 @@ def test_a_drifted_or_unchecked_reading_is_never_corrected():
     assert corrected({**_reading(5.0), "drift": None})["median_ms"] == 5.0
 
 
+def test_a_reference_that_ran_faster_than_recorded_never_makes_a_reading_slower():
+    # attempt 8b: drift 0.93 (the table's recording of its reference was the slow one); dividing would have
+    # turned 3.74 ms into 4.03 against a quiet loop's 3.52
+    net, _ = _scripted([3.736])
+    ref, _ = _scripted([0.926 * 10.0])
+    m = read_with_reference(net, ref, 10.0, 0.25, POLICY, correct=True)
+    assert not m["drifted"] and not m["drift_corrected"] and m["median_ms"] == 3.736 and "raw_median_ms" not in m
+    assert m["drift"] == pytest.approx(0.926)
+
+
 def test_the_repair_does_not_cut_a_network_that_only_the_hosts_slow_moment_put_over_budget():
     import torch
 
