@@ -349,7 +349,8 @@ def argmax_of(search_dir: Path, net: NetworkConfig, ggm: GGMConfig, search_cfg: 
 
 
 def _stats(xs: list[float]) -> dict:
-    return {"mean": round(statistics.mean(xs), 4), "min": round(min(xs), 4), "max": round(max(xs), 4),
+    # 6 digits: the table prints these with one decimal in points, and 4 digits rounded 0.35253 to "35.2"
+    return {"mean": round(statistics.mean(xs), 6), "min": round(min(xs), 6), "max": round(max(xs), 6),
             "std": round(statistics.stdev(xs), 4) if len(xs) > 1 else 0.0, "n": len(xs)}
 
 

@@ -96,41 +96,11 @@ def test_a_drifted_or_unchecked_reading_is_never_corrected():
     assert corrected({**_reading(5.0), "drift": None})["median_ms"] == 5.0
 
 
-def test_a_reference_that_ran_faster_than_recorded_never_makes_a_reading_slower():
-    # attempt 8b: drift 0.93 (the table's recording of its reference was the slow one); dividing would have
-    # turned 3.74 ms into 4.03 against a quiet loop's 3.52
-    net, _ = _scripted([3.736])
-    ref, _ = _scripted([0.926 * 10.0])
+def test_a_reference_that_ran_faster_than_recorded_corrects_the_reading_upwards():
+    # attempt 9: the host ran faster than when the table was validated (drift 0.896); 3.547 ms raw, 3.96
+    # corrected, 4.05 in the benchmark's quiet loop afterwards
+    net, _ = _scripted([3.547])
+    ref, _ = _scripted([0.896 * 10.0])
     m = read_with_reference(net, ref, 10.0, 0.25, POLICY, correct=True)
-    assert not m["drifted"] and not m["drift_corrected"] and m["median_ms"] == 3.736 and "raw_median_ms" not in m
-    assert m["drift"] == pytest.approx(0.926)
-
-
-def test_the_repair_does_not_cut_a_network_that_only_the_hosts_slow_moment_put_over_budget():
-    import torch
-
-    from core.derive import derive_genotype, repair_to_budget
-    from core.latency import LatencyModel, build_table
-    from core.ops import op_names
-    from core.specs import NetworkConfig
-
-    cfg = NetworkConfig(num_cells=3, reduction_cells=[1], init_channels=8, stem_channels=8, head_channels=16,
-                        low_level_channels=8, nodes=2)
-    ops = op_names()
-    lat = LatencyModel(build_table(cfg, ops, 32, 48, torch.device("cpu"), "fp32", 1, 3), cfg, ops, 32, 48)
-    g = derive_genotype([torch.zeros(5, len(ops)) for _ in range(cfg.num_cells)], ops, cfg)
-    truth = lat.genotype_ms(g)  # the "clock" is the LUT's own sum, read on a host running 1.2x slow
-    budget = truth * 1.1
-
-    def slow_host(correct: bool):
-        def measure(genotype):
-            ms = lat.genotype_ms(genotype)
-            return read_with_reference(lambda: _reading(1.2 * ms), lambda: _reading(1.2 * 10.0), 10.0, 0.25,
-                                       POLICY, correct=correct)
-        return measure
-
-    same, rep = repair_to_budget(g, [torch.zeros(5, len(ops))] * 3, lat, slow_host(True), budget, 5, 100)
-    assert not rep.repaired and rep.budget_met and rep.measured_before_ms == pytest.approx(truth)
-    assert rep.measurements[0]["raw_ms"] == pytest.approx(1.2 * truth) and same.arch_hash() == g.arch_hash()
-    cut, rep = repair_to_budget(g, [torch.zeros(5, len(ops))] * 3, lat, slow_host(False), budget, 5, 100)
-    assert rep.repaired  # without the correction the slow moment costs the network edges
+    assert not m["drifted"] and m["drift_corrected"] and m["raw_median_ms"] == 3.547
+    assert m["median_ms"] == pytest.approx(3.547 / 0.896) and m["median_ms"] > m["raw_median_ms"]
