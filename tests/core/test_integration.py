@@ -61,6 +61,15 @@ def test_search_derive_retrain_evaluate_fps(camvid_subset, tmp_path):
     assert report["lut_validation"]["samples"] == 3
     assert report["fps"]["measured_fps"] > 0 and report["fps"]["lut_prediction_ms"] > 0
     assert summary["budget_met"] == (summary["measured_latency_ms"] <= 20.0)
+    # every reading the verdict weighs was drift-checked against the table's reference network and, within
+    # drift_max, divided by its drift (core/drift.py); the raw time is kept beside the corrected one
+    fps_r, e2e = report["fps"]["verdict_reading"], report["repair"]["measurements"][-1]
+    assert fps_r["drift"] is not None and e2e["drift"] is not None, "the validated table has a reference network"
+    for r, raw, ms in ((fps_r, fps_r["raw_median_ms"], fps_r["median_ms"]), (e2e, e2e["raw_ms"], e2e["ms"])):
+        if not r["drifted"]:
+            assert raw is not None and ms == pytest.approx(raw / r["drift"])
+    chosen = fps_r["median_ms"] if report["latency_verdict"]["source"].startswith("fps") else e2e["ms"]
+    assert report["measured_latency_ms"] == pytest.approx(chosen)
     assert genotype.provenance.lut_id == report["lut"]["id"]
     assert {"data", "latency_table", "warmup", "search", "derive", "measure", "fps"} <= {e["phase"] for e in events}
     # the 'pt' derivation scored every op (but none) and every edge of every cell once, on 6 D_α images

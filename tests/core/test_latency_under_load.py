@@ -91,8 +91,15 @@ def test_search_beside_cpu_hogs_is_the_quiet_result_or_says_it_was_noisy(camvid_
         cached, creport, _ = _run(_spec(camvid_ref, budget), tmp_path / "cached", tmp_path / "lut_quiet")
     _one_verdict(cached, creport)
     first = creport["repair"]["measurements"][0]
-    assert first["drift"] is not None, "a cached table validated with a reference: the drift is checked"
-    assert first["noisy"], f"a reading under two hogs passed as quiet: {first}"
+    # the drift is checked whenever the table the job used has a reference network (a quiet table whose every
+    # check network stayed noisy has none: seen on a busy CI runner, where the "quiet" phase was not quiet)
+    ref = ((creport["lut"]["trust"].get("validation") or {}).get("reference"))
+    assert (first["drift"] is not None) == (ref is not None), f"reference {ref is not None}, reading {first}"
+    # under the hogs the reading is noisy, or (a host that gave the hogs spare capacity: seen on this VM) it
+    # is quiet and then it must agree with the quiet job's reading of the same network within the noise ratio
+    if not first["noisy"] and cached["genotype_hash"] == quiet["genotype_hash"]:
+        q0 = quiet_report["repair"]["measurements"][0]["ms"]
+        assert max(first["ms"], q0) / min(first["ms"], q0) <= 2.0, f"a reading under hogs passed as quiet: {first}"
     if cached["genotype_hash"] != quiet["genotype_hash"] or first["drifted"]:
         assert creport["measurements_trusted"] is False and cached["noise_warnings"] > 0
     if first["drifted"]:
