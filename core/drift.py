@@ -101,12 +101,9 @@ def read_with_reference(read: Reading, read_reference: Reading | None, reference
                 "drift_corrected": False}
 
     def once() -> dict:
-        ref = read_reference()
+        d = reference_drift(read_reference, reference_then_ms, max_drift)
         m = read()
-        ratio = drift_ratio(float(ref["median_ms"]), reference_then_ms)
-        return {**m, "reference_ms": float(ref["median_ms"]), "reference_then_ms": reference_then_ms,
-                "drift": ratio, "drifted": is_drifted(ratio, max_drift),
-                "spread_noisy": bool(m.get("noisy"))}
+        return {**m, **d, "spread_noisy": bool(m.get("noisy"))}
 
     # read() re-takes a noisy reading itself (core/fps.timed_stats); here only a drifted one is taken again
     m, attempts, _ = measure_until_quiet(once, lambda d: d["drifted"], policy)

@@ -31,7 +31,7 @@ from .lut_check import validate_table
 from .lut_trust import trusted_table
 from .redact import job_roots, redact
 from .network import DerivedNet, SuperNet
-from .noise import NoisePolicy
+from .noise import Measurement, NoisePolicy
 from .samples import save_samples
 from .perturb import perturbation_preference, scoring_batches
 from .preprocess import Preprocessing
@@ -211,10 +211,7 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
         m = measure(genotype)
         repair_doc = {"repaired": False, "measured_before_ms": m["median_ms"], "measured_after_ms": m["median_ms"],
                       "budget_met": m["median_ms"] <= lat_cfg.budget_ms, "budget_ms": lat_cfg.budget_ms,
-                      "trusted": not m["noisy"], "measurements": [{"round": 0, "ms": m["median_ms"], "noisy": m["noisy"],
-                                                                  "min_ms": m["min_ms"], "p90_ms": m["p90_ms"],
-                                                                  "drift": m["drift"], "drifted": m["drifted"],
-                                                                  "raw_ms": m.get("raw_median_ms")}]}
+                      "trusted": not m["noisy"], "measurements": [{"round": 0, **Measurement.of(m).as_dict()}]}
     validation = None
     _check(should_cancel, "after the end-to-end measurement")
     if spec.validate_lut_samples:
