@@ -128,3 +128,16 @@ def test_a_cached_table_made_under_load_is_detected_and_measured_again(tmp_path)
     else:  # still not trustworthy here: kept out of the cache's trust, so the next job checks it again
         assert not (cached.validations.get(network_key(NET, ops)) or {}).get("passed")
         assert trust.reasons
+
+
+def test_without_repair_the_single_reading_is_recorded_as_the_repair_records_its_readings(camvid_ref, tmp_path):
+    spec = _spec(camvid_ref, 1e-3)  # a budget nothing meets: a repair would act; with repair off nothing changes
+    spec = spec.model_copy(update={"latency": spec.latency.model_copy(update={"repair": False})})
+    summary, report, _ = _run(spec, tmp_path / "norepair", tmp_path / "lut")
+    rep = report["repair"]
+    assert rep["repaired"] is False and summary["budget_met"] is False and len(rep["measurements"]) == 1
+    m = rep["measurements"][0]
+    assert {"round", "ms", "noisy", "min_ms", "p90_ms", "attempts", "drift", "drifted", "raw_ms"} <= set(m)
+    assert rep["measured_before_ms"] == rep["measured_after_ms"] == m["ms"] and m["round"] == 0
+    if m["drift"] is not None and not m["drifted"]:  # drift-corrected as every other reading
+        assert m["ms"] == pytest.approx(m["raw_ms"] / m["drift"])
