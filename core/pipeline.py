@@ -150,7 +150,9 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
     noise, threads, warn = NoisePolicy.from_config(lat_cfg), job_threads(lat_cfg), NoiseLog(progress)
     lut_dir = lut_dir or workdir / "lut"
     lock = DeviceLock.for_device(device, default_lock_dir(lut_dir), progress, should_cancel)
-    with lock.hold("latency_table"):  # the cache is read under the lock: a table another job just measured is reused
+    # the table's measurements build networks (their initialisation draws from the global RNG) only when the table is
+    # not cached and trusted: without the fork, the same spec and seed searched a different network on a warm cache
+    with lock.hold("latency_table"), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         table, trust = trusted_table(net_cfg, model.ops, lat_cfg, device, lut_dir, spec.search.seed, progress,
                                      should_cancel)
     _check(should_cancel, "while measuring the latency table")

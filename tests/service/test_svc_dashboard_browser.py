@@ -120,9 +120,16 @@ def watched(real_stack, dataset, browser, shots):
 def test_sse_moves_the_progress_text_of_a_running_real_search(watched):
     tab, seen = watched["tab"], watched["seen"]
     assert len(seen) >= 3, seen
-    # the text moved past epoch 1: epoch 2, or a phase after it (the derivation's scoring follows epoch 2 at once)
-    later = ("epoch 2/2", "derive", "perturbation", "measure", "fps")
-    assert any("epoch 1/2" in t for t in seen) and any(any(w in t for w in later) for t in seen), seen
+    # the text moved from a phase before the search's end to one after it, in that order. Which phases the page
+    # catches depends on the host's speed against dashboard_refresh_s: on CI's runner both tiny epochs fell
+    # between two checks (seen: the table's validation, the memory estimate, then the derivation), so no
+    # single phase is required, only the movement.
+    early = ("validate_lut", "latency", "memory", "epoch")
+    late = ("derive", "perturbation", "measure", "fps", "repair")
+    running = [t for t in seen if t.startswith("running")]
+    first_early = next((i for i, t in enumerate(running) if any(w in t for w in early)), None)
+    assert first_early is not None, seen
+    assert any(any(w in t for w in late) for t in running[first_early + 1:]), seen
     assert any(t.startswith("running") for t in seen), seen
     # an epoch end while the job ran sent the curves and the α' heatmap of that epoch (from its event)
     assert watched["live_heatmap"] in ("1", "2"), watched["live_heatmap"]
