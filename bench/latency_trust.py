@@ -13,10 +13,13 @@ compared with the quiet measurement (the truth): an error above ``--silent-error
 nothing flagged (neither the table nor the timing) is a *silent* error.
 
 Goals (issue 11): quiet median error <= 10 % and ρ >= 0.9; under load no silent error above 25 %.
-Runtime: torch eager only (onnxruntime and torch-optimised runtimes are not in the LUT yet).
+Runtimes: every runtime the worker has for the device (``--runtimes``; on this CPU torch-eager,
+torch-optimised and onnxruntime): the table, its validation and the end-to-end timings all use the
+runtime named, as a job for that runtime would.
 
 usage: python bench/latency_trust.py [--out DIR] [--networks 20] [--resolutions 180x240,360x480]
                                      [--hogs 2] [--no-hogs] [--sampling uniform|spread] [--smoke]
+                                     [--runtimes torch-eager,onnxruntime]
 Writes ``OUT/latency_trust[_smoke].json`` and ``.md`` (OUT defaults to bench/results).
 Run it alone on the machine (apart from its own hogs).
 """
@@ -42,6 +45,7 @@ from core.lut_check import rank_correlation  # noqa: E402
 from core.lut_trust import trusted_table  # noqa: E402
 from core.network import DerivedNet, SuperNet  # noqa: E402
 from core.noise import NoisePolicy, cpu_hogs  # noqa: E402
+from core.runtimes import available, get_runtime  # noqa: E402
 from core.specs import GGMConfig, LatencyConfig, NetworkConfig  # noqa: E402
 from core.threads import Threads, apply_inter_op  # noqa: E402
 from core.timing import device_name, set_cudnn_benchmark  # noqa: E402
@@ -64,12 +68,13 @@ def condition(name: str, hogs: int, net: NetworkConfig, ops: list[str], lat: Lat
     noise, threads = NoisePolicy.from_config(lat), Threads(lat.intra_op_threads, lat.inter_op_threads)
     t0 = time.perf_counter()
     with cpu_hogs(hogs):
-        table, trust = trusted_table(net, ops, lat, device, work / f"luts_{name}_{lat.height}x{lat.width}", seed=0)
+        table, trust = trusted_table(net, ops, lat, device, work / f"luts_{lat.runtime}_{name}_{lat.height}x{lat.width}",
+                                     seed=0)
         model = LatencyModel(table, net, ops, lat.height, lat.width)
         rows = []
         for g in genotypes:
             m = measure_latency(DerivedNet(g), lat.height, lat.width, device, lat.precision, lat.warmup_runs,
-                                lat.e2e_repeats, noise=noise, threads=threads)
+                                lat.e2e_repeats, noise=noise, threads=threads, runtime=lat.runtime)
             rows.append({"genotype_hash": g.arch_hash(), "predicted_ms": model.genotype_ms(g),
                          "raw_predicted_ms": model.genotype_ms(g) / model.scale,
                          "measured_ms": m["median_ms"], "min_ms": m["min_ms"], "p90_ms": m["p90_ms"],
@@ -77,7 +82,7 @@ def condition(name: str, hogs: int, net: NetworkConfig, ops: list[str], lat: Lat
         if retest:  # every network once more, in reverse order: how well the clock agrees with itself
             for g, r in reversed(list(zip(genotypes, rows))):
                 m = measure_latency(DerivedNet(g), lat.height, lat.width, device, lat.precision, lat.warmup_runs,
-                                    lat.e2e_repeats, noise=noise, threads=threads)
+                                    lat.e2e_repeats, noise=noise, threads=threads, runtime=lat.runtime)
                 r["retest_ms"], r["retest_min_ms"] = m["median_ms"], m["min_ms"]
     pred, meas = [r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows]
     # the fastest of a network's timed runs is what its own work costs with the least interference: on a
@@ -122,13 +127,13 @@ def silent_errors(loaded: dict, quiet: dict, limit: float) -> dict:
 
 def table_md(res: dict) -> str:
     lines = [("**Smoke run: toy sizes, the numbers mean nothing.**\n\n" if res["smoke"] else "")
-             + f"Device: {res['device']}, torch {res['torch']}, runtime {res['runtime']}, timing threads "
+             + f"Device: {res['device']}, torch {res['torch']}, runtimes {', '.join(res.get('runtimes', ['torch-eager']))}, timing threads "
                f"{res['threads']}, noise: {res['noise_policy']['metric']} > {res['noise_policy']['max_ratio']}; "
                f"{res['networks']} networks, sampling {res.get('sampling', 'uniform')}.\n",
-             "| resolution | condition | table trusted | median error | max error | Spearman ρ | ρ vs the fastest run "
+             "| runtime | resolution | condition | table trusted | median error | max error | Spearman ρ | ρ vs the fastest run "
              "| LUT spread (max/min) | calibration scale "
              "| median error uncalibrated | noisy timings | silent errors > 25 % (LUT / measured) | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     num = lambda v, f="{:.2f}": "—" if v is None else f.format(v)  # noqa: E731
     pct = lambda v: "—" if v is None else f"{100 * v:.1f} %"  # noqa: E731
     for r in res["runs"]:
@@ -138,7 +143,7 @@ def table_md(res: dict) -> str:
             if s and s["truth_noisy"]:
                 silent += f" (quiet truth noisy for {s['truth_noisy']})"
             rho = "—" if c["spearman"] is None else f"{c['spearman']:.2f}"
-            lines.append(f"| {r['resolution'][0]}x{r['resolution'][1]} | {c['condition']} ({c['hogs']} hogs) | "
+            lines.append(f"| {r.get('runtime', 'torch-eager')} | {r['resolution'][0]}x{r['resolution'][1]} | {c['condition']} ({c['hogs']} hogs) | "
                          f"{c['table']['trusted']} | {pct(c['median_rel_error'])} | {pct(c['max_rel_error'])} | {rho} | "
                          f"{num(c.get('spearman_vs_min'))} | {num(c.get('lut_spread_max_over_min'))} | "
                          f"{c.get('calibration_scale', 1.0):.3f} | {pct(c.get('raw', c)['median_rel_error'])} | "
@@ -147,14 +152,14 @@ def table_md(res: dict) -> str:
     if retests:
         lines += ["", "Quiet retest (every network measured twice, the second time in reverse order): the clock's ρ "
                       "against itself bounds any predictor's ρ on this host.", "",
-                  "| resolution | ρ measured vs retest | ρ fastest run vs retest's | median difference | LUT ρ vs mean of "
+                  "| runtime | resolution | ρ measured vs retest | ρ fastest run vs retest's | median difference | LUT ρ vs mean of "
                   "both | LUT median error vs mean of both | spread of the networks (max/min) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|"]
         for r, t in retests:
             rr = "—" if t["spearman_measured_vs_retest"] is None else f"{t['spearman_measured_vs_retest']:.2f}"
             lb = t["lut_vs_mean_of_both"]
             lr = "—" if lb["spearman"] is None else f"{lb['spearman']:.2f}"
-            lines.append(f"| {r['resolution'][0]}x{r['resolution'][1]} | {rr} | {num(t.get('spearman_min_vs_retest_min'))} | "
+            lines.append(f"| {r.get('runtime', 'torch-eager')} | {r['resolution'][0]}x{r['resolution'][1]} | {rr} | {num(t.get('spearman_min_vs_retest_min'))} | "
                          f"{pct(t['median_rel_diff'])} | {lr} | "
                          f"{pct(lb['median_rel_error'])} | {t['spread_max_over_min']:.2f} |")
     return "\n".join(lines) + "\n"
@@ -171,6 +176,8 @@ def main() -> None:
     ap.add_argument("--sampling", choices=("uniform", "spread"), default="uniform",
                     help="uniform: random networks of the space (they cluster near its median); spread: network i "
                          "takes a parametric op on each edge with probability i/(N-1), so they span the space")
+    ap.add_argument("--runtimes", default="",
+                    help="comma-separated runtimes (core/runtimes.py); default: every one the worker has for its device")
     ap.add_argument("--smoke", action="store_true", help="toy sizes (3 networks, 32x48 and 48x64): checks the script only")
     a = ap.parse_args()
     net, lat = NetworkConfig(), LatencyConfig()
@@ -183,6 +190,9 @@ def main() -> None:
     apply_inter_op(lat.inter_op_threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ops = SuperNet(net, GGMConfig(enabled=False)).ops
+    runtimes = [r for r in a.runtimes.split(",") if r] or available(device, lat.precision)
+    for r in runtimes:
+        get_runtime(r)  # an unknown name fails now, not after the first runtime's hour
     gen = torch.Generator().manual_seed(NETWORK_SEED)
     genotypes = [random_genotype(net, ops, gen, None if a.sampling == "uniform" else i / max(1, a.networks - 1))
                  for i in range(a.networks)]
@@ -191,19 +201,19 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     res = {"benchmark": "latency_trust", "smoke": a.smoke,
            "device": device_name(device),
-           "torch": torch.__version__, "runtime": "torch-eager", "precision": lat.precision, "batch": 1,
+           "torch": torch.__version__, "runtimes": runtimes, "precision": lat.precision, "batch": 1,
            "threads": {"intra_op": lat.intra_op_threads, "inter_op": torch.get_num_interop_threads()},
            "noise_policy": NoisePolicy.from_config(lat).as_dict(), "network": net.model_dump(mode="json"),
            "networks": a.networks, "sampling": a.sampling, "hogs": a.hogs, "runs": []}
     with tempfile.TemporaryDirectory(prefix="latency_trust_") as tmp:
-        for h, w in resolutions:
-            rl = lat.model_copy(update={"height": h, "width": w})
+        for runtime, (h, w) in ((rt, hw) for rt in runtimes for hw in resolutions):
+            rl = lat.model_copy(update={"height": h, "width": w, "runtime": runtime})
             quiet = condition("quiet", 0, net, ops, rl, device, genotypes, Path(tmp), retest=True)
             if a.no_hogs:
-                res["runs"].append({"resolution": [h, w], "conditions": [quiet]})
+                res["runs"].append({"runtime": runtime, "resolution": [h, w], "conditions": [quiet]})
             else:
                 loaded = condition("hogs", a.hogs, net, ops, rl, device, genotypes, Path(tmp))
-                res["runs"].append({"resolution": [h, w], "conditions": [quiet, loaded],
+                res["runs"].append({"runtime": runtime, "resolution": [h, w], "conditions": [quiet, loaded],
                                     "silent": silent_errors(loaded, quiet, a.silent_error)})
             (a.out / f"{name}.json").write_text(json.dumps(res, indent=1))  # partial results survive a crash
     (a.out / f"{name}.md").write_text(table_md(res))
