@@ -24,7 +24,7 @@ Profiles:
 - ``gpu``: the default network at CamVid's 360x480 on one H100/H200, ≤ 10 min, with the torchvision
   peers of ``../shared/bench/peer_camvid.py`` in the same run.
 
-usage: python bench/search_quality.py --profile cpu|gpu [--data DIR] [--out DIR] [--smoke]
+usage: python bench/search_quality.py --profile cpu|gpu [--data DIR] [--out DIR] [--smoke] [--retrain-seeds K]
 Writes ``OUT/search_quality_<profile>.json`` and ``.md`` (OUT defaults to bench/results).
 Run it alone on the machine: a busy neighbour corrupts every latency figure.
 """
@@ -78,6 +78,7 @@ class Profile:
     lambdas: tuple[float, ...] = ()
     peers: str = ""
     peer_budget_s: float = 0.0
+    retrain_seeds: int = 1  # retrains per arm, its score their mean (--retrain-seeds)
     lut_repeats: int = 30
     e2e_repeats: int = 50
     arms: tuple[str, ...] = ("no_ggm", "shared", "softmax")
@@ -144,6 +145,8 @@ def main() -> None:
                     help="the architecture (α and GGM) learning rate of every search (profile's default)")
     ap.add_argument("--a-weight-decay", type=float, default=None,
                     help="the coupled L2 weight decay of α in every search (profile's default)")
+    ap.add_argument("--retrain-seeds", type=int, default=None,
+                    help="retrains per arm (seeds 0..k-1), the arm's test mIoU their mean (profile's default: 1)")
     ap.add_argument("--repeat", nargs="*", default=[],
                     help="arms retrained once more with retrain seed 1 (e.g. gas_s0 random_0): the retraining noise")
     a = ap.parse_args()
@@ -154,6 +157,8 @@ def main() -> None:
         prof.randoms = a.randoms
     if a.arms is not None:
         prof.arms = tuple(x for x in a.arms if x != "none")
+    if a.retrain_seeds is not None:
+        prof.retrain_seeds = max(1, a.retrain_seeds)
     if a.a_lr is not None:
         prof.search = prof.search.model_copy(update={"a_lr": a.a_lr})
     if a.a_weight_decay is not None:
@@ -193,7 +198,7 @@ def main() -> None:
                                                 "inter_op": torch.get_num_interop_threads()},
         "resolution": [h, w], "precision": "fp32", "latency_batch": 1, "runtime": "PyTorch eager",
         "network": net.model_dump(mode="json"), "search": prof.search.model_dump(mode="json"),
-        "retrain": prof.retrain.model_dump(mode="json"), "budget_ms": budget,
+        "retrain": prof.retrain.model_dump(mode="json"), "retrain_seeds": prof.retrain_seeds, "budget_ms": budget,
         "budget_rule": "given" if a.budget_ms else f"median LUT latency of {BUDGET_SAMPLES} random genotypes",
         "space_lut_ms": {"min": round(space[0], 3), "median": round(statistics.median(space), 3),
                          "max": round(space[-1], 3)},
@@ -229,10 +234,18 @@ def main() -> None:
 
     def retrain(arm: str, g: Genotype, retrain_seed: int | None = None) -> None:
         t = time.perf_counter()
-        train = prof.retrain if retrain_seed is None else prof.retrain.model_copy(update={"seed": retrain_seed})
-        spec = RetrainJobSpec(dataset=ref, genotype=g.model_dump(mode="json"), height=h, width=w,
-                              train=train, fps_iters=prof.e2e_repeats)
-        summary = run_retrain(spec, work / arm / "retrain", data_cache_dir=work / "data_cache")
+        # --retrain-seeds k: the arm's score is the mean of k retrains (seeds seed..seed+k-1); one retrain is
+        # ±1 point and ranks architectures with an ICC of 0.47 (bench/retrain_seeds.py)
+        seeds = ([retrain_seed] if retrain_seed is not None
+                 else [prof.retrain.seed + i for i in range(prof.retrain_seeds)])
+        by_seed: dict[str, float] = {}
+        for i, seed in enumerate(seeds):  # the first seed's directory holds the weights the latency loop times
+            spec = RetrainJobSpec(dataset=ref, genotype=g.model_dump(mode="json"), height=h, width=w,
+                                  train=prof.retrain.model_copy(update={"seed": seed}), fps_iters=prof.e2e_repeats)
+            s_dir = work / arm / ("retrain" if i == 0 else f"retrain_seed{seed}")
+            run = run_retrain(spec, s_dir, data_cache_dir=work / "data_cache")
+            summary = run if i == 0 else summary
+            by_seed[str(seed)] = run["miou"]
         rep = json.loads((work / arm / "retrain" / "artifacts" / "report.json").read_text())
         measured = rep["fps"]["measured_ms"]
         predicted = latm.genotype_ms(g)
@@ -242,7 +255,7 @@ def main() -> None:
                 for e in pair:
                     ops_used[e.op] = ops_used.get(e.op, 0) + 1
         res["arms"].setdefault(arm, {"kind": "random"}).update({
-            "test_miou": summary["miou"], "miou_split": summary["miou_split"], "miou_selection": summary["miou_selection"],
+            "test_miou": statistics.mean(by_seed.values()), "test_miou_by_seed": by_seed, "miou_split": summary["miou_split"], "miou_selection": summary["miou_selection"],
             "per_class_iou": rep["train"]["last"].get("per_class_iou"), "retrain_steps": rep["train"]["steps"],
             "retrain_wall_s": round(time.perf_counter() - t, 1), "lut_ms": round(predicted, 4),
             "measured_ms": round(measured, 4), "lut_error": round((predicted - measured) / measured, 4),
@@ -392,7 +405,8 @@ def table_md(res: dict) -> str:
              f"torch {res['torch']}, {res['runtime']}; resolution {res['resolution'][0]}x{res['resolution'][1]}, "
              f"{res['precision']}; latency at batch {res['latency_batch']}. Budget {res['budget_ms']} ms "
              f"({res['budget_rule']}; space {res['space_lut_ms']['min']}–{res['space_lut_ms']['max']} ms by the LUT). "
-             f"CamVid test mIoU after {res['retrain']['epochs']} epochs on train+val (last epoch, no selection on test).",
+             f"CamVid test mIoU after {res['retrain']['epochs']} epochs on train+val (last epoch, no selection on test)"
+             f"{'' if res.get('retrain_seeds', 1) == 1 else ', the mean of ' + str(res['retrain_seeds']) + ' retrain seeds (each in brackets)'}.",
              "", "| arm | derivation | test mIoU | measured ms | LUT ms | LUT error | within budget | ops weight-free / parametric | "
                  "argmax LUT ms | op entropy (mean over cells) | GGM shift (max) | search s | arch steps |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -404,7 +418,9 @@ def table_md(res: dict) -> str:
         d = v.get("derivation", {}).get("derivation", "-")
         if v.get("perturbation"):
             d += f" ({v['perturbation']['wall_s']:.0f} s)"
-        lines.append(f"| {k} | {d} | {100 * v['test_miou']:.1f} | {v['measured_ms']:.2f} | {v['lut_ms']:.2f} | "
+        by_seed = v.get("test_miou_by_seed") or {}
+        each = f" ({' / '.join(f'{100 * x:.1f}' for x in by_seed.values())})" if len(by_seed) > 1 else ""
+        lines.append(f"| {k} | {d} | {100 * v['test_miou']:.1f}{each} | {v['measured_ms']:.2f} | {v['lut_ms']:.2f} | "
                      f"{100 * v['lut_error']:+.0f} % | {'yes' if v['budget_met'] else 'NO'}{' (noisy)' if v.get('measured_noisy') else ''} | "
                      f"{free} / {sum(v['ops'].values()) - free} | {argmax_ms if argmax_ms is not None else '-'} | {ent} | {shift} | "
                      f"{v.get('search_wall_s', '-')} | {v['steps']['arch_steps'] if 'steps' in v else '-'} |")

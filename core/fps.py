@@ -59,7 +59,8 @@ def timed_stats(fn: Callable[[], object], device: torch.device, warmup: int, ite
         with measuring(threads) as used:
             return {**latency_stats(time_calls(fn, device, warmup, iters)), "threads": used.as_dict()}
 
-    stats, attempts, noisy = measure_until_quiet(once, lambda d: is_noisy(d["min_ms"], d["p90_ms"], policy), policy)
+    stats, attempts, noisy = measure_until_quiet(once, lambda d: is_noisy(d["min_ms"], d["p90_ms"], policy, d["median_ms"]),
+                                                 policy)
     return {**stats, "noisy": noisy, "attempts": attempts}
 
 

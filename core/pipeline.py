@@ -107,8 +107,11 @@ def end_to_end(genotype: Genotype, lat: LatencyConfig, device: torch.device, noi
 
 
 def _noisy_note(what: str, m: dict, noise: NoisePolicy) -> str:
-    return (f"{what} stayed noisy after {m['attempts']} attempt(s): p90/min {m['p90_ms'] / m['min_ms']:.2f} > "
-            f"{noise.max_ratio} (median {m['median_ms']:.3f} ms, min {m['min_ms']:.3f} ms); not acted on")
+    return (f"{what} stayed noisy after {m['attempts']} attempt(s): p90/min {m['p90_ms'] / m['min_ms']:.2f} "
+            f"(limit {noise.max_ratio}), median/min {m['median_ms'] / m['min_ms']:.2f} (limit {noise.max_median_ratio}) "
+            f"(median {m['median_ms']:.3f} ms, min {m['min_ms']:.3f} ms); not acted on. Other work "
+            f"shares this device: run the job where nothing else runs beside it (one job per worker), or allow more "
+            f"retries (advanced.latency.noise_retries, noise_retry_pause_s)")
 
 
 def plan_memory(spec: SearchJobSpec, net_cfg, height: int, width: int, device: torch.device,

@@ -38,6 +38,12 @@ def test_noise_verdict_uses_p90_over_min_and_retries_are_bounded():
     policy = NoisePolicy(max_ratio=2.0, retries=2, pause_s=0.0)
     assert not is_noisy(1.0, 2.0, policy) and is_noisy(1.0, 2.01, policy)
     assert not is_noisy(None, 5.0, policy)  # a timing from before the spread was kept cannot be judged
+    # an end-to-end timing is judged on its median too: p90 within the limit, the median 30 % above the minimum
+    # (the silent error of bench/results/latency_trust_spread.json: p90/min 1.95, median 32 % slow beside hogs)
+    e2e = NoisePolicy(max_ratio=2.0, retries=2, pause_s=0.0, max_median_ratio=1.25)
+    assert is_noisy(1.0, 1.95, e2e, median_ms=1.30) and not is_noisy(1.0, 1.95, e2e, median_ms=1.25)
+    assert not is_noisy(1.0, 1.95, e2e)  # a LUT entry (no median given) is judged on p90/min alone
+    assert NoisePolicy.from_config(LatencyConfig()).max_median_ratio == LatencyConfig().noise_max_median_ratio
     # pure policy logic: the "measurements" are numbers (p90/min ratios), nothing is timed
     seq = iter([5.0, 1.2, 9.0])
     value, attempts, noisy = measure_until_quiet(lambda: next(seq), lambda r: r > 2.0, policy)
@@ -104,7 +110,7 @@ def test_threads_are_set_while_timing_restored_after_and_part_of_the_table_ident
 # -- 2. tables that know when they are wrong -------------------------------------------------------
 def test_a_validated_table_records_error_and_rank_correlation_and_is_cached(tmp_path):
     lat = LatencyConfig(**FAST, lut_check_networks=3, lut_max_error=100.0, lut_min_rank_corr=-1.0,
-                        noise_max_ratio=QUIET_ENOUGH)
+                        noise_max_ratio=QUIET_ENOUGH, noise_max_median_ratio=QUIET_ENOUGH)
     table, trust = trusted_table(CFG, OPS_, lat, CPU, tmp_path, seed=0)
     assert trust.trusted and trust.saved and trust.validated and not trust.remeasured
     v = LatencyTable.load(next(tmp_path.glob("lut-*.json"))).validations[network_key(CFG, OPS_)]
@@ -119,7 +125,7 @@ def test_a_validated_table_records_error_and_rank_correlation_and_is_cached(tmp_
 
 def test_a_table_that_fails_validation_is_remeasured_and_never_cached(tmp_path):
     # An impossible error bound makes every validation fail (the timings are real).
-    lat = LatencyConfig(**FAST, lut_check_networks=2, lut_max_error=1e-9, lut_remeasure=2, noise_max_ratio=QUIET_ENOUGH)
+    lat = LatencyConfig(**FAST, lut_check_networks=2, lut_max_error=1e-9, lut_remeasure=2, noise_max_ratio=QUIET_ENOUGH, noise_max_median_ratio=QUIET_ENOUGH)
     events = []
     table, trust = trusted_table(CFG, OPS_, lat, CPU, tmp_path, seed=0, progress=events.append)
     assert not trust.trusted and len(trust.remeasured) == 2 and not trust.saved
@@ -132,7 +138,7 @@ def test_a_table_that_fails_validation_is_remeasured_and_never_cached(tmp_path):
 
 
 def test_a_cached_unchecked_table_is_validated_before_it_is_trusted(tmp_path):
-    lat = LatencyConfig(**FAST, lut_check_networks=0, noise_max_ratio=QUIET_ENOUGH)
+    lat = LatencyConfig(**FAST, lut_check_networks=0, noise_max_ratio=QUIET_ENOUGH, noise_max_median_ratio=QUIET_ENOUGH)
     _, trust = trusted_table(CFG, OPS_, lat, CPU, tmp_path, seed=0)
     assert trust.saved and not trust.validated  # lut_check_networks=0: cached unchecked, as documented
     strict = lat.model_copy(update={"lut_check_networks": 2, "lut_max_error": 1e-9, "lut_remeasure": 0})

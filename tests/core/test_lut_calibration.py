@@ -29,7 +29,7 @@ OPS_ = op_names()
 H, W = 32, 48
 CPU = torch.device("cpu")
 FAST = dict(height=H, width=W, warmup_runs=1, repeats=5, lut_burst=2, e2e_repeats=7, noise_retry_pause_s=0.0,
-            noise_max_ratio=1e9, lut_min_rank_corr=-1.0)
+            noise_max_ratio=1e9, noise_max_median_ratio=1e9, lut_min_rank_corr=-1.0)
 
 
 def test_fit_scale_is_the_median_ratio_and_its_errors_are_leave_one_out():

@@ -27,7 +27,7 @@ OPERATOR = "operator"
 SETTINGS = {"cells": 3, "nodes": 2, "init_channels": 8,
             "advanced": {"network": {"stem_channels": 8, "head_channels": 16, "low_level_channels": 8},
                          "latency": {"warmup_runs": 1, "repeats": 5, "e2e_repeats": 5, "lut_check_networks": 2,
-                                     "noise_max_ratio": 1e9, "lut_max_error": 100.0, "lut_min_rank_corr": -1.0,
+                                     "noise_max_ratio": 1e9, "noise_max_median_ratio": 1e9, "lut_max_error": 100.0, "lut_min_rank_corr": -1.0,
                                      "noise_retry_pause_s": 0.0},
                          "repeats": 5, "typical_samples": 8}}
 H, W = 32, 48
