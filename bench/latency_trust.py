@@ -128,7 +128,8 @@ def silent_errors(loaded: dict, quiet: dict, limit: float) -> dict:
 def table_md(res: dict) -> str:
     lines = [("**Smoke run: toy sizes, the numbers mean nothing.**\n\n" if res["smoke"] else "")
              + f"Device: {res['device']}, torch {res['torch']}, runtimes {', '.join(res.get('runtimes', ['torch-eager']))}, timing threads "
-               f"{res['threads']}, noise: {res['noise_policy']['metric']} > {res['noise_policy']['max_ratio']}; "
+               f"{res['threads']}, noise: {res['noise_policy']['metric']} > {res['noise_policy']['max_ratio']}"
+               f"{' or ' + res['noise_policy']['median_metric'] + ' > ' + str(res['noise_policy']['max_median_ratio']) + ' (end to end)' if 'median_metric' in res['noise_policy'] else ''}; "
                f"{res['networks']} networks, sampling {res.get('sampling', 'uniform')}.\n",
              "| runtime | resolution | condition | table trusted | median error | max error | Spearman ρ | ρ vs the fastest run "
              "| LUT spread (max/min) | calibration scale "
