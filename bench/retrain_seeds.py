@@ -18,7 +18,7 @@ balanced groups. The recorded seed-0 scores were taken on whatever host ran thos
 file in the output); retraining is deterministic per seed on one host, not bit-identical across hosts.
 
 usage: python bench/retrain_seeds.py --results bench/results/search_quality_cpu_attempt{8,8b,9}.json
-                                     [--kinds gas random] [--seeds 1] [--minutes 0] [--data DIR] [--smoke]
+                                     [--kinds gas random] [--seeds 1] [--previous JSON] [--minutes 0] [--data DIR] [--smoke]
 Writes ``OUT/retrain_seeds_<profile>.json`` and ``.md``. Run it alone on the machine.
 """
 from __future__ import annotations
@@ -143,6 +143,8 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=["gas", "random"],
                     help="arm kinds: gas random argmax no_ggm shared softmax")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1], help="retrain seeds to add (0 is the recorded one)")
+    ap.add_argument("--previous", type=Path, default=None,
+                    help="an earlier retrain_seeds JSON whose scores of the same genotypes are kept (add seeds to a run)")
     ap.add_argument("--minutes", type=float, default=0.0, help="no retrain starts after this many minutes (0 = no limit)")
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "datasets" / "camvid")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
@@ -156,6 +158,11 @@ def main() -> None:
     work = a.work or Path(os.environ.get("TMPDIR", "/tmp")) / name
     ref = DatasetRef(root=str(a.data), layout="camvid", limit=8 if a.smoke else None)
     arms = recorded_arms(a.results, a.kinds)
+    if a.previous is not None:  # scores of earlier seeds, taken by an earlier run of this benchmark
+        for gh, old in json.loads(a.previous.read_text())["arms"].items():
+            if gh in arms:
+                arms[gh]["scores"].update({k: v for k, v in old["scores"].items() if k not in arms[gh]["scores"]})
+                arms[gh]["wall_s"] = dict(old.get("wall_s", {}))
     order = interleaved(arms, a.kinds)
     if a.smoke:
         order = order[:2]
