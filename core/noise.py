@@ -4,9 +4,9 @@ A timing is *noisy* when its p90 exceeds its minimum by more than ``LatencyConfi
 (p90/min); an end-to-end timing (whose median a decision acts on) is noisy too when its median exceeds
 its minimum by more than ``noise_max_median_ratio`` (median/min, 1.25): beside two CPU hogs a reading
 passed p90/min at 1.95 with its median 32 % slower than the quiet one (a silent error), while quiet
-readings stay at median/min <= 1.13 (bench/latency_trust.py). On a quiet CPU the end-to-end and LUT timings of this repository stay at p90/min <= 1.75;
-with two CPU hogs beside a one-thread measurement on a 2-core host the end-to-end ratio reached
-2.7-5, and with two threads 6-58 (docs/CORE.md, "Latency you can trust"). A noisy timing is
+readings stay at median/min <= 1.13 (bench/latency_trust.py; docs/CORE.md). On a quiet CPU the
+end-to-end and LUT timings of this repository stay at p90/min <= 1.75; with two CPU hogs beside a
+one-thread measurement on a 2-core host the end-to-end ratio reached 2.7-5, and with two threads 6-58 (docs/CORE.md, "Latency you can trust"). A noisy timing is
 measured again up to ``noise_retries`` times after a ``noise_retry_pause_s`` pause; one that stays
 noisy is kept but marked, and the job says so instead of acting on it.
 
