@@ -6,9 +6,10 @@ its minimum by more than ``noise_max_median_ratio`` (median/min, 1.25): beside t
 passed p90/min at 1.95 with its median 32 % slower than the quiet one (a silent error), while quiet
 readings stay at median/min <= 1.13 (bench/latency_trust.py; docs/CORE.md). On a quiet CPU the
 end-to-end and LUT timings of this repository stay at p90/min <= 1.75; with two CPU hogs beside a
-one-thread measurement on a 2-core host the end-to-end ratio reached 2.7-5, and with two threads 6-58 (docs/CORE.md, "Latency you can trust"). A noisy timing is
-measured again up to ``noise_retries`` times after a ``noise_retry_pause_s`` pause; one that stays
-noisy is kept but marked, and the job says so instead of acting on it.
+one-thread measurement on a 2-core host the end-to-end ratio reached 2.7-5, and with two threads 6-58
+(docs/CORE.md, "Latency you can trust"). A noisy timing is measured again up to ``noise_retries``
+times after a ``noise_retry_pause_s`` pause; one that stays noisy is kept but marked, and the job says
+so instead of acting on it.
 
 Torch-free: it judges any measurement that has ``min_ms`` and ``p90_ms``.
 """
