@@ -235,7 +235,7 @@ def main() -> None:
     def retrain(arm: str, g: Genotype, retrain_seed: int | None = None) -> None:
         t = time.perf_counter()
         # --retrain-seeds k: the arm's score is the mean of k retrains (seeds seed..seed+k-1); one retrain is
-        # ±1 point and ranks architectures with an ICC of 0.47 (bench/retrain_seeds.py)
+        # ±1 point and ranks architectures with an ICC of 0.37 (bench/retrain_seeds.py)
         seeds = ([retrain_seed] if retrain_seed is not None
                  else [prof.retrain.seed + i for i in range(prof.retrain_seeds)])
         by_seed: dict[str, float] = {}
