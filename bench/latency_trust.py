@@ -45,7 +45,7 @@ from core.lut_check import rank_correlation  # noqa: E402
 from core.lut_trust import trusted_table  # noqa: E402
 from core.network import DerivedNet, SuperNet  # noqa: E402
 from core.noise import NoisePolicy, cpu_hogs  # noqa: E402
-from core.runtimes import available, get_runtime  # noqa: E402
+from core.runtimes import available, check_runtime  # noqa: E402
 from core.specs import GGMConfig, LatencyConfig, NetworkConfig  # noqa: E402
 from core.threads import Threads, apply_inter_op  # noqa: E402
 from core.timing import device_name, set_cudnn_benchmark  # noqa: E402
@@ -193,7 +193,7 @@ def main() -> None:
     ops = SuperNet(net, GGMConfig(enabled=False)).ops
     runtimes = [r for r in a.runtimes.split(",") if r] or available(device, lat.precision)
     for r in runtimes:
-        get_runtime(r)  # an unknown name fails now, not after the first runtime's hour
+        check_runtime(r, device, lat.precision)  # an unknown or unsupported one fails now, not after an hour
     gen = torch.Generator().manual_seed(NETWORK_SEED)
     genotypes = [random_genotype(net, ops, gen, None if a.sampling == "uniform" else i / max(1, a.networks - 1))
                  for i in range(a.networks)]

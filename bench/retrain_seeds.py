@@ -114,7 +114,7 @@ def table_md(res: dict) -> str:
     pts = lambda v: "—" if v is None else f"{100 * v:.1f}"  # noqa: E731
     seeds = sorted({s for a in res["arms"].values() for s in a["scores"]})
     lines = [("**Smoke run: toy sizes, the numbers mean nothing.**\n\n" if res["smoke"] else "")
-             + f"Device: {res['device']} (seed 0 as recorded: {', '.join(sorted(set(res['recorded_on'])))}), "
+             + f"Device: {res['device']} (seed 0 as recorded: {', '.join(sorted({str(a.get('recorded_on')) for a in res['arms'].values()}))}), "
                f"torch {res['torch']}, {res['threads']} threads, {res['resolution'][0]}x{res['resolution'][1]}, fp32, "
                f"retrain batch {res['retrain']['batch_size']}, {res['retrain']['epochs']} epochs, test mIoU after the "
                f"last epoch; wall {res['wall_s']:.0f} s.\n",
@@ -172,7 +172,7 @@ def main() -> None:
     res = {"benchmark": "retrain_seeds", "profile": a.profile, "smoke": a.smoke, "device": device_name(device),
            "torch": torch.__version__, "threads": torch.get_num_threads(), "resolution": [h, w], "precision": "fp32",
            "retrain": prof.retrain.model_dump(mode="json"), "results": [str(p) for p in a.results],
-           "recorded_on": [arm["recorded_on"] for arm in arms.values()], "arms": arms, "skipped": []}
+           "arms": arms, "skipped": []}
     a.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     for seed in a.seeds:

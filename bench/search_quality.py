@@ -239,13 +239,14 @@ def main() -> None:
         seeds = ([retrain_seed] if retrain_seed is not None
                  else [prof.retrain.seed + i for i in range(prof.retrain_seeds)])
         by_seed: dict[str, float] = {}
+        runs = []
         for i, seed in enumerate(seeds):  # the first seed's directory holds the weights the latency loop times
             spec = RetrainJobSpec(dataset=ref, genotype=g.model_dump(mode="json"), height=h, width=w,
                                   train=prof.retrain.model_copy(update={"seed": seed}), fps_iters=prof.e2e_repeats)
             s_dir = work / arm / ("retrain" if i == 0 else f"retrain_seed{seed}")
-            run = run_retrain(spec, s_dir, data_cache_dir=work / "data_cache")
-            summary = run if i == 0 else summary
-            by_seed[str(seed)] = run["miou"]
+            runs.append(run_retrain(spec, s_dir, data_cache_dir=work / "data_cache"))
+            by_seed[str(seed)] = runs[-1]["miou"]
+        summary = runs[0]  # the first seed's run: its report and weights describe the arm
         rep = json.loads((work / arm / "retrain" / "artifacts" / "report.json").read_text())
         measured = rep["fps"]["measured_ms"]
         predicted = latm.genotype_ms(g)
