@@ -95,3 +95,57 @@ def test_retrain_seeds_icc_tells_a_ranking_protocol_from_noise():
     noise = analyse(arms([("gas", 0.34, 0.36), ("gas", 0.36, 0.34), ("random", 0.34, 0.36), ("random", 0.36, 0.34)]))
     assert noise["icc_single_retrain"] == 0.0 and noise["gas_minus_random_points"] == 0.0
     assert noise["within_genotype_sd_points"] > 1.0
+
+
+def test_supernet_ranking_smoke_scores_every_genotype_on_every_supernet(tmp_path):
+    """bench/supernet_ranking.py at toy sizes: a search per seed, three scores per genotype, the analysis."""
+    if not CAMVID.is_dir():
+        pytest.fail(f"CamVid not found at {CAMVID} (set GAS_SHARED)")
+    subprocess.run([sys.executable, str(REPO / "bench" / "supernet_ranking.py"), "--smoke", "--data", str(CAMVID),
+                    "--seeds", "0", "1", "--bn-images", "4", "--out", str(tmp_path), "--work", str(tmp_path / "work")],
+                   check=True, timeout=600, capture_output=True)
+    res = json.loads((tmp_path / "supernet_ranking_cpu_smoke.json").read_text())
+    assert len(res["arms"]) == 3 and set(res["scores"]) == {"0", "1"}
+    for scores in res["scores"].values():
+        for s in scores.values():
+            assert s["alpha"] < 0 and 0.0 <= s["oneshot"] <= 1.0  # log-probabilities; an IoU
+    an = res["analysis"]
+    assert {"alpha_s0", "pt_s1", "oneshot_mean"} <= set(an["scores"]) and set(an["supernet_agreement"]) == {"alpha", "pt", "oneshot"}
+    assert (tmp_path / "supernet_ranking_cpu_smoke.md").read_text().startswith("**Smoke run")
+
+
+def test_supernet_ranking_path_is_the_supernet_and_one_hot_is_the_genotype():
+    """The one-shot path runs the supernet's own forward (with softmax(α') it gives SuperNet's output), and a
+    genotype's one-hot weights switch on exactly its kept (edge, op) pairs; the rank statistics and the
+    ceiling behave as defined."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from supernet_ranking import analyse, kendall_tau, one_hot, path_forward
+
+    from core.cell import cell_edges
+    from core.derive import random_genotype
+    from core.network import SuperNet
+    from core.specs import GGMConfig, NetworkConfig
+
+    torch.manual_seed(0)
+    net = NetworkConfig(num_cells=3, reduction_cells=[1], init_channels=8, stem_channels=8, nodes=3,
+                        head_channels=16, low_level_channels=8)
+    model = SuperNet(net, GGMConfig()).eval()
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        assert torch.allclose(path_forward(model, x, model.op_weights(model.alpha_prime())), model(x), atol=1e-6)
+    g = random_genotype(net, model.ops, torch.Generator().manual_seed(3))
+    edges = cell_edges(net.nodes)
+    for w, cell in zip(one_hot(g, model.ops, net.nodes, len(edges)), g.cells):
+        assert w.sum() == 2 * net.nodes and (w.sum(1) <= 1).all()
+        on = {(edges[e], model.ops[o]) for e, o in w.nonzero().tolist()}
+        assert on == {((e.input, i), e.op) for i, pair in enumerate(cell.nodes) for e in pair}
+    assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0 and kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+    arms = {f"g{i}": {"mean": m, "weight_free_normal": f} for i, (m, f) in enumerate([(0.30, 1), (0.32, 2), (0.35, 3), (0.37, 4)])}
+    perfect = {h: {"alpha": v["mean"], "pt": -v["mean"], "oneshot": v["mean"]} for h, v in arms.items()}
+    an = analyse(arms, {"0": perfect}, icc=0.37, k=3)
+    assert an["scores"]["alpha_s0"]["vs_retrained"]["spearman"] == 1.0
+    assert an["scores"]["pt_s0"]["vs_retrained"]["spearman"] == -1.0
+    assert an["scores"]["pt_s0"]["vs_retrained"]["p_spearman_positive"] > 0.9
+    assert an["ceiling_vs_k_seed_mean"] == round((3 * 0.37 / (1 + 2 * 0.37)) ** 0.5, 3)
