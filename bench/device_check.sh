@@ -6,7 +6,9 @@
 # peer script in .device_data (git-ignored; carry it):
 #   mkdir -p .device_data && cp -r ../shared/datasets/camvid .device_data/ && cp ../shared/bench/peer_camvid.py .device_data/
 # device run: command "OUT=\$OUT bash bench/device_check.sh", carry [".device_data"], timeout_s 600
-# MODE=camvid runs the older bench/gas_camvid.py (GAS vs peers, one search) instead of the quality profile.
+# MODE=camvid runs the older bench/gas_camvid.py (GAS vs peers, one search) instead of the quality profile;
+# MODE=latency runs issue 11's GPU part instead: bench/latency_trust.py for every runtime the GPU worker has
+# (torch-eager, torch-optimised = CUDA graphs), 20 spread networks at 360x480, quiet and beside 2 CPU hogs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/device}
@@ -20,7 +22,10 @@ python3 -m pip install -q --no-deps -e . 2>/dev/null || true
 timeout 60 python3 -m pytest -q -p no:cacheprovider tests/core/test_cuda.py 2>&1 | tee "$OUT/cuda_tests.log"
 # search step cost: aten calls and saved bytes (machine-independent) and, on the GPU, ms per step and peak memory
 timeout 120 python3 bench/search_step_cost.py --out "$OUT" --rounds 2 2>&1 | tail -12 | tee "$OUT/step_cost.log"
-if [ "${MODE:-quality}" = camvid ]; then
+if [ "${MODE:-quality}" = latency ]; then
+  timeout 480 python3 bench/latency_trust.py --out "$OUT" --resolutions "${RESOLUTIONS:-360x480}" --sampling spread \
+    2>&1 | tail -30 | tee "$OUT/bench.log"
+elif [ "${MODE:-quality}" = camvid ]; then
   timeout 420 python3 bench/gas_camvid.py .device_data/camvid "$OUT" --train-budget-s "${TRAIN_BUDGET_S:-60}" \
     --search-epochs "${SEARCH_EPOCHS:-6}" --warmup-epochs 2 --lut-samples 8 \
     --peer-script "$GAS_SHARED/bench/peer_camvid.py" 2>&1 | tee "$OUT/bench.log"

@@ -25,6 +25,7 @@ ranking is), and the ceiling any predictor has against a K-seed mean: √(K·ICC
 
 usage: python bench/supernet_ranking.py [--retrain-results bench/results/retrain_seeds_cpu.json]
                                         [--seeds 0 1] [--bn-images 64] [--eval-split val] [--data DIR] [--smoke]
+                                        [--epochs N --warmup-epochs M --tag NAME]
 Writes ``OUT/supernet_ranking_<profile>.json`` and ``.md``. Run it alone on the machine.
 """
 from __future__ import annotations
@@ -216,7 +217,8 @@ def table_md(res: dict) -> str:
     an = res["analysis"]
     lines = ["**Smoke run: toy sizes and random genotypes; the numbers mean nothing.**", ""] if res["smoke"] else []
     lines += [f"Device: {res['device']}, torch {res['torch']}, {res['threads']} threads; {res['profile']} profile "
-             f"({res['resolution'][0]}x{res['resolution'][1]}), GAS as shipped, search seeds {res['seeds']}; "
+             f"({res['resolution'][0]}x{res['resolution'][1]}), GAS as shipped, {res['search']['epochs']} search epochs "
+             f"({res['search']['warmup_epochs']} warm-up), search seeds {res['seeds']}; "
              f"one-shot on {res['eval_split']} ({res['eval_images']} images, BN re-estimated on {res['bn_images']} "
              f"training images); target: mean test mIoU of {an['retrain_seeds_per_genotype']} retrains of "
              f"{an['genotypes']} genotypes ({res['retrain_results']}). Wall time {res['wall_s']:.0f} s.", "",
@@ -254,10 +256,16 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "datasets" / "camvid")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--epochs", type=int, default=None, help="search epochs (profile's default), e.g. a longer supernet")
+    ap.add_argument("--warmup-epochs", type=int, default=None, help="warm-up epochs (profile's default)")
+    ap.add_argument("--tag", default="", help="suffix of the output files' names (e.g. 'epochs60')")
     ap.add_argument("--smoke", action="store_true", help="toy sizes, the first 3 genotypes: checks the script only")
     a = ap.parse_args()
     prof = smoke(PROFILES[a.profile]) if a.smoke else PROFILES[a.profile]
-    name = f"supernet_ranking_{a.profile}" + ("_smoke" if a.smoke else "")
+    upd = {k: v for k, v in (("epochs", a.epochs), ("warmup_epochs", a.warmup_epochs)) if v is not None}
+    if upd:
+        prof.search = prof.search.model_copy(update=upd)
+    name = f"supernet_ranking_{a.profile}" + (f"_{a.tag}" if a.tag else "") + ("_smoke" if a.smoke else "")
     work = a.work or Path(os.environ.get("TMPDIR", "/tmp")) / name
     if prof.threads:
         torch.set_num_threads(prof.threads)
