@@ -61,7 +61,9 @@ from core.metrics import ConfusionMeter  # noqa: E402
 from core.network import SuperNet  # noqa: E402
 from core.ops import OPS  # noqa: E402
 from core.perturb import perturbation_preference, scoring_batches  # noqa: E402
-from core.search import STATE_FILE, split_halves  # noqa: E402
+from core.latency_loss import LatencyPenalty  # noqa: E402
+from core.search import STATE_FILE, Searcher, split_halves  # noqa: E402
+from core.train import segmentation_loss  # noqa: E402
 from core.specs import DatasetRef, GGMConfig, LatencyConfig, SearchJobSpec  # noqa: E402
 from core.threads import apply_inter_op  # noqa: E402
 from core.timing import device_name, set_cudnn_benchmark  # noqa: E402
@@ -186,6 +188,46 @@ def score_genotypes(model: SuperNet, genotypes: dict[str, Genotype], pt_batches:
     return out, {"perturbation_base_loss": pt_report["base_loss"], **timing}
 
 
+# -- a supernet whose warm-up trains sampled paths (--warmup-paths sampled) ---------------------------
+class SampledWarmupSearcher(Searcher):
+    """The shipped Searcher, except that each warm-up weight step trains one uniformly random genotype's path
+    (one-hot mixing weights, as a derived network computes) instead of the softmax mixture: the single-path
+    training of one-shot NAS (SPOS), so that a path of the supernet is something the supernet was trained as.
+    The search phase (α, GGM, latency loss) is unchanged."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.path_gen = torch.Generator().manual_seed(self.cfg.seed + 7)
+        self.sampled_steps = 0
+
+    def weight_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        if len(self.history) >= self.cfg.warmup_epochs:  # no resume here: history holds every finished epoch
+            return super().weight_step(x, y)
+        m = self.model
+        g = random_genotype(m.cfg, m.ops, self.path_gen)
+        weights = [w.to(self.device) for w in one_hot(g, m.ops, m.cfg.nodes, len(cell_edges(m.cfg.nodes)))]
+        self.w_opt.zero_grad(set_to_none=True)
+        loss = segmentation_loss(path_forward(m, x, weights), y, self.ignore)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(m.weight_parameters(), self.cfg.w_grad_clip)
+        self.w_opt.step()
+        self.sampled_steps += 1
+        return {"w_loss": loss.item()}
+
+
+def train_sampled_supernet(net, prof, seed: int, latm: LatencyModel, lat: LatencyConfig, data, device: torch.device,
+                           state_dir: Path) -> tuple[SuperNet, dict]:
+    cfg = prof.search.model_copy(update={"seed": seed})
+    torch.manual_seed(seed)
+    model = SuperNet(net, GGMConfig(), cfg.ops, cfg.shared_cells, cfg.gumbel, cfg.gumbel_tau, cfg.batched_cells)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    searcher = SampledWarmupSearcher(model, latm, LatencyPenalty(lat), cfg, data, device, state_dir,
+                                     lambda _: None, lambda: False)
+    result = searcher.run()
+    return searcher.model, {"supernet_miou": result.history[-1]["supernet_miou"], "sampled_steps": searcher.sampled_steps,
+                            "steps": result.steps}
+
+
 # -- report -----------------------------------------------------------------------------------
 def analyse(arms: dict[str, dict], per_seed: dict[str, dict[str, dict[str, float]]], icc: float | None,
             k: int) -> dict:
@@ -217,8 +259,9 @@ def table_md(res: dict) -> str:
     an = res["analysis"]
     lines = ["**Smoke run: toy sizes and random genotypes; the numbers mean nothing.**", ""] if res["smoke"] else []
     lines += [f"Device: {res['device']}, torch {res['torch']}, {res['threads']} threads; {res['profile']} profile "
-             f"({res['resolution'][0]}x{res['resolution'][1]}), GAS as shipped, {res['search']['epochs']} search epochs "
-             f"({res['search']['warmup_epochs']} warm-up), search seeds {res['seeds']}; "
+             f"({res['resolution'][0]}x{res['resolution'][1]}), GAS, {res['search']['epochs']} search epochs "
+             f"({res['search']['warmup_epochs']} warm-up on {res.get('warmup_paths', 'mixed')} paths), "
+             f"search seeds {res['seeds']}; "
              f"one-shot on {res['eval_split']} ({res['eval_images']} images, BN re-estimated on {res['bn_images']} "
              f"training images); target: mean test mIoU of {an['retrain_seeds_per_genotype']} retrains of "
              f"{an['genotypes']} genotypes ({res['retrain_results']}). Wall time {res['wall_s']:.0f} s.", "",
@@ -258,6 +301,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--epochs", type=int, default=None, help="search epochs (profile's default), e.g. a longer supernet")
     ap.add_argument("--warmup-epochs", type=int, default=None, help="warm-up epochs (profile's default)")
+    ap.add_argument("--warmup-paths", choices=("mixed", "sampled"), default="mixed",
+                    help="mixed: the shipped search (run_search); sampled: its warm-up trains one random path per step")
     ap.add_argument("--tag", default="", help="suffix of the output files' names (e.g. 'epochs60')")
     ap.add_argument("--smoke", action="store_true", help="toy sizes, the first 3 genotypes: checks the script only")
     a = ap.parse_args()
@@ -309,7 +354,7 @@ def main() -> None:
     eval_loader = DeviceLoader(evals, 16, device, shuffle=False, drop_last=False)
     res: dict = {"benchmark": "supernet_ranking", "profile": a.profile, "smoke": a.smoke, "device": device_name(device),
                  "torch": torch.__version__, "threads": torch.get_num_threads(), "resolution": [h, w],
-                 "precision": "fp32", "seeds": a.seeds, "budget_ms": budget, "lut_id": table.id,
+                 "precision": "fp32", "seeds": a.seeds, "warmup_paths": a.warmup_paths, "budget_ms": budget, "lut_id": table.id,
                  "retrain_results": str(a.retrain_results.relative_to(REPO) if a.retrain_results.is_relative_to(REPO)
                                         else a.retrain_results.name),
                  "eval_split": a.eval_split, "eval_images": len(evals), "bn_images": a.bn_images,
@@ -319,12 +364,16 @@ def main() -> None:
         sdir = work / f"gas_s{seed}" / "search"
         spec = SearchJobSpec(dataset=ref, network=net, ggm=GGMConfig(), latency=lat,
                              search=prof.search.model_copy(update={"seed": seed}), fps_iters=prof.e2e_repeats)
-        summary = run_search(spec, sdir, lut_dir=lut_dir, data_cache_dir=work / "data_cache")
+        if a.warmup_paths == "mixed":
+            summary = run_search(spec, sdir, lut_dir=lut_dir, data_cache_dir=work / "data_cache")
+            cfg = prof.search
+            model = SuperNet(net, GGMConfig(), cfg.ops, cfg.shared_cells, cfg.gumbel, cfg.gumbel_tau, cfg.batched_cells)
+            model.load_state_dict(load_state(sdir / "state" / STATE_FILE)["model"])
+            model.to(device)
+            info = {"genotype_hash": summary.get("genotype_hash"), "supernet_miou": summary.get("supernet_miou")}
+        else:
+            model, info = train_sampled_supernet(net, prof, seed, latm, lat, train, device, sdir / "state")
         search_s = round(time.perf_counter() - t, 1)
-        cfg = prof.search
-        model = SuperNet(net, GGMConfig(), cfg.ops, cfg.shared_cells, cfg.gumbel, cfg.gumbel_tau, cfg.batched_cells)
-        model.load_state_dict(load_state(sdir / "state" / STATE_FILE)["model"])
-        model.to(device)
         # the search's own D_α half scores the perturbations, as its derivation did; BN is re-estimated on its D_w half
         half_w, half_a = split_halves(len(train), seed)
         pt_loader = DeviceLoader(train, 8, device, indices=half_a, shuffle=False)
@@ -333,8 +382,7 @@ def main() -> None:
         bn_batches = scoring_batches(bn_loader, a.bn_images, 8)
         scores, timing = score_genotypes(model, genotypes, pt_batches, bn_batches, eval_loader, train.ignore_index)
         res["scores"][str(seed)] = scores
-        res["searches"][str(seed)] = {"search_wall_s": search_s, "genotype_hash": summary.get("genotype_hash"),
-                                      "supernet_miou": summary.get("supernet_miou"), **timing}
+        res["searches"][str(seed)] = {"search_wall_s": search_s, **info, **timing}
         (a.out / f"{name}.json").write_text(json.dumps(res, indent=1))
     res["analysis"] = analyse(arms, res["scores"], recorded.get("analysis", {}).get("icc_single_retrain"), k)
     res["wall_s"] = round(time.perf_counter() - t_all, 1)

@@ -112,6 +112,12 @@ def test_supernet_ranking_smoke_scores_every_genotype_on_every_supernet(tmp_path
     an = res["analysis"]
     assert {"alpha_s0", "pt_s1", "oneshot_mean"} <= set(an["scores"]) and set(an["supernet_agreement"]) == {"alpha", "pt", "oneshot"}
     assert (tmp_path / "supernet_ranking_cpu_smoke.md").read_text().startswith("**Smoke run")
+    # the sampled-path warm-up (SPOS-style): every warm-up weight step trained one random path
+    subprocess.run([sys.executable, str(REPO / "bench" / "supernet_ranking.py"), "--smoke", "--data", str(CAMVID),
+                    "--seeds", "0", "--bn-images", "4", "--warmup-paths", "sampled", "--tag", "sampled",
+                    "--out", str(tmp_path), "--work", str(tmp_path / "work_sampled")], check=True, timeout=600, capture_output=True)
+    sampled = json.loads((tmp_path / "supernet_ranking_cpu_sampled_smoke.json").read_text())["searches"]["0"]
+    assert sampled["sampled_steps"] == sampled["steps"]["warmup_steps"] > 0
 
 
 def test_supernet_ranking_path_is_the_supernet_and_one_hot_is_the_genotype():
