@@ -239,11 +239,16 @@ def analyse(arms: dict[str, dict], per_seed: dict[str, dict[str, dict[str, float
     if icc is not None:
         out["icc_single_retrain"] = icc
         out["ceiling_vs_k_seed_mean"] = round(math.sqrt(k * icc / (1 + (k - 1) * icc)), 3)
+    kinds = {h: arms[h].get("kind") for h in hashes}
     for seed, scores in per_seed.items():
         for s in SCORES:
             vals = [scores[h][s] for h in hashes]
             out["scores"][f"{s}_s{seed}"] = {"vs_retrained": against(vals, target),
                                              "vs_weight_free_normal": against(vals, free)}
+            gas = [scores[h][s] for h in hashes if kinds[h] == "gas"]
+            rnd = [scores[h][s] for h in hashes if kinds[h] == "random"]
+            if gas and rnd:  # does this supernet prefer the genotypes other searches derived?
+                out["scores"][f"{s}_s{seed}"]["gas_minus_random"] = round(statistics.mean(gas) - statistics.mean(rnd), 5)
     seeds = list(per_seed)
     if len(seeds) >= 2:
         a, b = per_seed[seeds[0]], per_seed[seeds[1]]
@@ -274,6 +279,10 @@ def table_md(res: dict) -> str:
         r, f = v["vs_retrained"], v["vs_weight_free_normal"]
         lines.append(f"| {name} | {r['spearman']:+.2f} | {r['kendall']:+.2f} | {r['p_spearman_positive']} | {f['spearman']:+.2f} |")
     lines.append("")
+    diffs = {k: v["gas_minus_random"] for k, v in an["scores"].items() if "gas_minus_random" in v}
+    if diffs:
+        lines.append("- mean score of the GAS genotypes minus the random ones (do the supernets prefer what searches "
+                     "derived?): " + ", ".join(f"{k} {v:+.4g}" for k, v in diffs.items()))
     if "ceiling_vs_k_seed_mean" in an:
         lines.append(f"- ceiling of any predictor's correlation with a {an['retrain_seeds_per_genotype']}-seed mean "
                      f"(ICC of one retrain {an['icc_single_retrain']:.2f}): {an['ceiling_vs_k_seed_mean']:.2f}")
