@@ -178,19 +178,7 @@ def main() -> None:
     t_all = time.perf_counter()
 
     # The LUT (shared by every arm: same cache directory, same context) and the budget.
-    lut_dir = work / "luts"
-    # Through the jobs' own path: validated against end-to-end measurements before it is cached or trusted
-    # (attempt 3's table, measured beside other work, was 4-5x off and nothing noticed).
-    lat0 = LatencyConfig(height=h, width=w, precision="fp32", repeats=prof.lut_repeats, e2e_repeats=prof.e2e_repeats)
-    # The jobs' inter-op setting before anything else runs, so that this table is the one the searches use
-    # (attempt 4 measured two tables: this process kept torch's 2 inter-op threads, the jobs set 1).
-    apply_inter_op(lat0.inter_op_threads)
-    table, trust = trusted_table(net, ops, lat0, device, lut_dir, seed=0)
-    if not trust.trusted and not a.smoke:
-        sys.exit(f"the latency table is not trusted ({'; '.join(trust.reasons)}): run this benchmark alone")
-    latm = LatencyModel(table, net, ops, h, w)
-    gen = torch.Generator().manual_seed(12345)
-    space = sorted(latm.genotype_ms(random_genotype(net, ops, gen)) for _ in range(BUDGET_SAMPLES))
+    lat0, table, trust, latm, space = table_and_space(net, ops, prof, device, work / "luts", a.smoke)
     budget = a.budget_ms or round(statistics.median(space), 3)
     res: dict = {
         "benchmark": "search_quality", "profile": a.profile, "smoke": a.smoke, "device": device_name(device),
@@ -216,7 +204,7 @@ def main() -> None:
         spec = SearchJobSpec(dataset=ref, network=net, ggm=ggm,
                              latency=lat.model_copy(update={"weight": search_upd.get("weight", lat.weight)}),
                              search=prof.search.model_copy(update=upd), fps_iters=prof.e2e_repeats)
-        summary = run_search(spec, work / arm / "search", lut_dir=lut_dir, data_cache_dir=work / "data_cache")
+        summary = run_search(spec, work / arm / "search", lut_dir=work / "luts", data_cache_dir=work / "data_cache")
         rep = json.loads((work / arm / "search" / "artifacts" / "report.json").read_text())
         last = rep["history"][-1]
         res["arms"][arm] = {"kind": "search", "seed": seed, "search_wall_s": round(time.perf_counter() - t, 1),
@@ -345,6 +333,25 @@ def main() -> None:
     (a.out / f"{name}.json").write_text(json.dumps(res, indent=1))
     (a.out / f"{name}.md").write_text(table_md(res))
     print(table_md(res))
+
+
+def table_and_space(net: NetworkConfig, ops: list[str], prof: Profile, device: torch.device, lut_dir: Path,
+                    smoke_run: bool) -> tuple[LatencyConfig, object, object, LatencyModel, list[float]]:
+    """The run's latency table through the jobs' own path, and the sorted LUT latencies of ``BUDGET_SAMPLES``
+    random genotypes (the space the budget is the median of). Exits when the table is not trusted."""
+    # Validated against end-to-end measurements before it is cached or trusted (attempt 3's table, measured
+    # beside other work, was 4-5x off and nothing noticed).
+    lat0 = LatencyConfig(height=prof.height, width=prof.width, precision="fp32", repeats=prof.lut_repeats,
+                         e2e_repeats=prof.e2e_repeats)
+    # The jobs' inter-op setting before anything else runs, so that this table is the one the searches use
+    # (attempt 4 measured two tables: this process kept torch's 2 inter-op threads, the jobs set 1).
+    apply_inter_op(lat0.inter_op_threads)
+    table, trust = trusted_table(net, ops, lat0, device, lut_dir, seed=0)
+    if not trust.trusted and not smoke_run:
+        sys.exit(f"the latency table is not trusted ({'; '.join(trust.reasons)}): run this benchmark alone")
+    latm = LatencyModel(table, net, ops, prof.height, prof.width)
+    gen = torch.Generator().manual_seed(12345)
+    return lat0, table, trust, latm, sorted(latm.genotype_ms(random_genotype(net, ops, gen)) for _ in range(BUDGET_SAMPLES))
 
 
 def argmax_of(search_dir: Path, net: NetworkConfig, ggm: GGMConfig, search_cfg: SearchConfig, latm: LatencyModel,

@@ -56,7 +56,6 @@ from core.genotype import Genotype, parse_genotype  # noqa: E402
 from core.jobs import run_search  # noqa: E402
 from core.latency import LatencyModel  # noqa: E402
 from core.lut_check import rank_correlation  # noqa: E402
-from core.lut_trust import trusted_table  # noqa: E402
 from core.metrics import ConfusionMeter  # noqa: E402
 from core.network import SuperNet  # noqa: E402
 from core.ops import OPS  # noqa: E402
@@ -65,9 +64,8 @@ from core.latency_loss import LatencyPenalty  # noqa: E402
 from core.search import STATE_FILE, Searcher, split_halves  # noqa: E402
 from core.train import segmentation_loss  # noqa: E402
 from core.specs import DatasetRef, GGMConfig, LatencyConfig, SearchJobSpec  # noqa: E402
-from core.threads import apply_inter_op  # noqa: E402
 from core.timing import device_name, set_cudnn_benchmark  # noqa: E402
-from search_quality import BUDGET_SAMPLES, PROFILES, smoke  # noqa: E402
+from search_quality import PROFILES, smoke, table_and_space  # noqa: E402
 
 PERMUTATIONS = 20_000  # random permutations for the one-sided p of a rank correlation
 SCORES = ("alpha", "pt", "oneshot")
@@ -348,14 +346,8 @@ def main() -> None:
     k = min(len(v["scores"]) for v in arms.values())
 
     lut_dir = work / "luts"
-    lat0 = LatencyConfig(height=h, width=w, precision="fp32", repeats=prof.lut_repeats, e2e_repeats=prof.e2e_repeats)
-    apply_inter_op(lat0.inter_op_threads)
-    table, trust = trusted_table(net, ops, lat0, device, lut_dir, seed=0)
-    if not trust.trusted and not a.smoke:
-        sys.exit(f"the latency table is not trusted ({'; '.join(trust.reasons)}): run this benchmark alone")
-    latm = LatencyModel(table, net, ops, h, w)
-    gen = torch.Generator().manual_seed(12345)
-    budget = round(statistics.median(latm.genotype_ms(random_genotype(net, ops, gen)) for _ in range(BUDGET_SAMPLES)), 3)
+    lat0, table, _, latm, space = table_and_space(net, ops, prof, device, lut_dir, a.smoke)
+    budget = round(statistics.median(space), 3)
     lat = lat0.model_copy(update={"budget_ms": budget, "derivation": prof.derivation, "pt_images": prof.pt_images})
 
     train = load_split(ref, "train", h, w, work / "data_cache")
