@@ -50,8 +50,8 @@ from core.derive import random_genotype  # noqa: E402
 from core.fps import measure_latency  # noqa: E402
 from core.genotype import Genotype, load_genotype  # noqa: E402
 from core.jobs import run_retrain, run_search  # noqa: E402
-from core.latency import LatencyModel  # noqa: E402
-from core.lut_trust import trusted_table  # noqa: E402
+from core.latency import LatencyModel, LatencyTable  # noqa: E402
+from core.lut_trust import TableTrust, trusted_table  # noqa: E402
 from core.network import DerivedNet, SuperNet  # noqa: E402
 from core.ops import OPS  # noqa: E402
 from core.specs import (DatasetRef, GGMConfig, LatencyConfig, NetworkConfig, RetrainConfig,  # noqa: E402
@@ -336,7 +336,7 @@ def main() -> None:
 
 
 def table_and_space(net: NetworkConfig, ops: list[str], prof: Profile, device: torch.device, lut_dir: Path,
-                    smoke_run: bool) -> tuple[LatencyConfig, object, object, LatencyModel, list[float]]:
+                    smoke_run: bool) -> tuple[LatencyConfig, LatencyTable, TableTrust, LatencyModel, list[float]]:
     """The run's latency table through the jobs' own path, and the sorted LUT latencies of ``BUDGET_SAMPLES``
     random genotypes (the space the budget is the median of). Exits when the table is not trusted."""
     # Validated against end-to-end measurements before it is cached or trusted (attempt 3's table, measured

@@ -62,7 +62,6 @@ from core.ops import OPS  # noqa: E402
 from core.perturb import perturbation_preference, scoring_batches  # noqa: E402
 from core.latency_loss import LatencyPenalty  # noqa: E402
 from core.search import STATE_FILE, Searcher, split_halves  # noqa: E402
-from core.train import segmentation_loss  # noqa: E402
 from core.specs import DatasetRef, GGMConfig, LatencyConfig, SearchJobSpec  # noqa: E402
 from core.timing import device_name, set_cudnn_benchmark  # noqa: E402
 from search_quality import PROFILES, smoke, table_and_space  # noqa: E402
@@ -129,15 +128,6 @@ def one_hot(g: Genotype, ops: list[str], n_nodes: int, n_edges: int) -> list[tor
 
 
 # -- scores on one supernet ------------------------------------------------------------------
-def path_forward(model: SuperNet, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
-    """The supernet's forward with given mixing weights (no softmax): SuperNet.forward after op_weights."""
-    stem = model.stem(x)
-    s0 = s1 = stem
-    for cell, w in zip(model.cells, weights):
-        s0, s1 = s1, cell(s0, s1, w)
-    return model.head(s1, stem, x.shape[-2:])
-
-
 @torch.no_grad()
 def oneshot_miou(model: SuperNet, weights: list[torch.Tensor], bn_batches: list, eval_loader: DeviceLoader) -> float:
     """Mean IoU of one path of the supernet after re-estimating every BatchNorm's statistics on it."""
@@ -149,11 +139,11 @@ def oneshot_miou(model: SuperNet, weights: list[torch.Tensor], bn_batches: list,
             m.momentum = None  # a cumulative average over the recalibration batches
         model.train()
         for x, _ in bn_batches:
-            path_forward(model, x, weights)
+            model.forward_mixed(x, weights)
         model.eval()
         meter = ConfusionMeter(eval_loader.num_classes, eval_loader.ignore_index)
         for x, y in eval_loader.ordered():
-            meter.update(path_forward(model, x, weights).argmax(1), y)
+            meter.update(model.forward_mixed(x, weights).argmax(1), y)
         return float(meter.summary()["miou"])
     finally:
         for m, (mom, mean, var, nbt) in zip(bns, saved):
@@ -198,19 +188,13 @@ class SampledWarmupSearcher(Searcher):
         self.path_gen = torch.Generator().manual_seed(self.cfg.seed + 7)
         self.sampled_steps = 0
 
-    def weight_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def weight_logits(self, x: torch.Tensor) -> torch.Tensor:
         if len(self.history) >= self.cfg.warmup_epochs:  # no resume here: history holds every finished epoch
-            return super().weight_step(x, y)
+            return super().weight_logits(x)
         m = self.model
         g = random_genotype(m.cfg, m.ops, self.path_gen)
-        weights = [w.to(self.device) for w in one_hot(g, m.ops, m.cfg.nodes, len(cell_edges(m.cfg.nodes)))]
-        self.w_opt.zero_grad(set_to_none=True)
-        loss = segmentation_loss(path_forward(m, x, weights), y, self.ignore)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(m.weight_parameters(), self.cfg.w_grad_clip)
-        self.w_opt.step()
         self.sampled_steps += 1
-        return {"w_loss": loss.item()}
+        return m.forward_mixed(x, [w.to(self.device) for w in one_hot(g, m.ops, m.cfg.nodes, len(cell_edges(m.cfg.nodes)))])
 
 
 def train_sampled_supernet(net, prof, seed: int, latm: LatencyModel, lat: LatencyConfig, data, device: torch.device,

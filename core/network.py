@@ -156,7 +156,11 @@ class SuperNet(nn.Module):
             alphas = self.alpha_prime()
             if detach_arch:
                 alphas = [a.detach() for a in alphas]
-        weights = self.op_weights(alphas)
+        return self.forward_mixed(x, self.op_weights(alphas))
+
+    def forward_mixed(self, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+        """The forward with given mixing weights per cell ([edges, ops], used as they are: no softmax), e.g.
+        a genotype's one-hot path (bench/supernet_ranking.py)."""
         stem = self.stem(x)
         s0 = s1 = stem
         for cell, w in zip(self.cells, weights):

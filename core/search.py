@@ -136,12 +136,17 @@ class Searcher:
         """SGD on the weights with CE on a D_w batch, α' detached."""
         self.w_opt.zero_grad(set_to_none=True)
         with autocast_for(self.device):
-            logits = self.model(x, detach_arch=True)
+            logits = self.weight_logits(x)
         loss = segmentation_loss(logits, y, self.ignore)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.weight_parameters(), self.cfg.w_grad_clip)
         self.w_opt.step()
         return {"w_loss": loss.item()}
+
+    def weight_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight step's forward: the supernet mixed by α' (detached). A subclass may train other paths
+        (bench/supernet_ranking.py: one sampled genotype per warm-up step)."""
+        return self.model(x, detach_arch=True)
 
     # -- epochs ---------------------------------------------------------------------------
     def run(self) -> SearchResult:

@@ -127,7 +127,7 @@ def test_supernet_ranking_path_is_the_supernet_and_one_hot_is_the_genotype():
     import torch
 
     sys.path.insert(0, str(REPO / "bench"))
-    from supernet_ranking import analyse, kendall_tau, one_hot, path_forward
+    from supernet_ranking import analyse, kendall_tau, one_hot
 
     from core.cell import cell_edges
     from core.derive import random_genotype
@@ -140,7 +140,7 @@ def test_supernet_ranking_path_is_the_supernet_and_one_hot_is_the_genotype():
     model = SuperNet(net, GGMConfig()).eval()
     x = torch.randn(2, 3, 32, 48)
     with torch.no_grad():
-        assert torch.allclose(path_forward(model, x, model.op_weights(model.alpha_prime())), model(x), atol=1e-6)
+        assert torch.allclose(model.forward_mixed(x, model.op_weights(model.alpha_prime())), model(x), atol=1e-6)
     g = random_genotype(net, model.ops, torch.Generator().manual_seed(3))
     edges = cell_edges(net.nodes)
     for w, cell in zip(one_hot(g, model.ops, net.nodes, len(edges)), g.cells):
