@@ -9,6 +9,8 @@
 # MODE=camvid runs the older bench/gas_camvid.py (GAS vs peers, one search) instead of the quality profile;
 # MODE=latency runs issue 11's GPU part instead: bench/latency_trust.py for every runtime the GPU worker has
 # (torch-eager, torch-optimised = CUDA graphs), 20 spread networks at 360x480, quiet and beside 2 CPU hogs.
+# MODE=speed runs issue 9's GPU part: the step cost again with search.compile (default, reduce-overhead: CUDA
+# graphs), each variant's ms per step, peak memory and first-step (compile) seconds, at batch 8, 360x480.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/device}
@@ -22,7 +24,10 @@ python3 -m pip install -q --no-deps -e . 2>/dev/null || true
 timeout 60 python3 -m pytest -q -p no:cacheprovider tests/core/test_cuda.py 2>&1 | tee "$OUT/cuda_tests.log"
 # search step cost: aten calls and saved bytes (machine-independent) and, on the GPU, ms per step and peak memory
 timeout 120 python3 bench/search_step_cost.py --out "$OUT" --rounds 2 2>&1 | tail -12 | tee "$OUT/step_cost.log"
-if [ "${MODE:-quality}" = latency ]; then
+if [ "${MODE:-quality}" = speed ]; then
+  timeout 420 python3 bench/search_step_cost.py --out "$OUT/compiled" --rounds 1 --time-hw 32x48 --compile cuda \
+    2>&1 | tail -20 | tee "$OUT/bench.log"
+elif [ "${MODE:-quality}" = latency ]; then
   timeout 480 python3 bench/latency_trust.py --out "$OUT" --resolutions "${RESOLUTIONS:-360x480}" --sampling spread \
     2>&1 | tail -30 | tee "$OUT/bench.log"
 elif [ "${MODE:-quality}" = camvid ]; then

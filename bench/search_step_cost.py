@@ -33,9 +33,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
+from core.compile import CompiledForward  # noqa: E402
 from core.estimate import saved_bytes  # noqa: E402
 from core.network import SuperNet  # noqa: E402
 from core.specs import GGMConfig, NetworkConfig  # noqa: E402
+from core.train import autocast_for  # noqa: E402
 
 VARIANTS = {"plain": False, "batched": True}
 
@@ -70,15 +72,24 @@ def make(cfg: NetworkConfig, batched: bool, seed: int = 0) -> SuperNet:
     return SuperNet(cfg, GGMConfig(), batched=batched, gumbel=True).train()
 
 
-def arch_step(net: SuperNet, x: torch.Tensor, y: torch.Tensor) -> None:
-    """As Searcher.arch_step: gradients of α and the GGM only."""
-    loss = F.cross_entropy(net(x), y)
-    torch.autograd.grad(loss, net.arch_parameters(), allow_unused=True)
+def arch_step(net: SuperNet, x: torch.Tensor, y: torch.Tensor, fwd: CompiledForward | None = None) -> None:
+    """As Searcher.arch_step: gradients of α and the GGM only. ``fwd``: the search's (compiled) forward."""
+    logits = net(x) if fwd is None else fwd(x, net.op_weights(net.alpha_prime()))
+    torch.autograd.grad(F.cross_entropy(logits.float(), y), net.arch_parameters(), allow_unused=True)
 
 
-def weight_step(net: SuperNet, x: torch.Tensor, y: torch.Tensor) -> None:
-    loss = F.cross_entropy(net(x), y)
-    torch.autograd.grad(loss, net.weight_parameters(), allow_unused=True)
+def weight_step(net: SuperNet, x: torch.Tensor, y: torch.Tensor, fwd: CompiledForward | None = None) -> None:
+    logits = net(x) if fwd is None else fwd(x, net.op_weights([a.detach() for a in net.alpha_prime()]))
+    torch.autograd.grad(F.cross_entropy(logits.float(), y), net.weight_parameters(), allow_unused=True)
+
+
+def search_step(net: SuperNet, x: torch.Tensor, y: torch.Tensor, fwd: CompiledForward | None = None) -> None:
+    """One architecture step and one weight step; through ``fwd.step`` when compiled (its guard and fallback)."""
+    if fwd is None:
+        arch_step(net, x, y), weight_step(net, x, y)
+        return
+    fwd.step("architecture", lambda: arch_step(net, x, y, fwd))
+    fwd.step("weight", lambda: weight_step(net, x, y, fwd))
 
 
 def count_calls(net: SuperNet, x: torch.Tensor, y: torch.Tensor) -> dict:
@@ -94,47 +105,67 @@ def count_calls(net: SuperNet, x: torch.Tensor, y: torch.Tensor) -> dict:
     return out
 
 
-def step_time(nets: dict[str, SuperNet], x: torch.Tensor, y: torch.Tensor, rounds: int, reps: int) -> dict:
+def step_time(nets: dict[str, SuperNet], x: torch.Tensor, y: torch.Tensor, rounds: int, reps: int,
+              fwds: dict[str, CompiledForward] | None = None) -> dict:
+    """CPU ms per search step, the variants interleaved round by round; a compiled variant's first steps
+    (where it compiles) are timed apart, as ``compile_s``."""
+    fwds = fwds or {}
     times: dict[str, list[float]] = {k: [] for k in nets}
-    for net in nets.values():  # warm-up
-        arch_step(net, x, y), weight_step(net, x, y)
+    first: dict[str, float] = {}
+    for k, net in nets.items():  # warm-up (a compiled variant compiles here)
+        t = time.perf_counter()
+        search_step(net, x, y, fwds.get(k))
+        first[k] = time.perf_counter() - t
     for _ in range(rounds):
         for k, net in nets.items():
             t = time.perf_counter()
             for _ in range(reps):
-                arch_step(net, x, y)
-                weight_step(net, x, y)
+                search_step(net, x, y, fwds.get(k))
             times[k].append((time.perf_counter() - t) / reps * 1000)
-    return {k: {"median_ms": round(statistics.median(v), 2), "min_ms": round(min(v), 2)} for k, v in times.items()}
+    out = {k: {"median_ms": round(statistics.median(v), 2), "min_ms": round(min(v), 2)} for k, v in times.items()}
+    for k, f in fwds.items():
+        out[k].update(compile_s=round(first[k], 1), compile=f.as_dict())
+    return out
 
 
-def cuda_steps(cfg: NetworkConfig, h: int, w: int, batch: int, reps: int = 10) -> dict:
-    """On a GPU: ms per search step (arch + weight, gradients only) and peak memory, for both variants,
-    interleaved, eager, fp32, channels_last, cudnn.benchmark on."""
+def cuda_steps(cfg: NetworkConfig, h: int, w: int, batch: int, reps: int = 10, compile_modes: tuple[str, ...] = ()) -> dict:
+    """On a GPU: ms per search step (arch + weight, gradients only) and peak memory, as the search runs it
+    (bf16 autocast where supported, channels_last, cudnn.benchmark): plain and batched cells eager, then the
+    batched cells under each of ``compile_modes`` (search.compile), with the seconds their first step took."""
     dev = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
     g = torch.Generator(device=dev).manual_seed(0)
     x = torch.randn(batch, 3, h, w, device=dev, generator=g).contiguous(memory_format=torch.channels_last)
     y = torch.randint(cfg.num_classes, (batch, h, w), device=dev, generator=g)
     out = {}
-    for k, b in VARIANTS.items():
+    runs = [(k, b, "off") for k, b in VARIANTS.items()] + [(f"batched+{m}", True, m) for m in compile_modes]
+    for k, b, mode in runs:
         net = make(cfg, b).to(dev).to(memory_format=torch.channels_last)
-        for _ in range(3):
-            arch_step(net, x, y), weight_step(net, x, y)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(dev)
-        ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
-        ev[0].record()
-        for _ in range(reps):
-            arch_step(net, x, y), weight_step(net, x, y)
-        ev[1].record()
-        torch.cuda.synchronize()
+        fwd = None if mode == "off" else CompiledForward(net, mode, dev)
+        t = time.perf_counter()
+        with autocast_for(dev):
+            search_step(net, x, y, fwd)
+            torch.cuda.synchronize()
+            first_s = time.perf_counter() - t
+            for _ in range(2):
+                search_step(net, x, y, fwd)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(dev)
+            ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+            ev[0].record()
+            for _ in range(reps):
+                search_step(net, x, y, fwd)
+            ev[1].record()
+            torch.cuda.synchronize()
         out[k] = {"ms_per_step": round(ev[0].elapsed_time(ev[1]) / reps, 2),
-                  "peak_gib": round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)}
-        del net
+                  "peak_gib": round(torch.cuda.max_memory_allocated(dev) / 2**30, 2), "first_step_s": round(first_s, 1)}
+        if fwd is not None:
+            out[k]["compile"] = fwd.as_dict()
+        del net, fwd
         torch.cuda.empty_cache()
     return {"device": torch.cuda.get_device_name(dev), "resolution": [h, w], "batch": batch, "reps": reps,
-            "precision": "fp32", "runtime": "PyTorch eager, channels_last", "variants": out}
+            "precision": "bf16 autocast" if torch.cuda.is_bf16_supported() else "fp32",
+            "runtime": "PyTorch, channels_last, cudnn.benchmark (as the search)", "variants": out}
 
 
 def main() -> None:
@@ -148,6 +179,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--smoke", action="store_true", help="toy network and sizes: checks the script only")
     ap.add_argument("--cuda-batch", type=int, default=8, help="batch of the GPU part (run when CUDA is available)")
+    ap.add_argument("--compile", default="", help="comma list of 'cpu', 'cuda': also time the batched supernet under "
+                    "search.compile=default on the CPU (inductor: minutes per graph for the default network) and, on a "
+                    "GPU, under default and reduce-overhead")
+    ap.add_argument("--backend", default=None, help="torch.compile backend of --compile (default: core.compile.BACKEND)")
     a = ap.parse_args()
     cfg = NetworkConfig()
     if a.smoke:
@@ -170,9 +205,21 @@ def main() -> None:
                               "weight_parameters": sum(p.numel() for p in net.weight_parameters())}
     xt = torch.randn(a.time_batch, 3, th, tw, generator=g)
     yt = torch.randint(cfg.num_classes, (a.time_batch, th, tw), generator=g)
-    timing = step_time(nets, xt, yt, a.rounds, 1 if a.smoke else 3)
+    timed, fwds = dict(nets), {}
+    compile_on = {d for d in a.compile.split(",") if d}
+    if compile_on - {"cpu", "cuda"}:
+        ap.error(f"--compile takes cpu and/or cuda, got {a.compile}")
+    if "cpu" in compile_on:  # a copy of the batched supernet (same weights), compiled: the ratio is measured in this run
+        timed["batched+default"] = make(cfg, True)
+        fwds["batched+default"] = CompiledForward(timed["batched+default"], "default", torch.device("cpu"),
+                                                  backend=a.backend)
+    timing = step_time(timed, xt, yt, a.rounds, 1 if a.smoke else 3, fwds)
     for k in nets:
         res["variants"][k]["cpu_step"] = timing[k]
+    if "cpu" in compile_on:
+        res["compiled_cpu"] = {"batched+default": timing["batched+default"],
+                               "step_time_vs_batched_eager": round(timing["batched+default"]["median_ms"]
+                                                                   / timing["batched"]["median_ms"], 3)}
     p, b = res["variants"]["plain"], res["variants"]["batched"]
     res["ratios"] = {
         "aten_calls_per_search_step": round(b["aten_calls"]["search_step"]["aten"] / p["aten_calls"]["search_step"]["aten"], 3),
@@ -184,7 +231,8 @@ def main() -> None:
                      "method": "arch step + weight step (gradients only, no optimizer), interleaved rounds, median"}
     res["goals"] = {"kernel_calls_per_search_step": "<= 1/3 of plain", "saved_bytes_per_image": "<= 0.75 of plain"}
     if torch.cuda.is_available():
-        res["cuda"] = cuda_steps(cfg, a.height, a.width, 2 if a.smoke else a.cuda_batch)
+        res["cuda"] = cuda_steps(cfg, a.height, a.width, 2 if a.smoke else a.cuda_batch,
+                                 compile_modes=("default", "reduce-overhead") if "cuda" in compile_on else ())
     a.out.mkdir(parents=True, exist_ok=True)
     name = "search_step_cost" + ("_smoke" if a.smoke else "")
     (a.out / f"{name}.json").write_text(json.dumps(res, indent=1))
@@ -208,11 +256,21 @@ def table_md(res: dict) -> str:
               "", f"batched / plain: kernel calls per search step {r['kernel_calls_per_search_step']} (goal ≤ 0.333; "
                   f"all aten calls {r['aten_calls_per_search_step']}), saved bytes per image {r['saved_bytes_per_image']} "
                   f"(goal ≤ 0.75), CPU step time {r['cpu_step_time']}."]
+    if "compiled_cpu" in res:
+        cc = res["compiled_cpu"]["batched+default"]
+        lines += ["", f"search.compile=default ({cc['compile']['backend']}) on the CPU: {cc['median_ms']} ms / step, "
+                      f"{res['compiled_cpu']['step_time_vs_batched_eager']} of batched eager in the same run; its first "
+                      f"step (compiling both graphs) took {cc['compile_s']} s; used: {cc['compile']['used']}, graphs "
+                      f"{cc['compile']['graphs']}, graph breaks {cc['compile']['graph_breaks']}"
+                      + (f", fallback: {cc['compile']['fallback']}" if cc['compile']['fallback'] else "") + "."]
     if "cuda" in res:
         c = res["cuda"]
         lines += ["", f"GPU: {c['device']}, {c['resolution'][0]}x{c['resolution'][1]}, batch {c['batch']}, {c['precision']}, "
-                      f"{c['runtime']}:", "", "| variant | ms / search step | peak GiB |", "|---|---|---|"]
-        lines += [f"| {k} | {v['ms_per_step']} | {v['peak_gib']} |" for k, v in c["variants"].items()]
+                      f"{c['runtime']}:", "", "| variant | ms / search step | peak GiB | first step s | compile used |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {k} | {v['ms_per_step']} | {v['peak_gib']} | {v['first_step_s']} | "
+                  f"{v['compile']['used'] + (' (fallback)' if v['compile']['fallback'] else '') if 'compile' in v else 'eager'} |"
+                  for k, v in c["variants"].items()]
     return "\n".join(lines) + "\n"
 
 

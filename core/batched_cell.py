@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cell import CellInputs, SearchCell, cell_edges, edge_stride, search_op
+from .cell import CellInputs, FreeOpDropout, SearchCell, cell_edges, edge_stride, search_op
 from .ops import OPS
 
 
@@ -65,7 +65,7 @@ class SourceOps(nn.Module):
         # Unknown ops: one module per edge (the plain mixed op's, so the registry stays the source of truth).
         self.others = nn.ModuleList(nn.ModuleList(search_op(ops[k], c, stride) for _ in range(m))
                                     for k in self.other_idx)
-        self.free_dropout = 0.0  # set by the searcher (SearchConfig.free_op_dropout); training mode only
+        self.free_drop = FreeOpDropout()  # its rate is set by the searcher (SearchConfig.free_op_dropout)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -77,8 +77,8 @@ class SourceOps(nn.Module):
 
     def _free(self, y: torch.Tensor) -> torch.Tensor:
         """Dropout on a weight-free op's output, an independent mask per edge ([N, m, C, H, W])."""
-        if self.free_dropout > 0.0 and self.training:
-            return F.dropout(y.expand(-1, self.m, -1, -1, -1), self.free_dropout, training=True)
+        if self.free_drop.active and self.training:
+            return self.free_drop(y.expand(-1, self.m, -1, -1, -1))
         return y
 
     def forward(self, x: torch.Tensor, relu_x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -176,11 +176,11 @@ class BatchedSearchCell(nn.Module):
 
     @property
     def free_dropout(self) -> float:
-        return self.sources[0].free_dropout
+        return self.sources[0].free_drop.p
 
     def set_free_dropout(self, p: float) -> None:
         for s in self.sources:
-            s.free_dropout = float(p)
+            s.free_drop.set_p(float(p))
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         states = list(self.inputs(s0, s1))

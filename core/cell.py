@@ -9,7 +9,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .genotype import Cell as CellGenotype
@@ -50,6 +49,34 @@ def search_op(name: str, c: int, stride: int) -> nn.Module:
     return nn.Sequential(op, nn.BatchNorm2d(c, affine=False)) if OPS[name].search_bn else op
 
 
+class FreeOpDropout(nn.Module):
+    """Dropout on a weight-free op's output (``SearchConfig.free_op_dropout``), in training mode only.
+
+    The keep probability lives in a (non-persistent) buffer rather than a Python float: the searcher changes
+    the rate every epoch, and a float would be a constant of a compiled forward (core/compile.py), so every
+    epoch would compile it again. The mask is drawn per element, as ``F.dropout`` draws it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("keep", torch.ones(()), persistent=False)
+        self.active = False
+
+    @property
+    def p(self) -> float:
+        return 1.0 - float(self.keep)
+
+    def set_p(self, p: float) -> None:
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout rate must be in [0, 1), got {p}")
+        self.keep.fill_(1.0 - p)
+        self.active = p > 0.0
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        if not (self.active and self.training):
+            return y
+        return y * (torch.rand_like(y) < self.keep) / self.keep
+
+
 class MixedOp(nn.Module):
     """ō(x) = Σ_o w_o · o(x) over the candidate ops of one edge."""
 
@@ -58,7 +85,7 @@ class MixedOp(nn.Module):
         self.ops = nn.ModuleList(search_op(o, c, stride) for o in ops)
         self.zero = [OPS[o].zero for o in ops]
         self.free = [not OPS[o].parametric and not OPS[o].zero for o in ops]
-        self.free_dropout = 0.0  # set by the searcher (SearchConfig.free_op_dropout); training mode only
+        self.free_drop = FreeOpDropout()  # its rate is set by the searcher (SearchConfig.free_op_dropout)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         out = None
@@ -66,8 +93,8 @@ class MixedOp(nn.Module):
             if zero:
                 continue  # contributes nothing but its share of the softmax
             y = op(x)
-            if free and self.free_dropout > 0.0 and self.training:
-                y = F.dropout(y, self.free_dropout, training=True)
+            if free:
+                y = self.free_drop(y)
             y = w * y
             out = y if out is None else out + y
         return out
@@ -85,7 +112,7 @@ class SearchCell(nn.Module):
 
     def set_free_dropout(self, p: float) -> None:
         for edge in self.edges:
-            edge.free_dropout = float(p)
+            edge.free_drop.set_p(float(p))
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         states = list(self.inputs(s0, s1))

@@ -274,7 +274,7 @@ def search_pipeline(spec: SearchJobSpec, workdir: Path, progress: Progress, shou
         "measurements_trusted": trusted, "noise_warnings": warn.messages, "latency_verdict": verdict,
         "threads": effective(threads).as_dict(), "noise_policy": noise.as_dict(), "device_lock": lock.as_dict(),
         "derivation": derivation, "repair": repair_doc, "lut_validation": validation, "fps": fps, "history": result.history,
-        "search_steps": result.steps, "memory": memory, "resumed_from_epoch": result.resumed_from_epoch,
+        "search_steps": result.steps, "memory": memory, "compile": result.compile, "resumed_from_epoch": result.resumed_from_epoch,
         "wall_s": round(time.perf_counter() - t0, 2), "settings": spec.model_dump(mode="json", exclude=PRIVATE_SETTINGS),
     }
     save_report(art, report, spec, workdir)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_state, rng_state, save_state, set_rng_state
+from .compile import CompiledForward
 from .data import Augment, DeviceLoader, SegData
 from .latency import LatencyModel
 from .latency_loss import LatencyPenalty
@@ -37,6 +38,7 @@ class SearchResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from_epoch: int | None = None
     steps: dict[str, Any] = field(default_factory=dict)  # the schedule's step counts (Searcher.step_counts)
+    compile: dict[str, Any] = field(default_factory=dict)  # what search.compile asked for and what ran (core/compile.py)
 
 
 def split_halves(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,14 +114,18 @@ class Searcher:
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs, eta_min=cfg.w_lr_min)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
+        self.forward = CompiledForward(self.model, cfg.compile, device, progress)  # the steps' forward (mixed weights)
 
     # -- the two-phase step -----------------------------------------------------------------
     def arch_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Adam on α and the GGM with L_arch = CE + λ·f(LAT(α')/T) on a D_α batch."""
+        return self.forward.step("architecture", lambda: self._arch_step(x, y))
+
+    def _arch_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         self.a_opt.zero_grad(set_to_none=True)
         alphas = self.model.alpha_prime()
         with autocast_for(self.device):
-            logits = self.model(x, alphas=alphas)
+            logits = self.forward(x, self.model.op_weights(alphas))
         ce = segmentation_loss(logits, y, self.ignore)
         lat = self.latency(alphas)
         penalty = self.penalty(lat)
@@ -134,6 +140,9 @@ class Searcher:
 
     def weight_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """SGD on the weights with CE on a D_w batch, α' detached."""
+        return self.forward.step("weight", lambda: self._weight_step(x, y))
+
+    def _weight_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         self.w_opt.zero_grad(set_to_none=True)
         with autocast_for(self.device):
             logits = self.weight_logits(x)
@@ -146,7 +155,7 @@ class Searcher:
     def weight_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The weight step's forward: the supernet mixed by α' (detached). A subclass may train other paths
         (bench/supernet_ranking.py: one sampled genotype per warm-up step)."""
-        return self.model(x, detach_arch=True)
+        return self.forward(x, self.model.op_weights([a.detach() for a in self.model.alpha_prime()]))
 
     # -- epochs ---------------------------------------------------------------------------
     def run(self) -> SearchResult:
@@ -180,7 +189,7 @@ class Searcher:
         with torch.no_grad():
             alphas = [a.detach().cpu() for a in self.model.alpha_prime()]
             lat = float(self.latency([a.to(self.device) for a in alphas]))
-        return SearchResult(alphas, lat, self.history, resumed, self.step_counts())
+        return SearchResult(alphas, lat, self.history, resumed, self.step_counts(), self.forward.as_dict())
 
     @torch.no_grad()
     def _epoch_summary(self, epoch: int, phase: str) -> dict[str, Any]:

@@ -138,6 +138,7 @@ class SearchConfig(_Strict):
     gumbel_tau: float = Field(1.0, gt=0.0, le=100.0, description="Gumbel-softmax temperature.")
     free_op_dropout: float = Field(0.3, ge=0.0, lt=1.0, description="Dropout on weight-free ops' outputs (skip, pooling) in the supernet, decaying linearly to 0 over the run, against their early win (P-DARTS) [ours].")
     batched_cells: bool = Field(True, description="Compute each node's out-edges together (one ReLU, one kernel per op family; same function, fewer launches and saved bytes: docs/SEARCH_SPEED.md) [ours]; False = one module per edge.")
+    compile: Literal["off", "default", "reduce-overhead"] = Field("off", description="torch.compile the supernet's training forward and backward (both steps): 'default' fuses kernels (inductor), 'reduce-overhead' also replays them as CUDA graphs (CUDA only; 'default' elsewhere). The first step of each kind compiles (minutes); a failure falls back to eager, said in progress and the report (docs/SEARCH_SPEED.md) [ours].")
     ops: list[Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,64}$")]] | None = Field(None, max_length=64, description="Subset of the op registry to search over (None = all 8).")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of weights, data order and augmentation.")
     flip: bool = Field(True, description="Random horizontal flips during search.")

@@ -37,10 +37,13 @@ def test_search_quality_smoke_writes_every_arm(profile, tmp_path):
 
 def test_search_step_cost_smoke(tmp_path):
     """bench/search_step_cost.py end to end at toy sizes: both variants counted, ratios written."""
-    subprocess.run([sys.executable, str(REPO / "bench" / "search_step_cost.py"), "--smoke", "--out", str(tmp_path)],
-                   check=True, timeout=600, capture_output=True)
+    subprocess.run([sys.executable, str(REPO / "bench" / "search_step_cost.py"), "--smoke", "--out", str(tmp_path),
+                    "--compile", "cpu", "--backend", "aot_eager"], check=True, timeout=600, capture_output=True)
     res = json.loads((tmp_path / "search_step_cost_smoke.json").read_text())
     plain, batched = res["variants"]["plain"], res["variants"]["batched"]
+    comp = res["compiled_cpu"]["batched+default"]  # the compiled variant ran compiled, in the same run
+    assert comp["compile"]["used"] == "default" and comp["compile"]["fallback"] is None
+    assert comp["compile"]["graphs"] == 2 and comp["median_ms"] > 0 and res["compiled_cpu"]["step_time_vs_batched_eager"] > 0
     assert batched["aten_calls"]["search_step"]["kernels"] < plain["aten_calls"]["search_step"]["kernels"]
     assert batched["saved_bytes_per_image"] < plain["saved_bytes_per_image"]
     assert batched["weight_parameters"] == plain["weight_parameters"]

@@ -1,0 +1,114 @@
+"""search.compile (core/compile.py): a compiled search computes what the eager one does; a failure to compile
+falls back to eager, undone and said; the free-op dropout's per-epoch change does not compile again.
+
+The backend here is ``aot_eager``: the same dynamo tracing and AOTAutograd graphs as inductor, without its
+C++ code generation (minutes per graph on this CPU for the default network; docs/SEARCH_SPEED.md). Its
+ops run on the same generator as eager, so seeded runs match to float precision. CUDA graphs
+(``reduce-overhead`` on a GPU) cannot run here; bench/search_step_cost.py measures them on a GPU.
+"""
+import pytest
+import torch
+from torch._dynamo.backends.common import aot_autograd
+
+import core.compile as cc
+from core.latency import LatencyModel, build_table
+from core.latency_loss import LatencyPenalty
+from core.network import SuperNet
+from core.search import Searcher
+from core.specs import GGMConfig, LatencyConfig, NetworkConfig, SearchConfig
+
+CFG = NetworkConfig(num_cells=3, reduction_cells=[1], init_channels=8, stem_channels=8, head_channels=16,
+                    low_level_channels=8, nodes=2)
+SC = SearchConfig(epochs=3, warmup_epochs=1, batch_size=2, seed=5, steps_per_epoch=2)
+
+
+@pytest.fixture(scope="module")
+def table():
+    return build_table(CFG, SuperNet(CFG, GGMConfig()).ops, 48, 64, torch.device("cpu"), "fp32", 1, 3)
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def run_search(table, data, tmp_path, mode: str, backend=None):
+    torch.manual_seed(SC.seed)
+    net = SuperNet(CFG, GGMConfig())
+    events: list[dict] = []
+    s = Searcher(net, LatencyModel(table, CFG, net.ops, 48, 64), LatencyPenalty(LatencyConfig(budget_ms=1.0)),
+                 SC.model_copy(update={"compile": mode}), data, torch.device("cpu"), tmp_path / mode, events.append,
+                 lambda: False)
+    if backend is not None:
+        s.forward = cc.CompiledForward(s.model, mode, torch.device("cpu"), events.append, backend=backend)
+    return s, s.run(), events
+
+
+def assert_same_search(a, b):
+    for x, y in zip(a.alphas, b.alphas):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+    assert [h["supernet_miou"] for h in a.history] == pytest.approx([h["supernet_miou"] for h in b.history], abs=1e-3)
+
+
+def test_compiled_search_equals_eager_and_compiles_once_per_step_kind(table, camvid_train, tmp_path):
+    """Both steps run compiled (two graphs: α' with and without gradients), the dropout rate changing every
+    epoch compiles nothing more, and the search's α, weights and BN statistics are the eager search's."""
+    eager_s, eager, _ = run_search(table, camvid_train, tmp_path, "off")
+    assert eager.compile == {"requested": "off", "used": "eager", "backend": None, "note": None, "fallback": None,
+                             "first_step_s": {}, "graphs": 0, "graph_breaks": 0}
+    comp_s, comp, events = run_search(table, camvid_train, tmp_path, "default", backend="aot_eager")
+    assert comp.compile["used"] == "default" and comp.compile["fallback"] is None
+    assert set(comp.compile["first_step_s"]) == {"architecture", "weight"}
+    # one graph per step kind over 3 epochs whose dropout rate differs every epoch (a float rate: 4+)
+    assert comp.compile["graphs"] == 2 and comp.compile["graph_breaks"] == 0
+    assert_same_search(eager, comp)
+    ref = eager_s.model.state_dict()
+    for k, v in comp_s.model.state_dict().items():
+        torch.testing.assert_close(v, ref[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert any(e["phase"] == "compile" and "architecture step compiled" in e["message"] for e in events)
+
+
+def test_reduce_overhead_on_cpu_compiles_as_default_and_says_so(table, camvid_train, tmp_path):
+    _, res, _ = run_search(table, camvid_train, tmp_path, "reduce-overhead", backend="aot_eager")
+    assert res.compile["used"] == "default" and "need CUDA" in res.compile["note"]
+
+
+def _fails_in_backward():
+    def bw(gm, example_inputs):
+        raise RuntimeError("no backward compiler at /opt/secret/toolchain")
+    return aot_autograd(fw_compiler=lambda gm, example_inputs: gm, bw_compiler=bw)
+
+
+def test_a_failed_compile_falls_back_to_eager_undone_and_said(table, camvid_train, tmp_path):
+    """The compiled forward runs (BN statistics move, the dropout draws from the RNG), then its backward fails
+    to compile: the step is undone and redone eagerly, so the whole search equals the eager one."""
+    eager_s, eager, _ = run_search(table, camvid_train, tmp_path, "off")
+    fb_s, fb, events = run_search(table, camvid_train, tmp_path, "default", backend=_fails_in_backward())
+    assert fb.compile["used"] == "eager"
+    reason = fb.compile["fallback"]
+    assert "no backward compiler" in reason and "/opt/secret" not in reason
+    assert any(e["phase"] == "compile" and "fell back to eager" in e["message"] for e in events)
+    assert_same_search(eager, fb)
+    ref = eager_s.model.state_dict()
+    for k, v in fb_s.model.state_dict().items():
+        torch.testing.assert_close(v, ref[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_free_op_dropout_rate_is_a_buffer_not_a_constant():
+    """Changing the rate keeps the compiled graph; a rate of 0 or eval mode is the identity; the rate drops
+    about that share of a free op's output and rescales the rest."""
+    net = SuperNet(CFG, GGMConfig()).train()
+    net.set_free_op_dropout(0.3)
+    drops = [m for m in net.modules() if type(m).__name__ == "FreeOpDropout"]
+    assert drops and all(abs(d.p - 0.3) < 1e-6 and d.active for d in drops)
+    y = torch.ones(200_000)
+    out = drops[0](y)
+    assert abs(float((out == 0).float().mean()) - 0.3) < 0.01
+    torch.testing.assert_close(out[out != 0], torch.full_like(out[out != 0], 1 / 0.7))
+    net.eval()
+    assert torch.equal(drops[0](y), y)
+    net.train().set_free_op_dropout(0.0)
+    assert torch.equal(drops[0](y), y)
+    assert not any("keep" in k for k in net.state_dict())  # checkpoints unchanged
