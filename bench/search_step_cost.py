@@ -37,6 +37,7 @@ from core.compile import CompiledForward  # noqa: E402
 from core.estimate import saved_bytes  # noqa: E402
 from core.network import SuperNet  # noqa: E402
 from core.specs import GGMConfig, NetworkConfig  # noqa: E402
+from core.timing import device_name  # noqa: E402
 from core.train import autocast_for  # noqa: E402
 
 VARIANTS = {"plain": False, "batched": True}
@@ -194,6 +195,7 @@ def main() -> None:
     x = torch.randn(a.batch, 3, a.height, a.width, generator=g)
     y = torch.randint(cfg.num_classes, (a.batch, a.height, a.width), generator=g)
     res: dict = {"benchmark": "search_step_cost", "device": "cpu (counts and bytes are machine-independent)",
+                 "cpu": device_name("cpu"),  # the host of the CPU times
                  "torch": torch.__version__, "threads": {"intra_op": torch.get_num_threads(),
                                                          "inter_op": torch.get_num_interop_threads()},
                  "network": cfg.model_dump(mode="json"), "resolution": [a.height, a.width], "batch": a.batch,

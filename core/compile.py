@@ -26,7 +26,7 @@ import torch
 from .redact import redact_text
 
 CompileMode = Literal["off", "default", "reduce-overhead"]
-BACKEND = "inductor"
+BACKEND: str | Callable = "inductor"
 """torch.compile backend of ``search.compile`` (tests use ``aot_eager``: the same tracing, no C++ toolchain)."""
 REASON_CHARS = 400  # how much of a compile error's message the report keeps
 
@@ -34,13 +34,15 @@ T = TypeVar("T")
 
 
 def _dynamo_counts() -> dict[str, int]:
-    """Graphs compiled and graph breaks so far in this process (torch's counters; zeros if it has none)."""
+    """Graphs compiled, graph breaks and CUDA graphs skipped (inductor falls back to plain kernels for a graph it
+    cannot capture, and only logs it) so far in this process, from torch's counters; zeros where it has none."""
     try:
         from torch._dynamo.utils import counters
     except Exception:  # pragma: no cover - a torch without dynamo
-        return {"graphs": 0, "graph_breaks": 0}
+        return {"graphs": 0, "graph_breaks": 0, "cudagraph_skips": 0}
     return {"graphs": int(counters["stats"].get("unique_graphs", 0)),
-            "graph_breaks": int(sum(counters["graph_break"].values()))}
+            "graph_breaks": int(sum(counters["graph_break"].values())),
+            "cudagraph_skips": int(counters["inductor"].get("cudagraph_skips", 0))}
 
 
 class CompiledForward:
@@ -105,7 +107,12 @@ class CompiledForward:
             torch.cuda.synchronize(self.device)
         self.first_step_s[kind] = round(time.perf_counter() - t, 3)
         self._proven.add(kind)
-        self.progress({"phase": "compile", "message": f"{kind} step compiled and run in {self.first_step_s[kind]:.1f} s"})
+        msg = f"{kind} step compiled and run in {self.first_step_s[kind]:.1f} s"
+        skipped = _dynamo_counts()["cudagraph_skips"] - self._counts0["cudagraph_skips"]
+        if self.used == "reduce-overhead" and skipped:
+            msg += (f"; CUDA graphs skipped for {skipped} graph(s) so far (their kernels run compiled but without "
+                    "graph replay; torch's log says why)")
+        self.progress({"phase": "compile", "message": msg})
         return out
 
     def _go_eager(self, kind: str, exc: Exception) -> None:
@@ -121,5 +128,4 @@ class CompiledForward:
         return {"requested": self.requested, "used": self.used,
                 "backend": None if self.requested == "off" else self._backend_name(), "note": self.note,
                 "fallback": self.fallback, "first_step_s": dict(self.first_step_s),
-                "graphs": now["graphs"] - self._counts0["graphs"],
-                "graph_breaks": now["graph_breaks"] - self._counts0["graph_breaks"]}
+                **{k: now[k] - self._counts0[k] for k in now}}

@@ -1,5 +1,5 @@
 """What a search needs before it starts (issue "search speed"): memory from a forward on the meta
-device (no memory, no compute), and a batch fallback when a GPU is too small.
+device (no memory, no compute), and a batch, then crop, fallback when a GPU is too small.
 
 The estimate counts what training keeps: the weights with their gradients and SGD momentum, α and the
 GGM with Adam's two moments, and the activations saved for backward (each storage once) at the search
@@ -18,6 +18,8 @@ from .specs import GGMConfig, NetworkConfig, SearchConfig
 FP32 = 4
 OVERHEAD = 1.25  # allocator, cuDNN workspaces, temporaries of the backward: on top of the counted terms
 MIN_BATCH = 2  # BatchNorm in the supernet needs more than one sample per step
+CROP_STEP = 32  # a fallback crop's sides are multiples of this (the supernet's deepest stride at 3 reductions)
+MIN_CROP = 64  # the smallest side a fallback crop goes to
 
 
 def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
@@ -83,3 +85,58 @@ def fit_batch(est: SearchEstimate, capacity_bytes: int) -> tuple[int, str | None
     return batch, (f"batch {est.batch} needs about {est.peak_bytes() / 2**30:.1f} GiB, the device has "
                    f"{capacity_bytes / 2**30:.1f} GiB free: searching with batch {batch} "
                    f"({est.peak_bytes(batch) / 2**30:.1f} GiB)")
+
+
+@dataclass(frozen=True)
+class Fit:
+    """What the search runs with on a device of ``capacity_bytes``: the batch, the crop, the estimate at them."""
+    batch: int
+    crop: tuple[int, int]
+    estimate: SearchEstimate
+    reason: str | None  # None: as requested
+
+
+def _smaller_crop(crop: tuple[int, int], scale: float) -> tuple[int, int]:
+    """Both sides times ``scale``, down to a multiple of ``CROP_STEP`` and at least one step smaller (not
+    below ``MIN_CROP``, nor above the side itself)."""
+    return tuple(min(side, max(MIN_CROP, min(int(side * scale) // CROP_STEP * CROP_STEP, side - CROP_STEP)))
+                 for side in crop)  # type: ignore[return-value]
+
+
+def fit_search(net: NetworkConfig, ggm: GGMConfig, search: SearchConfig, crop: tuple[int, int],
+               capacity_bytes: int) -> Fit:
+    """The batch (halving to ``MIN_BATCH``, :func:`fit_batch`), then the crop (both sides shrunk to multiples of
+    ``CROP_STEP``, not below ``MIN_CROP``, each re-estimated on the meta device) at which the search fits
+    ``capacity_bytes``. Raises, naming the settings to lower, when the smallest crop at ``MIN_BATCH`` does not."""
+    est = estimate_search(net, ggm, search, crop)
+    try:
+        batch, reason = fit_batch(est, capacity_bytes)
+        return Fit(batch, tuple(crop), est, reason)
+    except MemoryError:
+        pass
+    first = est
+    while True:
+        acts = capacity_bytes / OVERHEAD - est.state_bytes  # what MIN_BATCH images may save
+        need = MIN_BATCH * est.saved_bytes_per_image
+        smaller = _smaller_crop(est.crop, (max(acts, 0.0) / need) ** 0.5 if need else 1.0)
+        if smaller == est.crop:  # at MIN_CROP (or the data's own size) already
+            raise MemoryError(f"the search needs about {est.peak_bytes(MIN_BATCH) / 2**30:.1f} GiB even at batch "
+                              f"{MIN_BATCH} and crop {est.crop[0]}x{est.crop[1]}, the device has "
+                              f"{capacity_bytes / 2**30:.1f} GiB free: lower network.init_channels, network.nodes "
+                              f"or network.num_cells, or use a device with more memory")
+        too_big, est = est.crop, estimate_search(net, ggm, search, smaller)
+        if est.peak_bytes(MIN_BATCH) <= capacity_bytes:
+            while True:  # the estimate is not quite linear in the pixels: take back the steps that still fit
+                grown = tuple(min(side + CROP_STEP, limit) for side, limit in zip(smaller, too_big))
+                if grown == smaller or grown == too_big:
+                    break
+                bigger = estimate_search(net, ggm, search, grown)
+                if bigger.peak_bytes(MIN_BATCH) > capacity_bytes:
+                    break
+                smaller, est = grown, bigger
+            return Fit(MIN_BATCH, smaller, est,
+                       f"batch {first.batch} at crop {first.crop[0]}x{first.crop[1]} needs about "
+                       f"{first.peak_bytes() / 2**30:.1f} GiB and batch {MIN_BATCH} about "
+                       f"{first.peak_bytes(MIN_BATCH) / 2**30:.1f} GiB, the device has {capacity_bytes / 2**30:.1f} "
+                       f"GiB free: searching with batch {MIN_BATCH} at crop {smaller[0]}x{smaller[1]} "
+                       f"({est.peak_bytes(MIN_BATCH) / 2**30:.1f} GiB)")

@@ -19,7 +19,7 @@ from .data import load_split, normalize
 from .derive import Preference, derive, preference_source, repair_to_budget
 from .device_lock import DeviceLock, default_lock_dir
 from .drift import Reference, corrected, drift_note, read_with_reference, reference_drift
-from .estimate import estimate_search, fit_batch
+from .estimate import estimate_search, fit_search
 from .fps import fps_report, measure_latency, reference_measurement, runtime_key
 from .export import export_checked, model_metadata
 from .genotype import Genotype, Provenance, parse_genotype
@@ -117,17 +117,19 @@ def _noisy_note(what: str, m: dict, noise: NoisePolicy) -> str:
 def plan_memory(spec: SearchJobSpec, net_cfg, height: int, width: int, device: torch.device,
                 progress: Progress) -> tuple[SearchConfig, dict]:
     """Estimate the search's memory before it starts (core/estimate.py); on CUDA, fall back to a smaller
-    batch when the free device memory is short, and say so in the progress and the report."""
-    est = estimate_search(net_cfg, spec.ggm, spec.search, search_crop(spec.search, height, width))
-    doc = {"estimate": est.as_dict(), "batch": spec.search.batch_size, "fallback": None}
+    batch, then a smaller crop, when the free device memory is short, and say so in the progress and the report."""
+    crop = search_crop(spec.search, height, width)
+    est = estimate_search(net_cfg, spec.ggm, spec.search, crop)
+    doc = {"estimate": est.as_dict(), "batch": spec.search.batch_size, "crop": list(crop), "fallback": None}
     search_cfg = spec.search
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         doc["device_free_bytes"] = int(free)
-        batch, reason = fit_batch(est, int(free))
-        if reason:
-            search_cfg = spec.search.model_copy(update={"batch_size": batch})
-            doc.update(batch=batch, fallback=reason)
+        fit = fit_search(net_cfg, spec.ggm, spec.search, crop, int(free))
+        if fit.reason:
+            search_cfg = spec.search.model_copy(update={"batch_size": fit.batch, "crop_height": fit.crop[0],
+                                                        "crop_width": fit.crop[1]})
+            doc.update(batch=fit.batch, crop=list(fit.crop), fallback=fit.reason, estimate_used=fit.estimate.as_dict())
     progress({"phase": "memory", "message": doc["fallback"] or
               f"estimated {est.peak_bytes(search_cfg.batch_size) / 2**30:.2f} GiB at batch {search_cfg.batch_size}",
               "memory": doc})

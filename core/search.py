@@ -114,7 +114,11 @@ class Searcher:
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs, eta_min=cfg.w_lr_min)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
-        self.forward = CompiledForward(self.model, cfg.compile, device, progress)  # the steps' forward (mixed weights)
+        self.phase: str | None = None  # "warmup" or "search" while run() runs
+        # the steps' forward (mixed weights); its events during a step carry the step's phase, so they do not
+        # start a new stage of the job's progress (its ETA)
+        self.forward = CompiledForward(self.model, cfg.compile, device,
+                                       lambda ev: progress({**ev, "phase": self.phase or ev["phase"]}))
 
     # -- the two-phase step -----------------------------------------------------------------
     def arch_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -162,7 +166,7 @@ class Searcher:
         resumed = self._resume()
         for epoch in range(self.start_epoch, self.cfg.epochs):
             warm = epoch < self.cfg.warmup_epochs
-            phase = "warmup" if warm else "search"
+            phase = self.phase = "warmup" if warm else "search"
             self.model.train()
             self.model.set_free_op_dropout(self.free_op_dropout(epoch))
             sums: dict[str, float] = {}

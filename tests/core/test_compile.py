@@ -34,15 +34,15 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def run_search(table, data, tmp_path, mode: str, backend=None):
+def run_search(table, data, tmp_path, mode: str, backend=None, monkeypatch=None):
+    if backend is not None:
+        monkeypatch.setattr(cc, "BACKEND", backend)
     torch.manual_seed(SC.seed)
     net = SuperNet(CFG, GGMConfig())
     events: list[dict] = []
     s = Searcher(net, LatencyModel(table, CFG, net.ops, 48, 64), LatencyPenalty(LatencyConfig(budget_ms=1.0)),
                  SC.model_copy(update={"compile": mode}), data, torch.device("cpu"), tmp_path / mode, events.append,
                  lambda: False)
-    if backend is not None:
-        s.forward = cc.CompiledForward(s.model, mode, torch.device("cpu"), events.append, backend=backend)
     return s, s.run(), events
 
 
@@ -52,13 +52,14 @@ def assert_same_search(a, b):
     assert [h["supernet_miou"] for h in a.history] == pytest.approx([h["supernet_miou"] for h in b.history], abs=1e-3)
 
 
-def test_compiled_search_equals_eager_and_compiles_once_per_step_kind(table, camvid_train, tmp_path):
+def test_compiled_search_equals_eager_and_compiles_once_per_step_kind(table, camvid_train, tmp_path, monkeypatch):
     """Both steps run compiled (two graphs: α' with and without gradients), the dropout rate changing every
     epoch compiles nothing more, and the search's α, weights and BN statistics are the eager search's."""
     eager_s, eager, _ = run_search(table, camvid_train, tmp_path, "off")
     assert eager.compile == {"requested": "off", "used": "eager", "backend": None, "note": None, "fallback": None,
-                             "first_step_s": {}, "graphs": 0, "graph_breaks": 0}
-    comp_s, comp, events = run_search(table, camvid_train, tmp_path, "default", backend="aot_eager")
+                             "first_step_s": {}, "graphs": 0, "graph_breaks": 0,
+                             "cudagraph_skips": 0}
+    comp_s, comp, events = run_search(table, camvid_train, tmp_path, "default", backend="aot_eager", monkeypatch=monkeypatch)
     assert comp.compile["used"] == "default" and comp.compile["fallback"] is None
     assert set(comp.compile["first_step_s"]) == {"architecture", "weight"}
     # one graph per step kind over 3 epochs whose dropout rate differs every epoch (a float rate: 4+)
@@ -67,11 +68,14 @@ def test_compiled_search_equals_eager_and_compiles_once_per_step_kind(table, cam
     ref = eager_s.model.state_dict()
     for k, v in comp_s.model.state_dict().items():
         torch.testing.assert_close(v, ref[k], rtol=1e-4, atol=1e-5, msg=k)
-    assert any(e["phase"] == "compile" and "architecture step compiled" in e["message"] for e in events)
+    # said before the search starts, and again as each step kind compiles (in that step's phase: no new stage)
+    assert events[0]["phase"] == "compile" and "first architecture and weight steps compile" in events[0]["message"]
+    said = {e["message"].split(" step compiled")[0]: e["phase"] for e in events if "step compiled" in e.get("message", "")}
+    assert said == {"weight": "warmup", "architecture": "search"}
 
 
-def test_reduce_overhead_on_cpu_compiles_as_default_and_says_so(table, camvid_train, tmp_path):
-    _, res, _ = run_search(table, camvid_train, tmp_path, "reduce-overhead", backend="aot_eager")
+def test_reduce_overhead_on_cpu_compiles_as_default_and_says_so(table, camvid_train, tmp_path, monkeypatch):
+    _, res, _ = run_search(table, camvid_train, tmp_path, "reduce-overhead", backend="aot_eager", monkeypatch=monkeypatch)
     assert res.compile["used"] == "default" and "need CUDA" in res.compile["note"]
 
 
@@ -81,15 +85,15 @@ def _fails_in_backward():
     return aot_autograd(fw_compiler=lambda gm, example_inputs: gm, bw_compiler=bw)
 
 
-def test_a_failed_compile_falls_back_to_eager_undone_and_said(table, camvid_train, tmp_path):
+def test_a_failed_compile_falls_back_to_eager_undone_and_said(table, camvid_train, tmp_path, monkeypatch):
     """The compiled forward runs (BN statistics move, the dropout draws from the RNG), then its backward fails
     to compile: the step is undone and redone eagerly, so the whole search equals the eager one."""
     eager_s, eager, _ = run_search(table, camvid_train, tmp_path, "off")
-    fb_s, fb, events = run_search(table, camvid_train, tmp_path, "default", backend=_fails_in_backward())
+    fb_s, fb, events = run_search(table, camvid_train, tmp_path, "default", backend=_fails_in_backward(), monkeypatch=monkeypatch)
     assert fb.compile["used"] == "eager"
     reason = fb.compile["fallback"]
     assert "no backward compiler" in reason and "/opt/secret" not in reason
-    assert any(e["phase"] == "compile" and "fell back to eager" in e["message"] for e in events)
+    assert any(e["phase"] == "warmup" and "fell back to eager" in e["message"] for e in events)
     assert_same_search(eager, fb)
     ref = eager_s.model.state_dict()
     for k, v in fb_s.model.state_dict().items():

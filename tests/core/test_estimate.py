@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.estimate import MIN_BATCH, estimate_search, fit_batch, saved_bytes
+from core.estimate import CROP_STEP, MIN_BATCH, MIN_CROP, estimate_search, fit_batch, fit_search, saved_bytes
 from core.network import SuperNet
 from core.specs import GGMConfig, NetworkConfig, SearchConfig
 
@@ -40,3 +40,25 @@ def test_fit_batch_halves_the_batch_to_the_capacity_and_says_so():
     assert batch == 4 and "batch 4" in reason and "batch 16" in reason
     with pytest.raises(MemoryError, match="crop_height"):
         fit_batch(est, est.peak_bytes(MIN_BATCH) - 1)
+
+
+def test_fit_search_lowers_the_batch_then_the_crop_and_says_so():
+    sc, crop = SearchConfig(batch_size=8), (256, 320)
+    est = estimate_search(NET, GGMConfig(), sc, crop)
+    fit = fit_search(NET, GGMConfig(), sc, crop, est.peak_bytes(8))
+    assert (fit.batch, fit.crop, fit.reason) == (8, crop, None)
+    fit = fit_search(NET, GGMConfig(), sc, crop, est.peak_bytes(MIN_BATCH))
+    assert (fit.batch, fit.crop) == (MIN_BATCH, crop) and "batch 2" in fit.reason
+    # half of what batch 2 needs at this crop: the crop shrinks, in steps of CROP_STEP, until batch 2 fits
+    cap = est.peak_bytes(MIN_BATCH) // 2
+    fit = fit_search(NET, GGMConfig(), sc, crop, cap)
+    assert fit.batch == MIN_BATCH and fit.crop[0] < crop[0] and fit.crop[1] < crop[1]
+    assert all(side % CROP_STEP == 0 and side >= MIN_CROP for side in fit.crop)
+    assert fit.estimate == estimate_search(NET, GGMConfig(), sc, fit.crop)  # re-estimated at the crop it chose
+    assert fit.estimate.peak_bytes(MIN_BATCH) <= cap
+    # not much smaller than it must be: a crop one step larger on both sides would not fit
+    larger = estimate_search(NET, GGMConfig(), sc, (fit.crop[0] + CROP_STEP, fit.crop[1] + CROP_STEP))
+    assert larger.peak_bytes(MIN_BATCH) > cap
+    assert f"crop {fit.crop[0]}x{fit.crop[1]}" in fit.reason and "crop 256x320" in fit.reason
+    with pytest.raises(MemoryError, match="init_channels"):
+        fit_search(NET, GGMConfig(), sc, crop, estimate_search(NET, GGMConfig(), sc, (MIN_CROP, MIN_CROP)).state_bytes)

@@ -92,6 +92,9 @@ def test_embedded_whole_story(embedded, tmp_path):
         search = c.http.get(f"/api/v1/jobs/{job['id']}/artifacts/report.json").json()
         phases = [h["phase"] for h in search["device_lock"]["holds"]]
         assert phases[0] == "latency_table" and "end_to_end" in phases and phases[-1] == "fps", phases
+        # issue 9: the report says how the steps ran (search.compile is off by default) and what memory was planned
+        assert search["compile"]["requested"] == "off" and search["compile"]["used"] == "eager"
+        assert search["memory"]["fallback"] is None and search["memory"]["crop"] == search["search_steps"]["crop"]
 
 
 def test_embedded_cancel_running_and_queued(embedded):
