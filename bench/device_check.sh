@@ -11,6 +11,9 @@
 # (torch-eager, torch-optimised = CUDA graphs), 20 spread networks at 360x480, quiet and beside 2 CPU hogs.
 # MODE=speed runs issue 9's GPU part: the step cost again with search.compile (default, reduce-overhead: CUDA
 # graphs), each variant's ms per step, peak memory and first-step (compile) seconds, at batch 8, 360x480.
+# MODE=search runs issue 9's goal itself: the default CamVid search at 360x480 (python -m core search, every
+# search setting at its default; COMPILE=default|reduce-overhead to compile its steps; BUDGET_MS, default 8),
+# stopped after 7 minutes if it has not finished: the report's wall_s, or how far it got (search.log).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/device}
@@ -21,16 +24,31 @@ ln -sfn "$PWD/.device_data/camvid" "$GAS_SHARED/datasets/camvid"
 cp .device_data/peer_camvid.py "$GAS_SHARED/bench/" 2>/dev/null
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -m pip install -q --no-deps -e . 2>/dev/null || true
-timeout 60 python3 -m pytest -q -p no:cacheprovider tests/core/test_cuda.py 2>&1 | tee "$OUT/cuda_tests.log"
+MODE=${MODE:-quality}
+# the CUDA tests; the compiled-step ones (a minute or two of Triton compiling) only where MODE=speed
+if [ "$MODE" = speed ]; then
+  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/core/test_cuda.py 2>&1 | tee "$OUT/cuda_tests.log"
+else
+  timeout 60 python3 -m pytest -q -p no:cacheprovider tests/core/test_cuda.py -k "not compiled" 2>&1 | tee "$OUT/cuda_tests.log"
+fi
 # search step cost: aten calls and saved bytes (machine-independent) and, on the GPU, ms per step and peak memory
-timeout 120 python3 bench/search_step_cost.py --out "$OUT" --rounds 2 2>&1 | tail -12 | tee "$OUT/step_cost.log"
-if [ "${MODE:-quality}" = speed ]; then
-  timeout 420 python3 bench/search_step_cost.py --out "$OUT/compiled" --rounds 1 --time-hw 32x48 --compile cuda \
+# (MODE=speed times it with search.compile as well; MODE=search leaves the 10 minutes to the search)
+if [ "$MODE" != search ] && [ "$MODE" != speed ]; then
+  timeout 120 python3 bench/search_step_cost.py --out "$OUT" --rounds 2 2>&1 | tail -12 | tee "$OUT/step_cost.log"
+fi
+if [ "$MODE" = search ]; then
+  timeout 420 python3 -m core search --out /tmp/default_search --data .device_data/camvid \
+    --set latency.budget_ms="${BUDGET_MS:-8}" --set search.compile="${COMPILE:-off}" > "$OUT/search.log" 2>&1
+  echo "exit $?" >> "$OUT/search.log"
+  cp /tmp/default_search/artifacts/report.json "$OUT/default_search_report.json" 2>/dev/null
+  tail -40 "$OUT/search.log" | tee "$OUT/bench.log"
+elif [ "$MODE" = speed ]; then
+  timeout 360 python3 bench/search_step_cost.py --out "$OUT/compiled" --rounds 1 --time-hw 32x48 --compile cuda \
     2>&1 | tail -20 | tee "$OUT/bench.log"
-elif [ "${MODE:-quality}" = latency ]; then
+elif [ "$MODE" = latency ]; then
   timeout 480 python3 bench/latency_trust.py --out "$OUT" --resolutions "${RESOLUTIONS:-360x480}" --sampling spread \
     2>&1 | tail -30 | tee "$OUT/bench.log"
-elif [ "${MODE:-quality}" = camvid ]; then
+elif [ "$MODE" = camvid ]; then
   timeout 420 python3 bench/gas_camvid.py .device_data/camvid "$OUT" --train-budget-s "${TRAIN_BUDGET_S:-60}" \
     --search-epochs "${SEARCH_EPOCHS:-6}" --warmup-epochs 2 --lut-samples 8 \
     --peer-script "$GAS_SHARED/bench/peer_camvid.py" 2>&1 | tee "$OUT/bench.log"

@@ -42,3 +42,25 @@ def test_fps_report_on_cuda_has_optimised_and_half_paths():
     assert set(rep["measurements"]) >= {"fp32", "fp16"}
     assert rep["measurements"]["fp32"]["eager"]["fps"] > 0
     assert rep["optimised_path"]["status"] == "ok", rep["optimised_path"]
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_search_steps_on_cuda(camvid_train, tmp_path, mode):
+    """search.compile on a GPU (inductor, Triton; CUDA graphs for reduce-overhead): both steps run compiled, no
+    fallback, no CUDA graph skipped, and the search ends near the eager one (dropout and Gumbel off, so both
+    draw nothing inside the graph; bf16 autocast and fused kernels round differently, hence the tolerance)."""
+    table = build_table(CFG, SuperNet(CFG, GGMConfig()).ops, 48, 64, DEV, "fp32", 2, 5)
+    sc = SearchConfig(epochs=2, warmup_epochs=1, batch_size=2, steps_per_epoch=3, free_op_dropout=0.0, gumbel=False)
+    out = {}
+    for m in ("off", mode):
+        torch.manual_seed(0)
+        net = SuperNet(CFG, GGMConfig(), gumbel=False)
+        s = Searcher(net, LatencyModel(table, CFG, net.ops, 48, 64), LatencyPenalty(LatencyConfig(budget_ms=1.0)),
+                     sc.model_copy(update={"compile": m}), camvid_train, DEV, tmp_path / m, lambda e: None,
+                     lambda: False)
+        out[m] = s.run()
+    c = out[mode].compile
+    assert c["used"] == mode and c["fallback"] is None and c["graph_breaks"] == 0, c
+    assert c["cudagraph_skips"] == 0, c
+    for a, b in zip(out["off"].alphas, out[mode].alphas):
+        torch.testing.assert_close(a, b, rtol=0.0, atol=5e-3)
