@@ -34,9 +34,18 @@ def adapt_warmup(search: dict[str, Any], user_epochs: bool, user_warmup: bool) -
             f"asked for: using {warm} warm-up epoch(s) (set settings.warmup_epochs / --warmup-epochs to choose)")
 
 
-def search_warnings(images: int, batch_size: int, steps_per_epoch: int, epochs: int, warmup_epochs: int) -> list[str]:
-    """Why this search cannot learn much, naming the settings to change (empty when it can)."""
-    out: list[str] = []
+COMPILE_WARNING = ("settings.advanced.search.compile={mode}: the first architecture and weight steps compile the "
+                   "supernet's forward and backward before the search goes on (measured on a 2-core CPU for the default "
+                   "network: 617 s of compiling for a 6 % faster step, so on a CPU worker it costs more than it saves; "
+                   "GPU figures are not measured yet: docs/SEARCH_SPEED.md); set it to \"off\" to search eagerly")
+"""The warning a search with ``search.compile`` on gets (what it costs is not what a user expects of a switch)."""
+
+
+def search_warnings(images: int, batch_size: int, steps_per_epoch: int, epochs: int, warmup_epochs: int,
+                    compile_mode: str = "off") -> list[str]:
+    """Why this search cannot learn much, or will spend long compiling, naming the settings to change (empty when
+    neither)."""
+    out: list[str] = [COMPILE_WARNING.format(mode=compile_mode)] if compile_mode != "off" else []
     half = images // 2  # the weight half (core.search.split_halves); the architecture half is the rest
     if half < batch_size:
         out.append(f"the weight half of the training split holds {half} image(s), fewer than a batch "

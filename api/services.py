@@ -387,7 +387,8 @@ def build_search_spec(s: Session, tenant: str, body: SearchJobCreate) -> tuple[d
     _check_splits(ds, "settings.advanced.train_split", model.train_split.split("+"))
     counts = (ds.stats or {}).get("images") or {}
     images = sum(min(int(counts.get(p, 0)), st.dataset_limit or 10**9) for p in model.train_split.split("+"))
-    warnings += search_warnings(images, model.search.batch_size, model.search.steps_per_epoch, e, w)
+    warnings += search_warnings(images, model.search.batch_size, model.search.steps_per_epoch, e, w,
+                                model.search.compile)
     return model.model_dump(mode="json"), ds, warnings
 
 
