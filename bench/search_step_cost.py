@@ -25,6 +25,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -36,7 +37,8 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from core.compile import CompiledForward  # noqa: E402
 from core.estimate import saved_bytes  # noqa: E402
 from core.network import SuperNet  # noqa: E402
-from core.specs import GGMConfig, NetworkConfig  # noqa: E402
+from core.search import frozen  # noqa: E402
+from core.specs import GGMConfig, NetworkConfig, SearchConfig  # noqa: E402
 from core.timing import device_name  # noqa: E402
 from core.train import autocast_for  # noqa: E402
 
@@ -69,19 +71,34 @@ METADATA_OPS = {"aten.lift_fresh", "aten._unsafe_view", "aten.empty", "aten.unbi
 
 
 def make(cfg: NetworkConfig, batched: bool, seed: int = 0) -> SuperNet:
+    """The supernet as a search's first epoch has it: training mode, Gumbel on, free-op dropout at its start."""
     torch.manual_seed(seed)
-    return SuperNet(cfg, GGMConfig(), batched=batched, gumbel=True).train()
+    net = SuperNet(cfg, GGMConfig(), batched=batched, gumbel=True).train()
+    net.set_free_op_dropout(SearchConfig().free_op_dropout)
+    return net
 
 
 def arch_step(net: SuperNet, x: torch.Tensor, y: torch.Tensor, fwd: CompiledForward | None = None) -> None:
-    """As Searcher.arch_step: gradients of α and the GGM only. ``fwd``: the search's (compiled) forward."""
-    logits = net(x) if fwd is None else fwd(x, net.op_weights(net.alpha_prime()))
-    torch.autograd.grad(F.cross_entropy(logits.float(), y), net.arch_parameters(), allow_unused=True)
+    """As Searcher.arch_step: the weights frozen, gradients of α and the GGM only. ``fwd``: the search's
+    (compiled) forward; eager ``SuperNet.forward_mixed`` without."""
+    with frozen(net.weight_parameters()):
+        logits = (fwd or net.forward_mixed)(x, net.op_weights(net.alpha_prime()))
+        torch.autograd.grad(F.cross_entropy(logits.float(), y), net.arch_parameters(), allow_unused=True)
 
 
 def weight_step(net: SuperNet, x: torch.Tensor, y: torch.Tensor, fwd: CompiledForward | None = None) -> None:
-    logits = net(x) if fwd is None else fwd(x, net.op_weights([a.detach() for a in net.alpha_prime()]))
+    """As Searcher.weight_step: α' detached, gradients of the weights."""
+    logits = (fwd or net.forward_mixed)(x, net.op_weights([a.detach() for a in net.alpha_prime()]))
     torch.autograd.grad(F.cross_entropy(logits.float(), y), net.weight_parameters(), allow_unused=True)
+
+
+def saved_bytes_per_step(net: SuperNet, x: torch.Tensor) -> dict[str, int]:
+    """Saved-for-backward bytes per image of each step's forward as the search runs it: the architecture step with
+    the weights frozen, the weight step with α' detached (``saved_bytes_per_image``: everything requiring grad)."""
+    with frozen(net.weight_parameters()):
+        arch = saved_bytes(lambda t: net.forward_mixed(t, net.op_weights(net.alpha_prime())), x)
+    weight = saved_bytes(lambda t: net.forward_mixed(t, net.op_weights([a.detach() for a in net.alpha_prime()])), x)
+    return {"architecture": arch // x.shape[0], "weight": weight // x.shape[0]}
 
 
 def search_step(net: SuperNet, x: torch.Tensor, y: torch.Tensor, fwd: CompiledForward | None = None) -> None:
@@ -129,7 +146,8 @@ def step_time(nets: dict[str, SuperNet], x: torch.Tensor, y: torch.Tensor, round
     return out
 
 
-def cuda_steps(cfg: NetworkConfig, h: int, w: int, batch: int, reps: int = 10, compile_modes: tuple[str, ...] = ()) -> dict:
+def cuda_steps(cfg: NetworkConfig, h: int, w: int, batch: int, reps: int = 10, compile_modes: tuple[str, ...] = (),
+               into: dict | None = None, on_variant: Callable[[], object] = lambda: None) -> dict:
     """On a GPU: ms per search step (arch + weight, gradients only) and peak memory, as the search runs it
     (bf16 autocast where supported, channels_last, cudnn.benchmark): plain and batched cells eager, then the
     batched cells under each of ``compile_modes`` (search.compile), with the seconds their first step took."""
@@ -138,7 +156,11 @@ def cuda_steps(cfg: NetworkConfig, h: int, w: int, batch: int, reps: int = 10, c
     g = torch.Generator(device=dev).manual_seed(0)
     x = torch.randn(batch, 3, h, w, device=dev, generator=g).contiguous(memory_format=torch.channels_last)
     y = torch.randint(cfg.num_classes, (batch, h, w), device=dev, generator=g)
-    out = {}
+    doc = into if into is not None else {}
+    doc.update({"device": torch.cuda.get_device_name(dev), "resolution": [h, w], "batch": batch, "reps": reps,
+                "precision": "bf16 autocast" if torch.cuda.is_bf16_supported() else "fp32",
+                "runtime": "PyTorch, channels_last, cudnn.benchmark (as the search)", "variants": {}})
+    out = doc["variants"]
     runs = [(k, b, "off") for k, b in VARIANTS.items()] + [(f"batched+{m}", True, m) for m in compile_modes]
     for k, b, mode in runs:
         net = make(cfg, b).to(dev).to(memory_format=torch.channels_last)
@@ -164,9 +186,8 @@ def cuda_steps(cfg: NetworkConfig, h: int, w: int, batch: int, reps: int = 10, c
             out[k]["compile"] = fwd.as_dict()
         del net, fwd
         torch.cuda.empty_cache()
-    return {"device": torch.cuda.get_device_name(dev), "resolution": [h, w], "batch": batch, "reps": reps,
-            "precision": "bf16 autocast" if torch.cuda.is_bf16_supported() else "fp32",
-            "runtime": "PyTorch, channels_last, cudnn.benchmark (as the search)", "variants": out}
+        on_variant()
+    return doc
 
 
 def main() -> None:
@@ -184,6 +205,8 @@ def main() -> None:
                     "search.compile=default on the CPU (inductor: minutes per graph for the default network) and, on a "
                     "GPU, under default and reduce-overhead")
     ap.add_argument("--backend", default=None, help="torch.compile backend of --compile (default: core.compile.BACKEND)")
+    ap.add_argument("--cuda-only", action="store_true", help="only the GPU part (the counts are machine-independent: "
+                    "measured on the CPU already)")
     a = ap.parse_args()
     cfg = NetworkConfig()
     if a.smoke:
@@ -191,26 +214,53 @@ def main() -> None:
                             head_channels=16, low_level_channels=8)
         a.height, a.width, a.time_hw, a.rounds = 32, 48, "32x48", 1
     th, tw = (int(v) for v in a.time_hw.split("x"))
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(a.batch, 3, a.height, a.width, generator=g)
-    y = torch.randint(cfg.num_classes, (a.batch, a.height, a.width), generator=g)
+    compile_on = {d for d in a.compile.split(",") if d}
+    if compile_on - {"cpu", "cuda"}:
+        ap.error(f"--compile takes cpu and/or cuda, got {a.compile}")
+    if a.cuda_only and not torch.cuda.is_available():
+        ap.error("--cuda-only needs a CUDA device")
     res: dict = {"benchmark": "search_step_cost", "device": "cpu (counts and bytes are machine-independent)",
                  "cpu": device_name("cpu"),  # the host of the CPU times
                  "torch": torch.__version__, "threads": {"intra_op": torch.get_num_threads(),
                                                          "inter_op": torch.get_num_interop_threads()},
                  "network": cfg.model_dump(mode="json"), "resolution": [a.height, a.width], "batch": a.batch,
                  "precision": "fp32", "runtime": "PyTorch eager", "smoke": a.smoke, "variants": {}}
+    a.out.mkdir(parents=True, exist_ok=True)
+    name = "search_step_cost" + ("_smoke" if a.smoke else "")
+
+    def write() -> str:  # after every part, so a run stopped by its time limit keeps what it measured
+        (a.out / f"{name}.json").write_text(json.dumps(res, indent=1))
+        md = table_md(res)
+        (a.out / f"{name}.md").write_text(md)
+        return md
+
+    if not a.cuda_only:
+        cpu_part(res, cfg, a, th, tw, compile_on)
+        write()
+    if torch.cuda.is_available():
+        res["device"] = torch.cuda.get_device_name(0)
+        res["cuda"] = {}
+        cuda_steps(cfg, a.height, a.width, 2 if a.smoke else a.cuda_batch,
+                   compile_modes=("default", "reduce-overhead") if "cuda" in compile_on else (),
+                   into=res["cuda"], on_variant=write)
+    print(write())
+
+
+def cpu_part(res: dict, cfg: NetworkConfig, a: argparse.Namespace, th: int, tw: int, compile_on: set[str]) -> None:
+    """The machine-independent counts (aten calls, saved bytes) of both variants and their CPU step time, with
+    the batched supernet compiled too when ``compile_on`` has "cpu"."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(a.batch, 3, a.height, a.width, generator=g)
+    y = torch.randint(cfg.num_classes, (a.batch, a.height, a.width), generator=g)
     nets = {k: make(cfg, b) for k, b in VARIANTS.items()}
     for k, net in nets.items():
         res["variants"][k] = {"aten_calls": count_calls(net, x, y),
                               "saved_bytes_per_image": saved_bytes(net, x) // a.batch,
+                              "saved_bytes_per_image_by_step": saved_bytes_per_step(net, x),
                               "weight_parameters": sum(p.numel() for p in net.weight_parameters())}
     xt = torch.randn(a.time_batch, 3, th, tw, generator=g)
     yt = torch.randint(cfg.num_classes, (a.time_batch, th, tw), generator=g)
     timed, fwds = dict(nets), {}
-    compile_on = {d for d in a.compile.split(",") if d}
-    if compile_on - {"cpu", "cuda"}:
-        ap.error(f"--compile takes cpu and/or cuda, got {a.compile}")
     if "cpu" in compile_on:  # a copy of the batched supernet (same weights), compiled: the ratio is measured in this run
         timed["batched+default"] = make(cfg, True)
         fwds["batched+default"] = CompiledForward(timed["batched+default"], "default", torch.device("cpu"),
@@ -230,34 +280,31 @@ def main() -> None:
         "saved_bytes_per_image": round(b["saved_bytes_per_image"] / p["saved_bytes_per_image"], 3),
         "cpu_step_time": round(b["cpu_step"]["median_ms"] / p["cpu_step"]["median_ms"], 3)}
     res["timing"] = {"resolution": [th, tw], "batch": a.time_batch, "rounds": a.rounds,
-                     "method": "arch step + weight step (gradients only, no optimizer), interleaved rounds, median"}
+                     "method": "arch step (weights frozen) + weight step (α' detached), gradients only, no optimizer, "
+                               "free-op dropout at its first-epoch rate; interleaved rounds, median"}
     res["goals"] = {"kernel_calls_per_search_step": "<= 1/3 of plain", "saved_bytes_per_image": "<= 0.75 of plain"}
-    if torch.cuda.is_available():
-        res["cuda"] = cuda_steps(cfg, a.height, a.width, 2 if a.smoke else a.cuda_batch,
-                                 compile_modes=("default", "reduce-overhead") if "cuda" in compile_on else ())
-    a.out.mkdir(parents=True, exist_ok=True)
-    name = "search_step_cost" + ("_smoke" if a.smoke else "")
-    (a.out / f"{name}.json").write_text(json.dumps(res, indent=1))
-    md = table_md(res)
-    (a.out / f"{name}.md").write_text(md)
-    print(md)
 
 
 def table_md(res: dict) -> str:
-    r = res["ratios"]
-    lines = [f"Default network at {res['resolution'][0]}x{res['resolution'][1]}, batch {res['batch']}, fp32, "
-             f"torch {res['torch']} ({res['threads']['intra_op']} intra-op threads); CPU step time at "
-             f"{res['timing']['resolution'][0]}x{res['timing']['resolution'][1]}, batch {res['timing']['batch']}.", "",
-             "| variant | kernels (aten calls) arch step | weight step | search step | forward | saved MB / image | CPU ms / step |",
-             "|---|---|---|---|---|---|---|"]
-    for k, v in res["variants"].items():
-        c = {n: f"{d['kernels']} ({d['aten']})" for n, d in v["aten_calls"].items()}
-        lines.append(f"| {k} | {c['arch_step']} | {c['weight_step']} | {c['search_step']} | {c['forward']} | "
-                     f"{v['saved_bytes_per_image'] / 2**20:.1f} | {v['cpu_step']['median_ms']} |")
-    lines += ["", "Kernels: aten calls less views and other metadata-only calls (a GPU launches nothing for them).",
-              "", f"batched / plain: kernel calls per search step {r['kernel_calls_per_search_step']} (goal ≤ 0.333; "
-                  f"all aten calls {r['aten_calls_per_search_step']}), saved bytes per image {r['saved_bytes_per_image']} "
-                  f"(goal ≤ 0.75), CPU step time {r['cpu_step_time']}."]
+    lines: list[str] = []
+    if "ratios" in res:
+        r = res["ratios"]
+        lines += [f"Default network at {res['resolution'][0]}x{res['resolution'][1]}, batch {res['batch']}, fp32, "
+                  f"torch {res['torch']} ({res['threads']['intra_op']} intra-op threads); CPU step time at "
+                  f"{res['timing']['resolution'][0]}x{res['timing']['resolution'][1]}, batch {res['timing']['batch']}"
+                  f" ({res.get('cpu', 'cpu')}). Free-op dropout at its first-epoch rate.", "",
+                  "| variant | kernels (aten calls) arch step | weight step | search step | forward | saved MB / image "
+                  "(all / arch step / weight step) | CPU ms / step |", "|---|---|---|---|---|---|---|"]
+        for k, v in res["variants"].items():
+            c = {n: f"{d['kernels']} ({d['aten']})" for n, d in v["aten_calls"].items()}
+            by = v.get("saved_bytes_per_image_by_step", {})
+            saved = " / ".join(f"{b / 2**20:.1f}" for b in (v["saved_bytes_per_image"], *by.values()))
+            lines.append(f"| {k} | {c['arch_step']} | {c['weight_step']} | {c['search_step']} | {c['forward']} | "
+                         f"{saved} | {v['cpu_step']['median_ms']} |")
+        lines += ["", "Kernels: aten calls less views and other metadata-only calls (a GPU launches nothing for them).",
+                  "", f"batched / plain: kernel calls per search step {r['kernel_calls_per_search_step']} (goal ≤ 0.333; "
+                      f"all aten calls {r['aten_calls_per_search_step']}), saved bytes per image "
+                      f"{r['saved_bytes_per_image']} (goal ≤ 0.75), CPU step time {r['cpu_step_time']}."]
     if "compiled_cpu" in res:
         cc = res["compiled_cpu"]["batched+default"]
         lines += ["", f"search.compile=default ({cc['compile']['backend']}) on the CPU: {cc['median_ms']} ms / step, "
@@ -265,14 +312,16 @@ def table_md(res: dict) -> str:
                       f"step (compiling both graphs) took {cc['compile_s']} s; used: {cc['compile']['used']}, graphs "
                       f"{cc['compile']['graphs']}, graph breaks {cc['compile']['graph_breaks']}"
                       + (f", fallback: {cc['compile']['fallback']}" if cc['compile']['fallback'] else "") + "."]
-    if "cuda" in res:
+    if res.get("cuda", {}).get("variants"):
         c = res["cuda"]
         lines += ["", f"GPU: {c['device']}, {c['resolution'][0]}x{c['resolution'][1]}, batch {c['batch']}, {c['precision']}, "
-                      f"{c['runtime']}:", "", "| variant | ms / search step | peak GiB | first step s | compile used |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {k} | {v['ms_per_step']} | {v['peak_gib']} | {v['first_step_s']} | "
-                  f"{v['compile']['used'] + (' (fallback)' if v['compile']['fallback'] else '') if 'compile' in v else 'eager'} |"
-                  for k, v in c["variants"].items()]
+                      f"{c['runtime']}:", "", "| variant | ms / search step | peak GiB | first step s | compile used | "
+                      "CUDA graphs recorded |", "|---|---|---|---|---|---|"]
+        for k, v in c["variants"].items():
+            comp = v.get("compile")
+            used = "eager" if comp is None else comp["used"] + (" (fallback)" if comp["fallback"] else "")
+            graphs = "-" if comp is None or comp.get("cuda_graphs_recorded") is None else comp["cuda_graphs_recorded"]
+            lines.append(f"| {k} | {v['ms_per_step']} | {v['peak_gib']} | {v['first_step_s']} | {used} | {graphs} |")
     return "\n".join(lines) + "\n"
 
 

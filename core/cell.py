@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .genotype import Cell as CellGenotype
@@ -49,32 +50,42 @@ def search_op(name: str, c: int, stride: int) -> nn.Module:
     return nn.Sequential(op, nn.BatchNorm2d(c, affine=False)) if OPS[name].search_bn else op
 
 
+def _compiling() -> bool:
+    """True while torch.compile traces (``torch.compiler.is_compiling``; False on a torch without it)."""
+    check = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(check()) if check is not None else False
+
+
 class FreeOpDropout(nn.Module):
     """Dropout on a weight-free op's output (``SearchConfig.free_op_dropout``), in training mode only.
 
-    The keep probability lives in a (non-persistent) buffer rather than a Python float: the searcher changes
-    the rate every epoch, and a float would be a constant of a compiled forward (core/compile.py), so every
-    epoch would compile it again. The mask is drawn per element, as ``F.dropout`` draws it."""
+    Eager: ``F.dropout`` (one fused kernel on CUDA). Traced by torch.compile (core/compile.py): the keep
+    probability is read from a (non-persistent) buffer, not a Python float, because a float would be a constant of
+    the graph and the searcher changes the rate every epoch, so every epoch would compile again. The compiled
+    mask is drawn in fp32 (under bf16 autocast a bf16 draw would quantise the rate)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("keep", torch.ones(()), persistent=False)
+        self.rate = 0.0
         self.active = False
 
     @property
     def p(self) -> float:
-        return 1.0 - float(self.keep)
+        return self.rate
 
     def set_p(self, p: float) -> None:
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout rate must be in [0, 1), got {p}")
         self.keep.fill_(1.0 - p)
-        self.active = p > 0.0
+        self.rate, self.active = float(p), p > 0.0
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         if not (self.active and self.training):
             return y
-        return y * (torch.rand_like(y) < self.keep) / self.keep
+        if not _compiling():
+            return F.dropout(y, self.rate, training=True)
+        return y * (torch.rand_like(y, dtype=torch.float32) < self.keep) / self.keep.to(y.dtype)
 
 
 class MixedOp(nn.Module):

@@ -12,9 +12,9 @@ Two graphs are compiled: the architecture step's (α' needs gradients) and the w
 The free-op dropout rate is a buffer, not a constant (:class:`core.cell.FreeOpDropout`), so its change every
 epoch does not compile again. The supernet evaluation and derivation stay eager (other shapes, no gradients).
 
-A failure to compile is never silent. The first step of each kind runs under a guard: if it raises, what it
-changed is put back (buffers such as BN statistics, the RNG), the step runs again eagerly, and every later
-step is eager. The job's progress and its report (``compile``) say what was asked for, what ran, and why.
+A failure to compile is never silent. The first step of each kind (the first three with CUDA graphs: warm-up,
+capture, first replay) runs under a guard: if it raises, what it changed is put back (buffers such as BN
+statistics, the RNG), the step runs again eagerly, and every later step is eager. The job's progress and its report (``compile``) say what was asked for, what ran, and why.
 """
 from __future__ import annotations
 
@@ -45,6 +45,32 @@ def _dynamo_counts() -> dict[str, int]:
             "cudagraph_skips": int(counters["inductor"].get("cudagraph_skips", 0))}
 
 
+def _cuda_graphs_recorded(device: torch.device) -> int | None:
+    """CUDA graphs recorded so far by inductor's cudagraph trees on ``device`` (None where it cannot be read: the
+    manager is private API). The skip counter alone is not enough: with graph partitioning (on by default in
+    recent torch) a graph that is never captured is not always counted as skipped."""
+    if device.type != "cuda":
+        return None
+    try:
+        from torch._inductor import cudagraph_trees
+        manager = cudagraph_trees.get_manager(device.index or 0, create_if_none_exists=False)
+        if manager is None:
+            return 0
+        todo, n = [node for nodes in manager.roots.values() for node in nodes], 0
+        while todo:
+            node = todo.pop()
+            n += 1
+            todo.extend(c for cs in node.children.values() for c in cs)
+        return n
+    except Exception:
+        return None
+
+
+GUARDED_CALLS = {"default": 1, "reduce-overhead": 3}
+"""Calls of each step kind run under the guard: inductor compiles at the first; cudagraph trees warm up at the
+first, capture at the second and replay from the third, and capture can fail too."""
+
+
 class CompiledForward:
     """``SuperNet.forward_mixed``, compiled as ``mode`` asks, with the guarded fallback to eager."""
 
@@ -54,8 +80,8 @@ class CompiledForward:
         self.backend = backend or BACKEND
         self.note: str | None = None
         self.fallback: str | None = None
-        self.first_step_s: dict[str, float] = {}
-        self._proven: set[str] = set()
+        self.first_step_s: dict[str, float] = {}  # per step kind: seconds of its guarded calls (compile, capture)
+        self._calls: dict[str, int] = {}
         self._counts0 = _dynamo_counts()
         used = mode
         if mode == "reduce-overhead" and device.type != "cuda":
@@ -82,11 +108,13 @@ class CompiledForward:
         return self.used != "eager"
 
     def step(self, kind: str, run: Callable[[], T]) -> T:
-        """Run one training step of ``kind`` ("architecture" or "weight"). The first compiled one of each kind
-        is guarded: when it raises, its changes are undone and it runs again eagerly, as do all later steps."""
+        """Run one training step of ``kind`` ("architecture" or "weight"). The first compiled calls of each kind
+        (``GUARDED_CALLS``) are guarded: when one raises, its changes are undone and it runs again eagerly, as do
+        all later steps."""
         if self.used == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are no longer read
-        if not self.compiled or kind in self._proven:
+        calls = self._calls.get(kind, 0)
+        if not self.compiled or calls >= GUARDED_CALLS[self.used]:
             return run()
         buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
         rng = torch.get_rng_state()
@@ -94,7 +122,9 @@ class CompiledForward:
         t = time.perf_counter()
         try:
             out = run()
-        except Exception as exc:  # any failure of the first compiled step: go eager, say why
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        except Exception as exc:  # any failure of a guarded compiled step: go eager, say why
             with torch.no_grad():
                 for b, saved in buffers:
                     b.copy_(saved)
@@ -103,22 +133,24 @@ class CompiledForward:
                 torch.cuda.set_rng_state(cuda_rng, self.device)
             self._go_eager(kind, exc)
             return run()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.first_step_s[kind] = round(time.perf_counter() - t, 3)
-        self._proven.add(kind)
-        msg = f"{kind} step compiled and run in {self.first_step_s[kind]:.1f} s"
-        skipped = _dynamo_counts()["cudagraph_skips"] - self._counts0["cudagraph_skips"]
-        if self.used == "reduce-overhead" and skipped:
-            msg += (f"; CUDA graphs skipped for {skipped} graph(s) so far (their kernels run compiled but without "
-                    "graph replay; torch's log says why)")
-        self.progress({"phase": "compile", "message": msg})
+        self.first_step_s[kind] = round(self.first_step_s.get(kind, 0.0) + time.perf_counter() - t, 3)
+        self._calls[kind] = calls + 1
+        if self._calls[kind] == GUARDED_CALLS[self.used]:
+            msg = f"{kind} step compiled and run in {self.first_step_s[kind]:.1f} s"
+            if self.used == "reduce-overhead":
+                skipped = _dynamo_counts()["cudagraph_skips"] - self._counts0["cudagraph_skips"]
+                recorded = _cuda_graphs_recorded(self.device)
+                msg += f"; CUDA graphs recorded so far: {'unknown' if recorded is None else recorded}"
+                if skipped or recorded == 0:
+                    msg += (f", skipped: {skipped} (kernels without graph replay run compiled but launch one by one; "
+                            "torch's log says why)")
+            self.progress({"phase": "compile", "message": msg})
         return out
 
     def _go_eager(self, kind: str, exc: Exception) -> None:
-        msg = " ".join(str(exc).split())[:REASON_CHARS]
-        self.fallback = redact_text(f"the first {kind} step failed compiled ({type(exc).__name__}: {msg}); "
-                                    "it was undone and run again eagerly, as is every later step")
+        msg = redact_text(" ".join(str(exc).split()))[:REASON_CHARS]  # redacted before cut: no path cut in half
+        self.fallback = (f"{kind} step {self._calls.get(kind, 0) + 1} failed compiled ({type(exc).__name__}: {msg}); "
+                         "it was undone and run again eagerly, as is every later step")
         self.used = "eager"
         self._fn = self.model.forward_mixed
         self.progress({"phase": "compile", "message": f"search.compile={self.requested} fell back to eager: {self.fallback}"})
@@ -128,4 +160,5 @@ class CompiledForward:
         return {"requested": self.requested, "used": self.used,
                 "backend": None if self.requested == "off" else self._backend_name(), "note": self.note,
                 "fallback": self.fallback, "first_step_s": dict(self.first_step_s),
-                **{k: now[k] - self._counts0[k] for k in now}}
+                **{k: now[k] - self._counts0[k] for k in now},
+                "cuda_graphs_recorded": _cuda_graphs_recorded(self.device) if self.used == "reduce-overhead" else None}

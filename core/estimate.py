@@ -9,6 +9,7 @@ fragmentation and the data loader come on top (``OVERHEAD``).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any, Callable
 
 import torch
 
@@ -22,8 +23,9 @@ CROP_STEP = 32  # a fallback crop's sides are multiples of this (the supernet's 
 MIN_CROP = 64  # the smallest side a fallback crop goes to
 
 
-def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
-    """Bytes of the tensors one forward of ``model`` saves for backward, each storage counted once."""
+def saved_bytes(model: Callable[[torch.Tensor], Any], x: torch.Tensor) -> int:
+    """Bytes of the tensors one forward of ``model`` (a module or any function of ``x``) saves for backward, each
+    storage counted once."""
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -126,14 +128,16 @@ def fit_search(net: NetworkConfig, ggm: GGMConfig, search: SearchConfig, crop: t
                               f"or network.num_cells, or use a device with more memory")
         too_big, est = est.crop, estimate_search(net, ggm, search, smaller)
         if est.peak_bytes(MIN_BATCH) <= capacity_bytes:
-            while True:  # the estimate is not quite linear in the pixels: take back the steps that still fit
-                grown = tuple(min(side + CROP_STEP, limit) for side, limit in zip(smaller, too_big))
-                if grown == smaller or grown == too_big:
-                    break
-                bigger = estimate_search(net, ggm, search, grown)
-                if bigger.peak_bytes(MIN_BATCH) > capacity_bytes:
-                    break
-                smaller, est = grown, bigger
+            grew = True
+            while grew:  # the estimate is not quite linear in the pixels: take back the steps that still fit
+                grew = False
+                for i in range(2):  # each side on its own: one may have room the other has not
+                    if smaller[i] + CROP_STEP > too_big[i]:
+                        continue
+                    grown = (smaller[0] + CROP_STEP, smaller[1]) if i == 0 else (smaller[0], smaller[1] + CROP_STEP)
+                    bigger = estimate_search(net, ggm, search, grown)
+                    if bigger.peak_bytes(MIN_BATCH) <= capacity_bytes:
+                        smaller, est, grew = grown, bigger, True
             return Fit(MIN_BATCH, smaller, est,
                        f"batch {first.batch} at crop {first.crop[0]}x{first.crop[1]} needs about "
                        f"{first.peak_bytes() / 2**30:.1f} GiB and batch {MIN_BATCH} about "

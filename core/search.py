@@ -6,9 +6,10 @@ resumes from the last one when run again in the same state directory.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +83,19 @@ def ggm_shift(model: SuperNet, alphas: list[torch.Tensor]) -> list[float]:
     return out
 
 
+@contextmanager
+def frozen(params: list[torch.nn.Parameter]) -> Iterator[None]:
+    """``params`` do not require gradients inside the block (restored after, also on an error)."""
+    was = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, w in zip(params, was):
+            p.requires_grad_(w)
+
+
 def search_crop(cfg: SearchConfig, height: int, width: int) -> tuple[int, int]:
     """The crop the search trains on: a crop larger than the data is the whole image (never padding)."""
     return min(cfg.crop_height or height, height), min(cfg.crop_width or width, width)
@@ -110,7 +124,7 @@ class Searcher:
         if model.ggm_parameters():
             groups.append({"params": model.ggm_parameters(), "lr": model.ggm_cfg.lr, "weight_decay": 0.0})
         self.a_opt = torch.optim.Adam(groups, lr=cfg.a_lr, betas=cfg.a_betas)
-        self.arch_params = model.arch_parameters()
+        self.arch_params, self.weight_params = model.arch_parameters(), model.weight_parameters()
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs, eta_min=cfg.w_lr_min)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
@@ -128,14 +142,17 @@ class Searcher:
     def _arch_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         self.a_opt.zero_grad(set_to_none=True)
         alphas = self.model.alpha_prime()
-        with autocast_for(self.device):
-            logits = self.forward(x, self.model.op_weights(alphas))
-        ce = segmentation_loss(logits, y, self.ignore)
-        lat = self.latency(alphas)
-        penalty = self.penalty(lat)
-        loss = ce + penalty
-        # Gradients of α and the GGM only: the weight gradients would be thrown away by the weight step.
-        grads = torch.autograd.grad(loss, self.arch_params, allow_unused=True)
+        # Gradients of α and the GGM only: the weight gradients would be thrown away by the weight step. With the
+        # weights frozen the forward saves nothing for them, and a compiled backward (which computes the gradient
+        # of every input that requires one) does not compute them either.
+        with frozen(self.weight_params):
+            with autocast_for(self.device):
+                logits = self.forward(x, self.model.op_weights(alphas))
+            ce = segmentation_loss(logits, y, self.ignore)
+            lat = self.latency(alphas)
+            penalty = self.penalty(lat)
+            loss = ce + penalty
+            grads = torch.autograd.grad(loss, self.arch_params, allow_unused=True)
         for p, g in zip(self.arch_params, grads):
             p.grad = torch.zeros_like(p) if g is None else g
         self.a_opt.step()

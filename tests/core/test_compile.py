@@ -34,14 +34,14 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def run_search(table, data, tmp_path, mode: str, backend=None, monkeypatch=None):
+def run_search(table, data, tmp_path, mode: str, backend=None, monkeypatch=None, sc: SearchConfig = SC):
     if backend is not None:
         monkeypatch.setattr(cc, "BACKEND", backend)
     torch.manual_seed(SC.seed)
     net = SuperNet(CFG, GGMConfig())
     events: list[dict] = []
     s = Searcher(net, LatencyModel(table, CFG, net.ops, 48, 64), LatencyPenalty(LatencyConfig(budget_ms=1.0)),
-                 SC.model_copy(update={"compile": mode}), data, torch.device("cpu"), tmp_path / mode, events.append,
+                 sc.model_copy(update={"compile": mode}), data, torch.device("cpu"), tmp_path / mode, events.append,
                  lambda: False)
     return s, s.run(), events
 
@@ -53,16 +53,18 @@ def assert_same_search(a, b):
 
 
 def test_compiled_search_equals_eager_and_compiles_once_per_step_kind(table, camvid_train, tmp_path, monkeypatch):
-    """Both steps run compiled (two graphs: α' with and without gradients), the dropout rate changing every
-    epoch compiles nothing more, and the search's α, weights and BN statistics are the eager search's."""
-    eager_s, eager, _ = run_search(table, camvid_train, tmp_path, "off")
+    """Both steps run compiled (two graphs: α' with and without gradients) and the search's α, weights and BN
+    statistics are the eager search's. Free-op dropout off here: compiled, it draws its mask another way than
+    F.dropout (the next test has it on)."""
+    sc = SC.model_copy(update={"free_op_dropout": 0.0})
+    eager_s, eager, _ = run_search(table, camvid_train, tmp_path, "off", sc=sc)
     assert eager.compile == {"requested": "off", "used": "eager", "backend": None, "note": None, "fallback": None,
-                             "first_step_s": {}, "graphs": 0, "graph_breaks": 0,
-                             "cudagraph_skips": 0}
-    comp_s, comp, events = run_search(table, camvid_train, tmp_path, "default", backend="aot_eager", monkeypatch=monkeypatch)
+                             "first_step_s": {}, "graphs": 0, "graph_breaks": 0, "cudagraph_skips": 0,
+                             "cuda_graphs_recorded": None}
+    comp_s, comp, events = run_search(table, camvid_train, tmp_path, "default", backend="aot_eager",
+                                      monkeypatch=monkeypatch, sc=sc)
     assert comp.compile["used"] == "default" and comp.compile["fallback"] is None
     assert set(comp.compile["first_step_s"]) == {"architecture", "weight"}
-    # one graph per step kind over 3 epochs whose dropout rate differs every epoch (a float rate: 4+)
     assert comp.compile["graphs"] == 2 and comp.compile["graph_breaks"] == 0
     assert_same_search(eager, comp)
     ref = eager_s.model.state_dict()
@@ -72,6 +74,15 @@ def test_compiled_search_equals_eager_and_compiles_once_per_step_kind(table, cam
     assert events[0]["phase"] == "compile" and "first architecture and weight steps compile" in events[0]["message"]
     said = {e["message"].split(" step compiled")[0]: e["phase"] for e in events if "step compiled" in e.get("message", "")}
     assert said == {"weight": "warmup", "architecture": "search"}
+    # the architecture step froze the weights only while it ran
+    assert all(p.requires_grad for p in comp_s.model.weight_parameters())
+
+
+def test_the_dropout_rate_changing_every_epoch_compiles_nothing_more(table, camvid_train, tmp_path, monkeypatch):
+    """Free-op dropout on (0.3, decaying every epoch): still one graph per step kind (a float rate: 5)."""
+    _, comp, _ = run_search(table, camvid_train, tmp_path, "default", backend="aot_eager", monkeypatch=monkeypatch)
+    assert [h["free_op_dropout"] for h in comp.history] == [0.3, 0.2, 0.1]
+    assert comp.compile["used"] == "default" and comp.compile["graphs"] == 2 and comp.compile["graph_breaks"] == 0
 
 
 def test_reduce_overhead_on_cpu_compiles_as_default_and_says_so(table, camvid_train, tmp_path, monkeypatch):
@@ -86,8 +97,8 @@ def _fails_in_backward():
 
 
 def test_a_failed_compile_falls_back_to_eager_undone_and_said(table, camvid_train, tmp_path, monkeypatch):
-    """The compiled forward runs (BN statistics move, the dropout draws from the RNG), then its backward fails
-    to compile: the step is undone and redone eagerly, so the whole search equals the eager one."""
+    """The compiled forward runs (BN statistics move, the Gumbel sample and the dropout draw from the RNG), then its
+    backward fails to compile: the step is undone and redone eagerly, so the whole search equals the eager one."""
     eager_s, eager, _ = run_search(table, camvid_train, tmp_path, "off")
     fb_s, fb, events = run_search(table, camvid_train, tmp_path, "default", backend=_fails_in_backward(), monkeypatch=monkeypatch)
     assert fb.compile["used"] == "eager"
@@ -100,19 +111,29 @@ def test_a_failed_compile_falls_back_to_eager_undone_and_said(table, camvid_trai
         torch.testing.assert_close(v, ref[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
-def test_free_op_dropout_rate_is_a_buffer_not_a_constant():
-    """Changing the rate keeps the compiled graph; a rate of 0 or eval mode is the identity; the rate drops
-    about that share of a free op's output and rescales the rest."""
+def test_free_op_dropout_eager_is_f_dropout_and_compiled_reads_the_buffer():
+    """Eager: exactly F.dropout (same draws, one fused kernel on CUDA). Compiled: the rate from the buffer, so a
+    new rate needs no new graph; it drops about that share and rescales the rest. Eval mode or rate 0: identity."""
     net = SuperNet(CFG, GGMConfig()).train()
     net.set_free_op_dropout(0.3)
     drops = [m for m in net.modules() if type(m).__name__ == "FreeOpDropout"]
     assert drops and all(abs(d.p - 0.3) < 1e-6 and d.active for d in drops)
-    y = torch.ones(200_000)
-    out = drops[0](y)
-    assert abs(float((out == 0).float().mean()) - 0.3) < 0.01
-    torch.testing.assert_close(out[out != 0], torch.full_like(out[out != 0], 1 / 0.7))
+    drop, y = drops[0], torch.ones(200_000)
+    torch.manual_seed(1)
+    ref = torch.nn.functional.dropout(y, 0.3, training=True)
+    torch.manual_seed(1)
+    assert torch.equal(drop(y), ref)
+    from torch._dynamo.utils import counters
+    graphs0 = counters["stats"]["unique_graphs"]
+    compiled = torch.compile(drop, backend="aot_eager")
+    for p in (0.3, 0.1):
+        net.set_free_op_dropout(p)
+        out = compiled(y)
+        assert abs(float((out == 0).float().mean()) - p) < 0.01
+        torch.testing.assert_close(out[out != 0], torch.full_like(out[out != 0], 1 / (1 - p)))
+    assert counters["stats"]["unique_graphs"] - graphs0 == 1
     net.eval()
-    assert torch.equal(drops[0](y), y)
+    assert torch.equal(drop(y), y)
     net.train().set_free_op_dropout(0.0)
-    assert torch.equal(drops[0](y), y)
+    assert torch.equal(drop(y), y)
     assert not any("keep" in k for k in net.state_dict())  # checkpoints unchanged
