@@ -19,6 +19,7 @@ Writes ``OUT/search_step_cost.json`` and ``.md``. Run it alone: the timing part 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -254,10 +255,13 @@ def cpu_part(res: dict, cfg: NetworkConfig, a: argparse.Namespace, th: int, tw: 
     y = torch.randint(cfg.num_classes, (a.batch, a.height, a.width), generator=g)
     nets = {k: make(cfg, b) for k, b in VARIANTS.items()}
     for k, net in nets.items():
+        with torch.device("meta"):  # saved bytes from a forward on the meta device (as core/estimate.py): no memory
+            meta_net, meta_x = make(cfg, VARIANTS[k]), torch.empty(a.batch, 3, a.height, a.width)
         res["variants"][k] = {"aten_calls": count_calls(net, x, y),
-                              "saved_bytes_per_image": saved_bytes(net, x) // a.batch,
-                              "saved_bytes_per_image_by_step": saved_bytes_per_step(net, x),
+                              "saved_bytes_per_image": saved_bytes(meta_net, meta_x) // a.batch,
+                              "saved_bytes_per_image_by_step": saved_bytes_per_step(meta_net, meta_x),
                               "weight_parameters": sum(p.numel() for p in net.weight_parameters())}
+        gc.collect()
     xt = torch.randn(a.time_batch, 3, th, tw, generator=g)
     yt = torch.randint(cfg.num_classes, (a.time_batch, th, tw), generator=g)
     timed, fwds = dict(nets), {}
