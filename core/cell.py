@@ -9,7 +9,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .genotype import Cell as CellGenotype
@@ -59,10 +58,12 @@ def _compiling() -> bool:
 class FreeOpDropout(nn.Module):
     """Dropout on a weight-free op's output (``SearchConfig.free_op_dropout``), in training mode only.
 
-    Eager: ``F.dropout`` (one fused kernel on CUDA). Traced by torch.compile (core/compile.py): the keep
-    probability is read from a (non-persistent) buffer, not a Python float, because a float would be a constant of
-    the graph and the searcher changes the rate every epoch, so every epoch would compile again. The compiled
-    mask is drawn in fp32 (under bf16 autocast a bf16 draw would quantise the rate)."""
+    Eager: ``torch.native_dropout``, which is what ``F.dropout`` runs on CUDA (one fused kernel, a 1-byte mask
+    saved for backward); on a CPU ``F.dropout`` would save a 4-byte mask per element instead. Traced by
+    torch.compile (core/compile.py): the keep probability is read from a (non-persistent) buffer, not a Python
+    float, because a float would be a constant of the graph and the searcher changes the rate every epoch, so
+    every epoch would compile again. The compiled mask is drawn in fp32 (under bf16 autocast a bf16 draw would
+    quantise the rate)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -83,8 +84,8 @@ class FreeOpDropout(nn.Module):
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         if not (self.active and self.training):
             return y
-        if not _compiling():
-            return F.dropout(y, self.rate, training=True)
+        if not _compiling():  # what F.dropout runs on CUDA; on a CPU F.dropout would save a 4-byte mask
+            return torch.native_dropout(y, self.rate, True)[0]
         return y * (torch.rand_like(y, dtype=torch.float32) < self.keep) / self.keep.to(y.dtype)
 
 

@@ -111,16 +111,17 @@ def test_a_failed_compile_falls_back_to_eager_undone_and_said(table, camvid_trai
         torch.testing.assert_close(v, ref[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
-def test_free_op_dropout_eager_is_f_dropout_and_compiled_reads_the_buffer():
-    """Eager: exactly F.dropout (same draws, one fused kernel on CUDA). Compiled: the rate from the buffer, so a
-    new rate needs no new graph; it drops about that share and rescales the rest. Eval mode or rate 0: identity."""
+def test_free_op_dropout_eager_is_native_dropout_and_compiled_reads_the_buffer():
+    """Eager: exactly torch.native_dropout (F.dropout's fused kernel on CUDA; a 1-byte mask saved on any device).
+    Compiled: the rate from the buffer, so a new rate needs no new graph; it drops about that share and rescales
+    the rest. Eval mode or rate 0: identity."""
     net = SuperNet(CFG, GGMConfig()).train()
     net.set_free_op_dropout(0.3)
     drops = [m for m in net.modules() if type(m).__name__ == "FreeOpDropout"]
     assert drops and all(abs(d.p - 0.3) < 1e-6 and d.active for d in drops)
     drop, y = drops[0], torch.ones(200_000)
     torch.manual_seed(1)
-    ref = torch.nn.functional.dropout(y, 0.3, training=True)
+    ref = torch.native_dropout(y, 0.3, True)[0]
     torch.manual_seed(1)
     assert torch.equal(drop(y), ref)
     from torch._dynamo.utils import counters
@@ -137,3 +138,13 @@ def test_free_op_dropout_eager_is_f_dropout_and_compiled_reads_the_buffer():
     net.train().set_free_op_dropout(0.0)
     assert torch.equal(drop(y), y)
     assert not any("keep" in k for k in net.state_dict())  # checkpoints unchanged
+
+
+def test_free_op_dropout_saves_a_one_byte_mask():
+    """What a free op's dropout keeps for backward: the bool mask (F.dropout on a CPU keeps a float one)."""
+    from core.estimate import saved_bytes
+    drop = SuperNet(CFG, GGMConfig()).train()
+    drop.set_free_op_dropout(0.3)
+    m = next(x for x in drop.modules() if type(x).__name__ == "FreeOpDropout")
+    x = torch.randn(2, 8, 16, 16, requires_grad=True)
+    assert saved_bytes(lambda t: m(t) * 2.0, x) == x.numel()  # one byte per element
