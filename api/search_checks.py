@@ -36,7 +36,7 @@ def adapt_warmup(search: dict[str, Any], user_epochs: bool, user_warmup: bool) -
 
 COMPILE_WARNING = ("settings.advanced.search.compile={mode}: the first architecture and weight steps compile the "
                    "supernet's forward and backward before the search goes on (measured on a 2-core CPU for the default "
-                   "network: 617 s of compiling for a 6 % faster step, so on a CPU worker it costs more than it saves; "
+                   "network: about 10 minutes of compiling for a step 6–8 % faster, so on a CPU worker it costs more than it saves; "
                    "GPU figures are not measured yet: docs/SEARCH_SPEED.md); set it to \"off\" to search eagerly")
 """The warning a search with ``search.compile`` on gets (what it costs is not what a user expects of a switch)."""
 
