@@ -62,5 +62,7 @@ def test_compiled_search_steps_on_cuda(camvid_train, tmp_path, mode):
     c = out[mode].compile
     assert c["used"] == mode and c["fallback"] is None and c["graph_breaks"] == 0, c
     assert c["cudagraph_skips"] == 0, c
+    if mode == "reduce-overhead":  # the skip counter can miss a graph never captured: graphs were recorded
+        assert c["cuda_graphs_recorded"] is None or c["cuda_graphs_recorded"] >= 2, c
     for a, b in zip(out["off"].alphas, out[mode].alphas):
         torch.testing.assert_close(a, b, rtol=0.0, atol=5e-3)
