@@ -68,24 +68,20 @@ class FreeOpDropout(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("keep", torch.ones(()), persistent=False)
-        self.rate = 0.0
+        self.p = 0.0  # the rate, as a float for the eager path
         self.active = False
-
-    @property
-    def p(self) -> float:
-        return self.rate
 
     def set_p(self, p: float) -> None:
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout rate must be in [0, 1), got {p}")
         self.keep.fill_(1.0 - p)
-        self.rate, self.active = float(p), p > 0.0
+        self.p, self.active = float(p), p > 0.0
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         if not (self.active and self.training):
             return y
         if not _compiling():  # what F.dropout runs on CUDA; on a CPU F.dropout would save a 4-byte mask
-            return torch.native_dropout(y, self.rate, True)[0]
+            return torch.native_dropout(y, self.p, True)[0]
         return y * (torch.rand_like(y, dtype=torch.float32) < self.keep) / self.keep.to(y.dtype)
 
 

@@ -38,7 +38,7 @@ def _dynamo_counts() -> dict[str, int]:
     cannot capture, and only logs it) so far in this process, from torch's counters; zeros where it has none."""
     try:
         from torch._dynamo.utils import counters
-    except Exception:  # pragma: no cover - a torch without dynamo
+    except ImportError:  # pragma: no cover - a torch without dynamo
         return {"graphs": 0, "graph_breaks": 0, "cudagraph_skips": 0}
     return {"graphs": int(counters["stats"].get("unique_graphs", 0)),
             "graph_breaks": int(sum(counters["graph_break"].values())),
@@ -62,7 +62,7 @@ def _cuda_graphs_recorded(device: torch.device) -> int | None:
             n += 1
             todo.extend(c for cs in node.children.values() for c in cs)
         return n
-    except Exception:
+    except Exception:  # private API that moves between torch releases: reported as null ("unknown"), never raised
         return None
 
 
@@ -150,7 +150,8 @@ class CompiledForward:
     def _go_eager(self, kind: str, exc: Exception) -> None:
         msg = redact_text(" ".join(str(exc).split()))[:REASON_CHARS]  # redacted before cut: no path cut in half
         self.fallback = (f"{kind} step {self._calls.get(kind, 0) + 1} failed compiled ({type(exc).__name__}: {msg}); "
-                         "it was undone and run again eagerly, as is every later step")
+                         "it was undone and run again eagerly, as is every later step; set search.compile=off to skip "
+                         "the attempt")
         self.used = "eager"
         self._fn = self.model.forward_mixed
         self.progress({"phase": "compile", "message": f"search.compile={self.requested} fell back to eager: {self.fallback}"})

@@ -111,11 +111,9 @@ def fit_search(net: NetworkConfig, ggm: GGMConfig, search: SearchConfig, crop: t
     ``CROP_STEP``, not below ``MIN_CROP``, each re-estimated on the meta device) at which the search fits
     ``capacity_bytes``. Raises, naming the settings to lower, when the smallest crop at ``MIN_BATCH`` does not."""
     est = estimate_search(net, ggm, search, crop)
-    try:
+    if est.peak_bytes(min(est.batch, MIN_BATCH)) <= capacity_bytes:  # a smaller batch (or none) is enough
         batch, reason = fit_batch(est, capacity_bytes)
         return Fit(batch, tuple(crop), est, reason)
-    except MemoryError:
-        pass
     first = est
     while True:
         acts = capacity_bytes / OVERHEAD - est.state_bytes  # what MIN_BATCH images may save
